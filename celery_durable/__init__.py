@@ -1,0 +1,65 @@
+"""celery-durable: durable execution for Celery.
+
+Graphs of Celery tasks whose every node commits a checkpoint to PostgreSQL before the next is
+dispatched, so a crash of a worker, the broker or the database loses no committed work and
+never commits a node twice.
+"""
+
+from celery_durable.durable import Durable
+from celery_durable.errors import (
+    CheckpointCorrupted,
+    Compensated,
+    DurableError,
+    ExecutionCancelled,
+    ExecutionFailed,
+    ExecutionNotFound,
+    InvalidInput,
+    InvalidTransition,
+    NeedsIntervention,
+    WaitTimeout,
+)
+from celery_durable.execution import Execution, Progress
+from celery_durable.hooks import Hooks
+from celery_durable.persistence.records import Checkpoint
+from celery_durable.saga.retry import NonRetryable, RetryPolicy
+from celery_durable.saga.saga import Saga
+from celery_durable.signals import intervention_required
+from celery_durable.settings import Settings
+from celery_durable.status import Status
+from celery_durable.tasks.context import Context
+from celery_durable.tasks.graph import Graph, Node
+from celery_durable.tasks.state import Reduce
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Entry point and configuration
+    "Durable",
+    "Settings",
+    "Hooks",
+    # Defining graphs
+    "Graph",
+    "Saga",
+    "Node",
+    "Context",
+    "RetryPolicy",
+    "NonRetryable",
+    "Reduce",
+    # Runs
+    "Execution",
+    "Progress",
+    "Status",
+    "Checkpoint",
+    "intervention_required",
+    # Errors most callers catch (the full tree is in celery_durable.errors)
+    "DurableError",
+    "ExecutionFailed",
+    "Compensated",
+    "ExecutionCancelled",
+    "NeedsIntervention",
+    "ExecutionNotFound",
+    "InvalidInput",
+    "InvalidTransition",
+    "WaitTimeout",
+    "CheckpointCorrupted",
+]

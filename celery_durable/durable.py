@@ -1,0 +1,316 @@
+"""Durable: binds graphs, the checkpoint store and the recovery sweep to one Celery app."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from celery_durable.constants import RECOVERY_TASK
+from celery_durable.errors import ExecutionIdInUse, StateTooLarge, UnknownGraph, UnsafeSerializer
+from celery_durable.execution import Execution
+from celery_durable.hooks import Hooks
+from celery_durable.operations import Operations, task_id
+from celery_durable.persistence import codec, migrate
+from celery_durable.persistence.database import Database
+from celery_durable.persistence.store import CheckpointStore
+from celery_durable.persistence.visits import VisitLedger
+from celery_durable.saga.compensation import CompensationRun
+from celery_durable.saga.coordinator import Cursor
+from celery_durable.saga.recovery import RecoveryLoop, RecoveryReport, sweep
+from celery_durable.saga.saga import Saga
+from celery_durable.settings import Settings
+from celery_durable.status import Status
+from celery_durable.tasks.attempt import Base
+from celery_durable.tasks.graph import Graph, Node, OnFailure
+from celery_durable.tasks.lease import LeaseKeeper
+from celery_durable.tasks.node import NodeRun
+from celery_durable.tasks.state import validate
+
+JSON_TYPES = {"json", "application/json"}
+HARD_LIMIT_GRACE = 5.0
+DB_RETRY_MAX_DELAY = 30.0
+logger = logging.getLogger(__name__)
+
+
+class Durable:
+    """Durable execution for one Celery app.
+
+    ``database_url`` falls back to ``CELERY_DURABLE_DATABASE_URL``, then to a SQLite file in
+    the working directory. Other settings (see Settings) are keyword arguments or
+    ``CELERY_DURABLE_*`` environment variables.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        database_url: str | None = None,
+        *,
+        hooks: Hooks | None = None,
+        **settings: Any,
+    ) -> None:
+        require_json(app)
+        self.app = app
+        self.settings = Settings.load({"database_url": database_url, **settings})
+        self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)
+        self.store = CheckpointStore(self.db)
+        self.visits = VisitLedger(self.db)
+        self.leases = LeaseKeeper(self.visits, self.settings.lease_after, self.settings.lease_ttl)
+        self.hooks = hooks or Hooks()
+        self.graphs: dict[str, Graph] = {}
+        self.operations = Operations(self)
+        self._recovery = RecoveryLoop(self)
+        app.task(name=RECOVERY_TASK, shared=False, ignore_result=True)(self._recover_task)
+        worker_ready.connect(self._on_worker_ready, weak=False)
+        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+
+    # -- definition -------------------------------------------------------------------------
+
+    def graph(self, name: str, state: type[BaseModel], *, on_failure: OnFailure = "fail") -> Graph:
+        """A new graph; nodes are added with ``@graph.node``."""
+        graph = Graph(self, name, state, on_failure=on_failure)
+        self._add(graph)
+        return graph
+
+    def saga(self, name: str, state: type[BaseModel]) -> Saga:
+        """A new saga; steps are added in order with ``@saga.step``."""
+        saga = Saga(self, name, state)
+        self._add(saga)
+        return saga
+
+    def _add(self, graph: Graph) -> None:
+        if graph.name in self.graphs:
+            from celery_durable.errors import GraphDefinitionError
+
+            raise GraphDefinitionError(
+                f"A graph named {graph.name!r} is already defined on this Durable; graph "
+                "names are task name prefixes and must be unique."
+            )
+        self.graphs[graph.name] = graph
+
+    def register(self, node: Node[..., Any]) -> None:
+        """Register the node's Celery task: acks late, requeued if its worker dies, JSON only."""
+        durable = self
+
+        def run_node(
+            task: Any,
+            execution_id: str,
+            visit: int,
+            *,
+            version: int,
+            state: dict[str, Any],
+            cursor: dict[str, Any],
+            attempt: int = 1,
+        ) -> str:
+            return durable._run(
+                task, NodeRun, node, execution_id, visit, version, state, cursor, attempt
+            )
+
+        run_node.__name__ = run_node.__qualname__ = node.name
+        run_node.__doc__ = node.fn.__doc__
+        self._register_task(node.task_name, run_node, node.timeout)
+
+    def register_compensation(self, node: Node[..., Any]) -> None:
+        """Register the task that undoes ``node``: same delivery guarantees as a node."""
+        durable = self
+
+        def compensate(
+            task: Any,
+            execution_id: str,
+            visit: int,
+            *,
+            version: int,
+            state: dict[str, Any],
+            cursor: dict[str, Any],
+            attempt: int = 1,
+        ) -> str:
+            return durable._run(
+                task, CompensationRun, node, execution_id, visit, version, state, cursor, attempt
+            )
+
+        compensate.__name__ = compensate.__qualname__ = f"{node.name}_compensate"
+        self._register_task(node.compensation_task_name, compensate, node.timeout)
+
+    def _run(
+        self,
+        task: Any,
+        kind: type[NodeRun] | type[CompensationRun],
+        node: Node[..., Any],
+        execution_id: str,
+        visit: int,
+        version: int,
+        state: dict[str, Any],
+        cursor: dict[str, Any],
+        attempt: int,
+    ) -> str:
+        delivery = task.request.delivery_info or {}
+        run = kind(
+            self,
+            node.graph,
+            node.name,
+            execution_id,
+            visit,
+            Base(version, state, Cursor.from_json(cursor)),
+            attempt=attempt,
+            redelivered=bool(delivery.get("redelivered")),
+        )
+        try:
+            return run.execute()
+        except (OperationalError, InterfaceError) as exc:
+            # The database is down: publish this visit again, later. Nothing committed is
+            # lost, and a visit that did commit is replayed, not committed twice.
+            delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
+            logger.warning("database unavailable (%s); %s again in %.0fs", exc, node, delay)
+            raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
+
+    def _register_task(self, name: str, fn: Any, timeout: float | None) -> None:
+        options: dict[str, Any] = {}
+        if timeout is not None:
+            options = {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_GRACE}
+        self.app.task(
+            name=name,
+            bind=True,
+            shared=False,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            serializer="json",
+            ignore_result=True,
+            typing=False,
+            **options,
+        )(fn)
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def start(
+        self,
+        graph: Graph,
+        input: dict[str, Any],
+        *,
+        execution_id: str | None = None,
+        countdown: float | None = None,
+        queue: str | None = None,
+    ) -> Execution:
+        """Validate, store, publish the entry node: in that order, so bad input changes nothing."""
+        fingerprint = graph.validate()
+        model = validate(graph.name, graph.state, input)
+        state = self.check_size(model.model_dump(mode="json"))
+        execution_id = execution_id or uuid.uuid4().hex
+        assert graph.entry_node is not None
+        cursor = Cursor.start(graph.entry_node, queue)
+        record, created = self.store.create_execution(
+            execution_id=execution_id,
+            graph=graph.name,
+            fingerprint=fingerprint,
+            state=state,
+            cursor=cursor.to_json(),
+        )
+        if record.graph != graph.name:
+            raise ExecutionIdInUse(execution_id, record.graph, graph.name)
+        if created:
+            base = Base(0, state, cursor)
+            self.dispatch(graph, graph.entry_node, 1, execution_id, base, countdown=countdown)
+        return Execution(self, execution_id, record)
+
+    def dispatch(
+        self,
+        graph: Graph,
+        node: str,
+        visit: int,
+        execution_id: str,
+        base: Base,
+        *,
+        attempt: int = 1,
+        countdown: float | None = None,
+        compensation: bool = False,
+    ) -> None:
+        """Publish one node visit's message, carrying the committed state and its version."""
+        target = graph.nodes[node]
+        self.app.send_task(
+            target.compensation_task_name if compensation else target.task_name,
+            args=(execution_id, visit),
+            kwargs={
+                "version": base.version,
+                "state": base.state,
+                "cursor": base.cursor.to_json(),
+                "attempt": attempt,
+            },
+            queue=target.queue or base.cursor.queue,
+            countdown=countdown,
+            task_id=task_id(execution_id, node, visit, attempt, compensation),
+            serializer="json",
+            argsrepr=f"({execution_id!r}, visit={visit})",
+            kwargsrepr=f"{{version={base.version}, attempt={attempt}}}",
+        )
+
+    def check_size(self, state: dict[str, Any]) -> dict[str, Any]:
+        size = len(codec.dumps(state, "The state").encode())
+        if size > self.settings.max_state_bytes:
+            raise StateTooLarge(size, self.settings.max_state_bytes)
+        return state
+
+    def get(self, execution_id: str) -> Execution:
+        """The handle of an existing execution (raises ExecutionNotFound)."""
+        return Execution(self, execution_id, self.store.get_execution(execution_id))
+
+    def list(
+        self,
+        status: Status | str | Iterable[Status | str] | None = None,
+        graph: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Execution]:
+        """Executions, newest first."""
+        records = self.store.list_executions(status=status, graph=graph, since=since, limit=limit)
+        return [Execution(self, r.id, r) for r in records]
+
+    def graph_of(self, name: str) -> Graph:
+        try:
+            return self.graphs[name]
+        except KeyError:
+            raise UnknownGraph(name, sorted(self.graphs)) from None
+
+    # -- operations -------------------------------------------------------------------------
+
+    def migrate(self) -> tuple[str | None, str]:
+        """Create or upgrade the schema; a no-op when it is current."""
+        return migrate.upgrade(self.db)
+
+    def recover(self) -> RecoveryReport:
+        """One recovery sweep now (workers also sweep on start and periodically)."""
+        return sweep(self)
+
+    def _recover_task(self) -> dict[str, int]:
+        return self.recover().as_dict()
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not self.app:
+            return
+        for graph in self.graphs.values():
+            graph.validate()
+        self._recovery.start()
+
+    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        self._recovery.stop()
+
+
+def require_json(app: Celery) -> None:
+    """Refuse an app that would send or accept anything but JSON, then pin JSON."""
+    conf = app.conf
+    for setting in ("task_serializer", "result_serializer"):
+        value = conf.get(setting)
+        if value not in (None, *JSON_TYPES):
+            raise UnsafeSerializer(setting, value)
+    for setting in ("accept_content", "result_accept_content"):
+        value = conf.get(setting)
+        if value is not None and set(value) - JSON_TYPES:
+            raise UnsafeSerializer(setting, list(value))
+    conf.task_serializer = "json"
+    conf.result_serializer = "json"
+    conf.accept_content = ["json"]

@@ -1,0 +1,323 @@
+"""Every error celery-durable raises, under one root.
+
+::
+
+    DurableError
+    ├── ConfigurationError
+    │   └── UnsafeSerializer
+    ├── GraphDefinitionError
+    │   ├── DuplicateNode
+    │   ├── UnknownNode
+    │   ├── NoEntry
+    │   ├── UnreachableNode
+    │   └── InvalidNodeOption
+    ├── UnknownGraph
+    ├── InvalidInput
+    ├── StateTooLarge
+    ├── NotJSONSerializable
+    ├── MergeConflict
+    ├── ExecutionNotFound
+    ├── ExecutionIdInUse
+    ├── CheckpointNotFound
+    ├── StoreError
+    │   ├── DuplicateCheckpoint
+    │   ├── VersionConflict
+    │   ├── LeaseLost
+    │   └── CheckpointCorrupted
+    ├── InvalidTransition
+    ├── NothingToCompensate
+    ├── CannotSkip
+    ├── ExecutionFailed
+    │   ├── Compensated
+    │   ├── ExecutionCancelled
+    │   └── NeedsIntervention
+    ├── WaitTimeout (also a TimeoutError)
+    └── NodeTimeout
+
+Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
+``raise ... from exc``, so callers only need to know this tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class DurableError(Exception):
+    """Root of every celery-durable error."""
+
+
+class ConfigurationError(DurableError):
+    """The Celery app or the settings cannot run durable executions as configured."""
+
+
+class UnsafeSerializer(ConfigurationError):
+    """The app insists on a serializer other than JSON for durable tasks."""
+
+    def __init__(self, setting: str, value: object) -> None:
+        super().__init__(
+            f"Celery setting {setting}={value!r} would let durable tasks travel as something "
+            "other than JSON; durable state must be JSON so that any worker can read it and no "
+            f"message can execute code. Set {setting} to 'json' (or ['json']) on this app, or "
+            "give durable executions an app of their own."
+        )
+
+
+class GraphDefinitionError(DurableError):
+    """A graph or saga is defined in a way that cannot run."""
+
+
+class DuplicateNode(GraphDefinitionError):
+    def __init__(self, graph: str, node: str) -> None:
+        super().__init__(
+            f"Graph {graph!r} already has a node named {node!r}; give each node a unique name "
+            "(the function name is used unless name= is passed)."
+        )
+
+
+class UnknownNode(GraphDefinitionError):
+    def __init__(self, graph: str, node: str, known: list[str]) -> None:
+        self.graph = graph
+        self.node = node
+        super().__init__(
+            f"Graph {graph!r} has no node named {node!r}; known nodes: {', '.join(known) or '-'}. "
+            "Define the node with @graph.node before referring to it."
+        )
+
+
+class NoEntry(GraphDefinitionError):
+    def __init__(self, graph: str) -> None:
+        super().__init__(
+            f"Graph {graph!r} has no entry node; call graph.entry('<node>') to say where runs "
+            "start."
+        )
+
+
+class UnreachableNode(GraphDefinitionError):
+    def __init__(self, graph: str, nodes: list[str]) -> None:
+        super().__init__(
+            f"Graph {graph!r}: node(s) {', '.join(nodes)} cannot be reached from the entry; "
+            "add an edge or a branch leading to them, or remove them."
+        )
+
+
+class InvalidNodeOption(GraphDefinitionError):
+    """A node or step decorator got an option it does not know or a value it cannot use."""
+
+
+class UnknownGraph(DurableError):
+    def __init__(self, graph: str, known: list[str]) -> None:
+        super().__init__(
+            f"No durable graph named {graph!r} is registered in this process (known: "
+            f"{', '.join(known) or '-'}). Import the module that defines it before using it."
+        )
+
+
+class InvalidInput(DurableError):
+    """The input or a state update does not validate against the graph's state model."""
+
+    def __init__(self, graph: str, detail: str) -> None:
+        super().__init__(
+            f"Input for graph {graph!r} does not fit its state model: {detail}. "
+            "Nothing was stored or sent; fix the values and try again."
+        )
+
+
+class StateTooLarge(DurableError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"The serialized state is {size} bytes, over the limit of {limit} bytes. Keep large "
+            "payloads in object storage and put their keys in the state, or raise "
+            "max_state_bytes (CELERY_DURABLE_MAX_STATE_BYTES)."
+        )
+
+
+class NotJSONSerializable(DurableError):
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(
+            f"{what} cannot be stored as JSON ({detail}). Return plain dicts, lists, strings, "
+            "numbers, booleans and None, or fields the state model can dump to JSON."
+        )
+
+
+class MergeConflict(DurableError):
+    def __init__(self, node: str, fields: list[str]) -> None:
+        super().__init__(
+            f"Node {node!r} and a parallel branch both wrote field(s) {', '.join(fields)}. Write "
+            "each field from one branch only, or annotate the field with Reduce(fn) in the "
+            "state model to say how parallel writes combine."
+        )
+
+
+class ExecutionNotFound(DurableError):
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(
+            f"No execution with id {execution_id!r}; check the id (durable.list() shows "
+            "recent ones) and that this process uses the same database."
+        )
+
+
+class ExecutionIdInUse(DurableError):
+    def __init__(self, execution_id: str, graph: str, wanted: str) -> None:
+        super().__init__(
+            f"Execution id {execution_id!r} already belongs to a run of graph {graph!r}, not "
+            f"{wanted!r}. Use another id; the same id starts one run of one graph."
+        )
+
+
+class CheckpointNotFound(DurableError):
+    def __init__(self, execution_id: str, seq: int) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} has no checkpoint {seq}; Execution.history() lists "
+            "the ones it has."
+        )
+
+
+class StoreError(DurableError):
+    """The checkpoint store refused a write or found a row it cannot trust."""
+
+
+class DuplicateCheckpoint(StoreError):
+    """This node visit is already committed: the engine replays instead of committing again."""
+
+    def __init__(self, execution_id: str, kind: str, node: str, visit: int) -> None:
+        self.execution_id = execution_id
+        self.kind = kind
+        self.node = node
+        self.visit = visit
+        super().__init__(
+            f"Execution {execution_id!r} already has a {kind} checkpoint for {node!r} visit "
+            f"{visit}; a node visit commits once. Read it with store.find() instead."
+        )
+
+
+class VersionConflict(StoreError):
+    """The execution moved on since the caller read it; reload and decide again."""
+
+    def __init__(self, execution_id: str, expected: int) -> None:
+        self.execution_id = execution_id
+        self.expected = expected
+        super().__init__(
+            f"Execution {execution_id!r} is no longer at version {expected}: another node, a "
+            "worker or an operator changed it. Reload the execution and decide again."
+        )
+
+
+class LeaseLost(StoreError):
+    """A newer attempt took over this node visit; this attempt's result must be dropped."""
+
+    def __init__(self, execution_id: str, node: str, visit: int, token: int) -> None:
+        super().__init__(
+            f"Execution {execution_id!r}: the lease on {node!r} visit {visit} (token {token}) "
+            "was taken over by a newer attempt, so this attempt's result is dropped."
+        )
+
+
+class CheckpointCorrupted(StoreError):
+    def __init__(self, execution_id: str, seq: int) -> None:
+        self.execution_id = execution_id
+        self.seq = seq
+        super().__init__(
+            f"Checkpoint {seq} of execution {execution_id!r} does not match its SHA-256 "
+            "checksum: the row was changed outside celery-durable. Restore it from a backup, "
+            "or restart the execution from an earlier checkpoint."
+        )
+
+
+class InvalidTransition(DurableError):
+    """An operation that does not fit the execution's status; nothing was changed."""
+
+    def __init__(self, execution_id: str, op: str, status: str, allowed: Iterable[str]) -> None:
+        self.execution_id = execution_id
+        self.op = op
+        self.status = status
+        super().__init__(
+            f"Cannot {op} execution {execution_id!r}: it is {status}, and {op} applies only to "
+            f"{', '.join(sorted(str(s) for s in allowed))} runs. Nothing was changed."
+        )
+
+
+class NothingToCompensate(DurableError):
+    def __init__(self, execution_id: str, graph: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} of graph {graph!r} has no step with a compensation, so "
+            "there is nothing to undo. Attach one with @step.compensation, or cancel the run."
+        )
+
+
+class CannotSkip(DurableError):
+    def __init__(self, execution_id: str, node: str, detail: str) -> None:
+        super().__init__(
+            f"Cannot skip {node!r} in execution {execution_id!r}: {detail}. Skip applies to the "
+            "node a failed run stopped at, or to the compensation waiting for intervention."
+        )
+
+
+class ExecutionFailed(DurableError):
+    """Raised by Execution.wait() when the run ended failed; carries the node and its error."""
+
+    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+        self.execution_id = execution_id
+        self.node = node
+        self.error = error
+        where = f" at node {node!r}" if node else ""
+        super().__init__(
+            f"Execution {execution_id!r} failed{where}: {error.get('type', 'Error')}: "
+            f"{error.get('message', '')}. Its history() shows what was committed; fix the "
+            "cause and start a new run."
+        )
+
+
+class Compensated(ExecutionFailed):
+    """Raised by wait() when a saga ended compensated: its steps were undone."""
+
+    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+        DurableError.__init__(
+            self,
+            f"Saga {execution_id!r} was compensated: its completed steps were undone after "
+            f"{error.get('type', 'Error')}: {error.get('message', '')}"
+            + (f" at step {node!r}" if node else "")
+            + ". history() shows each compensation.",
+        )
+        self.execution_id, self.node, self.error = execution_id, node, error
+
+
+class ExecutionCancelled(ExecutionFailed):
+    """Raised by wait() when the run was cancelled."""
+
+    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+        DurableError.__init__(
+            self, f"Execution {execution_id!r} was cancelled: {error.get('message', '')}."
+        )
+        self.execution_id, self.node, self.error = execution_id, node, error
+
+
+class NeedsIntervention(ExecutionFailed):
+    """Raised by wait() when a compensation failed for good and the run waits for an operator."""
+
+    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+        DurableError.__init__(
+            self,
+            f"Execution {execution_id!r} needs intervention at {node!r}: "
+            f"{error.get('type', 'Error')}: {error.get('message', '')}. Fix the cause, then "
+            f"Execution.retry(), or Execution.skip({node!r}) to mark it done by hand.",
+        )
+        self.execution_id, self.node, self.error = execution_id, node, error
+
+
+class WaitTimeout(DurableError, TimeoutError):
+    def __init__(self, execution_id: str, timeout: float, status: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} was still {status} after {timeout:g} s. It keeps "
+            "running; call wait() again or look at progress()."
+        )
+
+
+class NodeTimeout(DurableError):
+    def __init__(self, node: str, timeout: float) -> None:
+        super().__init__(
+            f"Node {node!r} ran past its timeout of {timeout:g} s; it is retried per its "
+            "RetryPolicy. Raise timeout= on the node if the work needs longer."
+        )

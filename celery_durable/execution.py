@@ -1,0 +1,194 @@
+"""Execution: the handle of one run, from ``.delay()`` or ``durable.get(id)``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from celery_durable.errors import (
+    Compensated,
+    ExecutionCancelled,
+    ExecutionFailed,
+    NeedsIntervention,
+    WaitTimeout,
+)
+from celery_durable.persistence.records import Checkpoint, ExecutionRecord
+from celery_durable.status import ENDS_WAIT, Status
+
+if TYPE_CHECKING:
+    from celery_durable.durable import Durable
+    from celery_durable.tasks.graph import Graph
+
+ENDINGS: dict[Status, type[ExecutionFailed]] = {
+    Status.COMPENSATED: Compensated,
+    Status.CANCELLED: ExecutionCancelled,
+    Status.NEEDS_INTERVENTION: NeedsIntervention,
+}
+WAIT_FIRST_POLL = 0.002
+WAIT_MAX_POLL = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done: int
+    total: int
+    current: list[str]
+    percent: float
+    eta: float | None
+    status: Status
+
+    def __str__(self) -> str:
+        eta = f", eta {self.eta:.1f}s" if self.eta is not None else ""
+        now = f" at {', '.join(self.current)}" if self.current else ""
+        return f"{self.done}/{self.total} nodes ({self.percent:.0f}%){now}{eta} [{self.status}]"
+
+
+class Execution:
+    """A run of a graph. Every property reads the database: it is always the committed truth."""
+
+    def __init__(self, durable: Durable, execution_id: str, record: ExecutionRecord | None = None):
+        self.durable = durable
+        self.id = execution_id
+        self._record = record
+
+    def refresh(self) -> ExecutionRecord:
+        self._record = self.durable.store.get_execution(self.id)
+        return self._record
+
+    @property
+    def record(self) -> ExecutionRecord:
+        return self._record or self.refresh()
+
+    @property
+    def graph(self) -> Graph:
+        return self.durable.graph_of(self.record.graph)
+
+    @property
+    def status(self) -> Status:
+        return self.refresh().status
+
+    @property
+    def state(self) -> BaseModel:
+        record = self.refresh()
+        return self.durable.graph_of(record.graph).state.model_validate(record.state)
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.refresh().error
+
+    def wait(self, timeout: float | None = None) -> BaseModel:
+        """Block until the run ends; returns the final state or raises ExecutionFailed.
+
+        On PostgreSQL the final commit wakes the waiter (LISTEN/NOTIFY); elsewhere it polls,
+        from every 2 ms backing off to every 250 ms.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = WAIT_FIRST_POLL
+        with self.durable.store.waiter() as waiter:
+            while True:
+                record = self.refresh()
+                if record.status in ENDS_WAIT:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WaitTimeout(self.id, timeout or 0.0, record.status)
+                waiter.wait(self.id, pause if left is None else min(pause, left))
+                pause = min(pause * 1.5, WAIT_MAX_POLL)
+        if record.status != Status.SUCCEEDED:
+            error = record.error or {"type": str(record.status), "message": "run did not succeed"}
+            raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)
+        return self.durable.graph_of(record.graph).state.model_validate(record.state)
+
+    def history(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first: the start, node visits, steps, failures."""
+        return self.durable.store.list(self.id)
+
+    def progress(self) -> Progress:
+        """Done and total nodes, the node(s) due now, percent, and an ETA from mean node time."""
+        record = self.refresh()
+        nodes = self.durable.store.list(self.id, kinds=["start", "node"])
+        done_names = {cp.node for cp in nodes if cp.kind == "node"}
+        graph = self.durable.graphs.get(record.graph)
+        current = [name for name, _ in record.cursor.get("frontier", [])]
+        if record.status == Status.SUCCEEDED or graph is None:
+            total = len(done_names) + len(set(current) - done_names)
+        else:
+            total = len(graph.nodes)
+        done = len(done_names)
+        percent = 100.0 if record.status == Status.SUCCEEDED else 100.0 * done / max(total, 1)
+        eta = None
+        committed = len(nodes) - 1
+        if committed > 0 and not record.status.finished:
+            mean = (nodes[-1].created_at - nodes[0].created_at).total_seconds() / committed
+            eta = mean * max(total - done, 0)
+        return Progress(done, total, current, percent, eta, record.status)
+
+    # -- control operations: each appends an audited checkpoint, or raises and changes nothing
+
+    def pause(self, *, by: str | None = None, reason: str | None = None) -> None:
+        """The running node commits; nothing new is dispatched until resume()."""
+        self.durable.operations.pause(self.id, by=by, reason=reason)
+
+    def resume(self, *, by: str | None = None, reason: str | None = None) -> None:
+        self.durable.operations.resume(self.id, by=by, reason=reason)
+
+    def cancel(self, *, by: str | None = None, reason: str | None = None) -> None:
+        """Stop for good: nothing new is dispatched and the tasks in flight are revoked."""
+        self.durable.operations.cancel(self.id, by=by, reason=reason)
+
+    def retry(self, *, by: str | None = None, reason: str | None = None) -> None:
+        """Run a failed execution again from its failure point, with fresh attempts; or resume
+        a compensation that needs intervention where it stopped."""
+        self.durable.operations.retry(self.id, by=by, reason=reason)
+
+    def restart_from(
+        self, checkpoint: Checkpoint | int, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Time travel: continue this execution from an earlier checkpoint; history is kept."""
+        self.durable.operations.restart_from(self.id, _seq(checkpoint), by=by, reason=reason)
+
+    def fork(
+        self,
+        checkpoint: Checkpoint | int,
+        *,
+        execution_id: str | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> Execution:
+        """A new execution that starts from a checkpoint of this one."""
+        new_id = self.durable.operations.fork(
+            self.id, _seq(checkpoint), new_id=execution_id, by=by, reason=reason
+        )
+        return Execution(self.durable, new_id)
+
+    def skip(
+        self,
+        node: str,
+        output: dict[str, Any] | None = None,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Mark the failed node done with ``output``, or a stuck compensation done by hand."""
+        self.durable.operations.skip(self.id, node, output, by=by, reason=reason)
+
+    def update_state(
+        self, patch: dict[str, Any], *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Fix the state by hand; validated by the state model."""
+        self.durable.operations.update_state(self.id, patch, by=by, reason=reason)
+
+    def compensate(self, reason: str | None = None, *, by: str | None = None) -> None:
+        """Undo a running, failed or succeeded saga's completed steps, newest first."""
+        self.durable.operations.compensate(self.id, by=by, reason=reason)
+
+    def __repr__(self) -> str:
+        status = self._record.status if self._record else "?"
+        return f"<Execution {self.id} {status}>"
+
+
+def _seq(checkpoint: Checkpoint | int) -> int:
+    return checkpoint if isinstance(checkpoint, int) else checkpoint.seq

@@ -1,0 +1,97 @@
+"""What the store hands out and takes in: frozen values, apart from the tables' behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from celery_durable.status import Status
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; everything here is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One committed fact of an execution: a node visit, a compensation, a manual change."""
+
+    execution_id: str
+    seq: int
+    kind: str
+    node: str
+    visit: int
+    state: dict[str, Any]
+    cursor: dict[str, Any]
+    output: Any
+    meta: dict[str, Any] | None
+    checksum: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """An execution row as last committed."""
+
+    id: str
+    graph: str
+    fingerprint: str
+    status: Status
+    version: int
+    state: dict[str, Any]
+    cursor: dict[str, Any]
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A checkpoint and the execution advance it implies, written in one transaction.
+
+    The checkpoint's seq is ``expected_version + 1``: the version the execution moves to.
+    ``lease_token`` above 0 fences the write: it fails if a newer attempt took the lease.
+    """
+
+    execution_id: str
+    expected_version: int
+    kind: str
+    node: str
+    visit: int
+    state: dict[str, Any]
+    cursor: dict[str, Any]
+    status: Status
+    output: Any = None
+    meta: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    lease_token: int = 0
+
+    @property
+    def seq(self) -> int:
+        return self.expected_version + 1
+
+
+@dataclass(frozen=True, slots=True)
+class VisitRecord:
+    """Attempts, redeliveries, lease and due time of one node visit (only off the happy path)."""
+
+    execution_id: str
+    kind: str
+    node: str
+    visit: int
+    attempts: int
+    redeliveries: int
+    lease_token: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    due_at: datetime | None
+    last_error: dict[str, Any] | None

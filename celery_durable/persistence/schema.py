@@ -1,0 +1,109 @@
+"""The tables. Queries live in store.py; dialect differences in postgres.py and sqlite.py.
+
+Checkpoints are append-only. A checkpoint's ``seq`` is the execution version its commit
+produced, so (execution_id, seq) is both the ordering and the primary key, and "latest
+checkpoint of an execution" is one backward step on that index at any table size. The unique
+key on (execution_id, kind, node, visit) is what makes "a node visit commits once" true.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID_LENGTH = 255
+NAME_LENGTH = 200
+
+executions = Table(
+    EXECUTIONS_TABLE,
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("graph", String(NAME_LENGTH), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("state", Text, nullable=False),
+    # Where the run stands in its graph: nodes due, visit counters, join arrivals.
+    Column("cursor", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index(None, "status", "updated_at"),
+    Index(None, "graph", "status"),
+)
+
+UNIQUE_VISIT = "uq_durable_checkpoints_execution_id_kind_node_visit"
+
+checkpoints = Table(
+    CHECKPOINTS_TABLE,
+    metadata,
+    Column(
+        "execution_id",
+        String(ID_LENGTH),
+        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("node", String(NAME_LENGTH), nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    # The run's position right after this checkpoint: what time travel and forks resume.
+    Column("cursor", Text, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("meta", Text, nullable=True),
+    Column("checksum", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("execution_id", "seq"),
+    UniqueConstraint("execution_id", "kind", "node", "visit", name=UNIQUE_VISIT),
+)
+
+# Rows here exist only off the happy path: a failed attempt, a redelivery, a long node's
+# lease, or a retry waiting for its due time.
+node_visits = Table(
+    NODE_VISITS_TABLE,
+    metadata,
+    Column(
+        "execution_id",
+        String(ID_LENGTH),
+        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(32), nullable=False),
+    Column("node", String(NAME_LENGTH), nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("redeliveries", Integer, nullable=False, default=0),
+    Column("lease_token", BigInteger, nullable=False, default=0),
+    Column("lease_owner", String(NAME_LENGTH), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("due_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("execution_id", "kind", "node", "visit"),
+    Index(None, "due_at"),
+)

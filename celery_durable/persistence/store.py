@@ -1,0 +1,362 @@
+"""The checkpoint store: executions and their append-only checkpoints.
+
+save() is the moment a node happened: one transaction inserts the checkpoint and advances the
+execution, refused if the execution moved on (VersionConflict) or the visit is already
+committed (DuplicateCheckpoint). Everything read back is checked against its checksum.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from celery_durable.errors import (
+    CheckpointCorrupted,
+    CheckpointNotFound,
+    DuplicateCheckpoint,
+    ExecutionNotFound,
+    LeaseLost,
+    VersionConflict,
+)
+from celery_durable.persistence import codec
+from celery_durable.persistence.database import Database
+from celery_durable.persistence.records import (
+    Checkpoint,
+    Commit,
+    ExecutionRecord,
+    as_utc,
+    utcnow,
+)
+from celery_durable.persistence.schema import checkpoints, executions, node_visits
+from celery_durable.status import ENDS_WAIT, FINISHED, Status
+
+START_KIND = "start"
+
+
+class CheckpointStore:
+    """save / load / latest / list / find / delete / clear, plus the execution rows."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- executions -------------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        *,
+        execution_id: str,
+        graph: str,
+        fingerprint: str,
+        state: dict[str, Any],
+        cursor: dict[str, Any],
+        status: Status = Status.RUNNING,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[ExecutionRecord, bool]:
+        """Insert an execution at version 0 with its start checkpoint; idempotent on the id.
+
+        Returns the execution as stored and whether this call created it.
+        """
+        state_text = codec.dumps(state, "The initial state")
+        meta_text = codec.dumps(meta) if meta is not None else None
+        cursor_text = codec.dumps(cursor)
+        now = utcnow()
+        params = {
+            "execution_id": execution_id,
+            "graph": graph,
+            "fingerprint": fingerprint,
+            "status": str(status),
+            "state": state_text,
+            "cursor": cursor_text,
+            "kind": START_KIND,
+            "node": "",
+            "meta": meta_text,
+            "checksum": codec.checksum(
+                execution_id, 0, START_KIND, "", 0, state_text, cursor_text, None, meta_text
+            ),
+            "now": now,
+        }
+        if not self.db.dialect.start(self.db, params):
+            return self.get_execution(execution_id), False
+        record = ExecutionRecord(
+            id=execution_id,
+            graph=graph,
+            fingerprint=fingerprint,
+            status=status,
+            version=0,
+            state=state,
+            cursor=cursor,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            finished_at=None,
+        )
+        return record, True
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(executions).where(executions.c.id == execution_id)).first()
+        if row is None:
+            raise ExecutionNotFound(execution_id)
+        return _execution(row)
+
+    def list_executions(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        graph: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[ExecutionRecord]:
+        query = select(executions).order_by(executions.c.created_at.desc()).limit(limit)
+        if isinstance(status, str):
+            query = query.where(executions.c.status == str(status))
+        elif status is not None:
+            query = query.where(executions.c.status.in_([str(s) for s in status]))
+        if graph is not None:
+            query = query.where(executions.c.graph == graph)
+        if since is not None:
+            query = query.where(executions.c.created_at >= since)
+        with self.db.engine.connect() as conn:
+            return [_execution(row) for row in conn.execute(query)]
+
+    def list_stale(self, older_than: datetime, limit: int = 100) -> builtins.list[ExecutionRecord]:
+        """Running or compensating executions with no commit since ``older_than``."""
+        active = [str(Status.RUNNING), str(Status.COMPENSATING)]
+        query = (
+            select(executions)
+            .where(executions.c.status.in_(active), executions.c.updated_at < older_than)
+            .order_by(executions.c.updated_at)
+            .limit(limit)
+        )
+        with self.db.engine.connect() as conn:
+            return [_execution(row) for row in conn.execute(query)]
+
+    def touch(self, record: ExecutionRecord, now: datetime) -> bool:
+        """Claim a stale execution for one sweeper: bump updated_at if nobody else did."""
+        with self.db.engine.begin() as conn:
+            result = conn.execute(
+                update(executions)
+                .where(
+                    executions.c.id == record.id,
+                    executions.c.version == record.version,
+                    executions.c.updated_at == record.updated_at,
+                )
+                .values(updated_at=now)
+            )
+        return result.rowcount == 1
+
+    def count_executions(self) -> dict[str, int]:
+        """Executions by status: what dashboards and metrics read."""
+        query = select(executions.c.status, func.count()).group_by(executions.c.status)
+        with self.db.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(query)}
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(self, commit: Commit) -> Checkpoint:
+        """Append a checkpoint and advance its execution, atomically, in one round trip."""
+        state_text = codec.dumps(commit.state, "The state")
+        output_text = (
+            codec.dumps(commit.output, "The node's output") if commit.output is not None else None
+        )
+        meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
+        cursor_text = codec.dumps(commit.cursor)
+        seq = commit.seq
+        now = utcnow()
+        digest = codec.checksum(
+            commit.execution_id,
+            seq,
+            commit.kind,
+            commit.node,
+            commit.visit,
+            state_text,
+            cursor_text,
+            output_text,
+            meta_text,
+        )
+        params = {
+            "execution_id": commit.execution_id,
+            "expected_version": commit.expected_version,
+            "seq": seq,
+            "kind": commit.kind,
+            "node": commit.node,
+            "visit": commit.visit,
+            "state": state_text,
+            "output": output_text,
+            "meta": meta_text,
+            "checksum": digest,
+            "cursor": cursor_text,
+            "status": str(commit.status),
+            "error": codec.dumps(commit.error) if commit.error is not None else None,
+            "finished_at": now if commit.status in FINISHED else None,
+            "lease_token": commit.lease_token,
+            "now": now,
+        }
+        fenced = commit.lease_token > 0
+        finished = commit.status in ENDS_WAIT
+        try:
+            written = self.db.dialect.save(self.db, params, fenced, finished)
+        except IntegrityError as exc:
+            raise DuplicateCheckpoint(
+                commit.execution_id, commit.kind, commit.node, commit.visit
+            ) from exc
+        if not written:
+            raise self._why_refused(commit)
+        return Checkpoint(
+            execution_id=commit.execution_id,
+            seq=seq,
+            kind=commit.kind,
+            node=commit.node,
+            visit=commit.visit,
+            state=commit.state,
+            cursor=commit.cursor,
+            output=commit.output,
+            meta=commit.meta,
+            checksum=digest,
+            created_at=now,
+        )
+
+    def _why_refused(self, commit: Commit) -> Exception:
+        """Off the happy path: tell a stale version from a lost lease or a missing execution."""
+        existing = self.find(commit.execution_id, commit.kind, commit.node, commit.visit)
+        if existing is not None:
+            return DuplicateCheckpoint(commit.execution_id, commit.kind, commit.node, commit.visit)
+        record = self.get_execution(commit.execution_id)
+        if record.version == commit.expected_version and commit.lease_token > 0:
+            return LeaseLost(commit.execution_id, commit.node, commit.visit, commit.lease_token)
+        return VersionConflict(commit.execution_id, commit.expected_version)
+
+    def load(self, execution_id: str, seq: int) -> Checkpoint:
+        query = select(checkpoints).where(
+            checkpoints.c.execution_id == execution_id, checkpoints.c.seq == seq
+        )
+        with self.db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise CheckpointNotFound(execution_id, seq)
+        return _checkpoint(row)
+
+    def latest(self, execution_id: str) -> Checkpoint | None:
+        query = (
+            select(checkpoints)
+            .where(checkpoints.c.execution_id == execution_id)
+            .order_by(checkpoints.c.seq.desc())
+            .limit(1)
+        )
+        with self.db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _checkpoint(row)
+
+    def list(
+        self,
+        execution_id: str,
+        *,
+        kinds: Iterable[str] | None = None,
+        after: int | None = None,
+    ) -> builtins.list[Checkpoint]:
+        """The execution's checkpoints, oldest first; ``after`` skips seq up to and including it."""
+        query = (
+            select(checkpoints)
+            .where(checkpoints.c.execution_id == execution_id)
+            .order_by(checkpoints.c.seq)
+        )
+        if kinds is not None:
+            query = query.where(checkpoints.c.kind.in_(builtins.list(kinds)))
+        if after is not None:
+            query = query.where(checkpoints.c.seq > after)
+        with self.db.engine.connect() as conn:
+            return [_checkpoint(row) for row in conn.execute(query)]
+
+    def find(self, execution_id: str, kind: str, node: str, visit: int) -> Checkpoint | None:
+        """The checkpoint of one node visit, if it was committed."""
+        query = select(checkpoints).where(
+            checkpoints.c.execution_id == execution_id,
+            checkpoints.c.kind == kind,
+            checkpoints.c.node == node,
+            checkpoints.c.visit == visit,
+        )
+        with self.db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _checkpoint(row)
+
+    def delete(self, execution_id: str) -> bool:
+        """Remove an execution with its checkpoints and visits; False if it did not exist."""
+        with self.db.engine.begin() as conn:
+            conn.execute(delete(node_visits).where(node_visits.c.execution_id == execution_id))
+            conn.execute(delete(checkpoints).where(checkpoints.c.execution_id == execution_id))
+            removed = conn.execute(delete(executions).where(executions.c.id == execution_id))
+        return removed.rowcount > 0
+
+    def clear(self) -> int:
+        """Remove every execution; returns how many there were."""
+        with self.db.engine.begin() as conn:
+            conn.execute(delete(node_visits))
+            conn.execute(delete(checkpoints))
+            return conn.execute(delete(executions)).rowcount
+
+    @contextmanager
+    def waiter(self) -> Iterator[Any]:
+        """Something with ``wait(execution_id, timeout)`` that returns early when a run ends."""
+        waiter = self.db.dialect.Waiter(self.db.engine)
+        try:
+            yield waiter
+        finally:
+            waiter.close()
+
+    def ping(self) -> None:
+        """Raise if the database does not answer: what health checks call."""
+        with self.db.engine.connect() as conn:
+            conn.execute(select(1))
+
+
+def _execution(row: Row[Any]) -> ExecutionRecord:
+    m = row._mapping
+    return ExecutionRecord(
+        id=m["id"],
+        graph=m["graph"],
+        fingerprint=m["fingerprint"],
+        status=Status(m["status"]),
+        version=m["version"],
+        state=codec.loads(m["state"]),
+        cursor=codec.loads(m["cursor"]),
+        error=codec.loads(m["error"]),
+        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
+        updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
+        finished_at=as_utc(m["finished_at"]),
+    )
+
+
+def _checkpoint(row: Row[Any]) -> Checkpoint:
+    m = row._mapping
+    expected = codec.checksum(
+        m["execution_id"],
+        m["seq"],
+        m["kind"],
+        m["node"],
+        m["visit"],
+        m["state"],
+        m["cursor"],
+        m["output"],
+        m["meta"],
+    )
+    if expected != m["checksum"]:
+        raise CheckpointCorrupted(m["execution_id"], m["seq"])
+    return Checkpoint(
+        execution_id=m["execution_id"],
+        seq=m["seq"],
+        kind=m["kind"],
+        node=m["node"],
+        visit=m["visit"],
+        state=codec.loads(m["state"]),
+        cursor=codec.loads(m["cursor"]),
+        output=codec.loads(m["output"]),
+        meta=codec.loads(m["meta"]),
+        checksum=m["checksum"],
+        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,115 @@
+"""What runs next: the cursor of a run through its graph, advanced by each commit.
+
+The cursor is stored on the execution row and travels in every node message, so deciding
+what follows a node needs no database read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from celery_durable.errors import UnknownNode
+from celery_durable.status import Status
+
+if TYPE_CHECKING:
+    from celery_durable.tasks.graph import Graph
+
+Visit = tuple[str, int]
+
+
+@dataclass(slots=True)
+class Cursor:
+    """Nodes due (with their visit numbers), visit counters, arrivals at joins, and, while a
+    saga compensates, the committed steps still to undo, newest first, as (node, visit, seq).
+    """
+
+    frontier: list[Visit] = field(default_factory=list)
+    visits: dict[str, int] = field(default_factory=dict)
+    joins: dict[str, list[str]] = field(default_factory=dict)
+    queue: str | None = None
+    undo: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, entry: str, queue: str | None = None) -> Cursor:
+        return cls(frontier=[(entry, 1)], visits={entry: 1}, queue=queue)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cursor:
+        return cls(
+            frontier=[(n, int(v)) for n, v in data.get("frontier", [])],
+            visits=dict(data.get("visits", {})),
+            joins={k: list(v) for k, v in data.get("joins", {}).items()},
+            queue=data.get("queue"),
+            undo=[(n, int(v), int(seq)) for n, v, seq in data.get("undo", [])],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "frontier": [list(v) for v in self.frontier],
+            "visits": self.visits,
+            "joins": self.joins,
+        }
+        if self.queue is not None:
+            data["queue"] = self.queue
+        if self.undo:
+            data["undo"] = [list(u) for u in self.undo]
+        return data
+
+    def copy(self) -> Cursor:
+        return Cursor.from_json(self.to_json())
+
+    def holds(self, node: str, visit: int) -> bool:
+        return (node, visit) in self.frontier
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """The outcome of committing one node visit."""
+
+    cursor: Cursor
+    ready: list[Visit]
+    status: Status
+    error: dict[str, Any] | None = None
+
+
+def advance(graph: Graph, cursor: Cursor, node: str, visit: int, state: BaseModel) -> Advance:
+    """The cursor after ``node`` visit ``visit`` committed with ``state``."""
+    nxt = cursor.copy()
+    nxt.frontier.remove((node, visit))
+    try:
+        targets = successors(graph, node, state)
+    except UnknownNode as exc:
+        error = {"type": "UnknownNode", "message": str(exc), "node": node}
+        return Advance(nxt, [], Status.FAILED, error)
+    ready: list[Visit] = []
+    for target in targets:
+        inputs = graph.joins.get(target)
+        if inputs is not None:
+            arrived = set(nxt.joins.get(target, ())) | {node}
+            if not arrived >= inputs:
+                nxt.joins[target] = sorted(arrived)
+                continue
+            nxt.joins.pop(target, None)
+        count = nxt.visits.get(target, 0) + 1
+        nxt.visits[target] = count
+        ready.append((target, count))
+    nxt.frontier.extend(ready)
+    return Advance(nxt, ready, Status.RUNNING if nxt.frontier else Status.SUCCEEDED)
+
+
+def successors(graph: Graph, node: str, state: BaseModel) -> list[str]:
+    targets = list(graph.edges.get(node, ()))
+    if node in graph.branches:
+        router, paths = graph.branches[node]
+        chosen = router(state)
+        names = [] if chosen is None else [chosen] if isinstance(chosen, str) else list(chosen)
+        allowed = set(paths) if paths is not None else set(graph.nodes)
+        for name in names:
+            if name not in allowed:
+                raise UnknownNode(graph.name, str(name), sorted(allowed))
+            if name not in targets:
+                targets.append(name)
+    return targets

@@ -1,0 +1,90 @@
+"""One typed settings object, built from arguments, else the environment, else defaults.
+
+Every field can be set with an environment variable named ``CELERY_DURABLE_<FIELD>`` in upper
+case (``CELERY_DURABLE_DATABASE_URL``, ``CELERY_DURABLE_STALE_AFTER``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from celery_durable.constants import DEFAULT_SQLITE_FILE, ENV_PREFIX
+from celery_durable.errors import ConfigurationError
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / DEFAULT_SQLITE_FILE}"
+
+
+class Settings(BaseModel):
+    """How durable executions store their checkpoints and recover from crashes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="SQLAlchemy URL of the checkpoint database; PostgreSQL via "
+        "postgresql+psycopg://, else a SQLite file in the working directory.",
+    )
+    max_state_bytes: int = Field(
+        1_048_576, gt=0, description="Largest serialized state a run may carry."
+    )
+    eta_threshold: float = Field(
+        5.0,
+        ge=0,
+        description="Retry delays up to this many seconds wait in the broker (countdown); "
+        "longer ones wait as rows in the database and the recovery sweep dispatches them.",
+    )
+    lease_after: float = Field(
+        5.0, gt=0, description="A node running longer than this takes a lease in the database."
+    )
+    lease_ttl: float = Field(
+        30.0, gt=0, description="A lease not renewed for this long is expired."
+    )
+    sweep_interval: float = Field(
+        10.0, gt=0, description="Seconds between recovery sweeps in each worker."
+    )
+    stale_after: float = Field(
+        60.0,
+        gt=0,
+        description="A running execution with no commit for this long and no live lease is "
+        "re-dispatched by the recovery sweep.",
+    )
+    max_redeliveries: int = Field(
+        10, ge=1, description="A node message redelivered more often fails its execution."
+    )
+    pool_size: int = Field(5, ge=1, description="Database connections per worker process.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+        if url.startswith("postgres://") or url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Arguments win over the environment, which wins over the defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            env_value = environ.get(f"{ENV_PREFIX}{name.upper()}")
+            if env_value not in (None, ""):
+                values[name] = env_value
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(
+                f"Invalid celery-durable settings: {exc.errors(include_url=False)}. Fix the "
+                f"argument or the {ENV_PREFIX}* environment variable named there."
+            ) from exc

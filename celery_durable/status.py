@@ -1,0 +1,28 @@
+"""Execution statuses, and which of them are final."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    CANCELLED = "cancelled"
+    NEEDS_INTERVENTION = "needs_intervention"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.COMPENSATED, Status.CANCELLED})
+
+# The statuses Execution.wait() returns on: finished, or stuck until an operator acts.
+ENDS_WAIT = FINISHED | {Status.NEEDS_INTERVENTION}

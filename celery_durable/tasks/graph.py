@@ -1,0 +1,308 @@
+"""Graph definition: nodes, edges, branches, joins, and their checks.
+
+Everything a definition can get wrong is checked as it is written (duplicate names, unknown
+nodes in edges, bad options) or, for what needs the whole graph (an entry, reachability), by
+validate(), which runs on the first start and when a worker boots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+
+from pydantic import BaseModel
+
+from celery_durable.errors import (
+    DuplicateNode,
+    GraphDefinitionError,
+    InvalidNodeOption,
+    NoEntry,
+    UnknownNode,
+    UnreachableNode,
+)
+from celery_durable.saga.retry import RetryPolicy
+from celery_durable.tasks.state import reducers
+
+if TYPE_CHECKING:
+    from celery_durable.durable import Durable
+    from celery_durable.execution import Execution
+
+P = ParamSpec("P")
+R = TypeVar("R")
+OnFailure = Literal["fail", "compensate"]
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(
+    max_attempts=10, initial_delay=1.0, backoff=2.0, max_delay=60.0, jitter=True
+)
+Router = Callable[[Any], "str | Sequence[str] | None"]
+
+
+class Node(Generic[P, R]):
+    """A node: the user's function plus how it runs. Calling it calls the function."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        fn: Callable[P, R],
+        name: str,
+        retry: RetryPolicy,
+        timeout: float | None,
+        queue: str | None,
+    ) -> None:
+        self.graph = graph
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.timeout = timeout
+        self.queue = queue
+        self.task_name = f"{graph.task_prefix}.{name}"
+        self.wants_context = _arity(fn, name) == 2
+        self.compensator: Callable[..., Any] | None = None
+        self.compensator_wants_context = False
+        self.compensation_retry = DEFAULT_COMPENSATION_RETRY
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def compensation_task_name(self) -> str:
+        return f"{self.task_name}.compensate"
+
+    def compensation(
+        self, fn: Callable[..., Any] | None = None, *, retry: RetryPolicy | None = None
+    ) -> Any:
+        """Decorator: the function that undoes this node, ``fn(state, ctx)``.
+
+        It receives the state as it was when this node committed. Its default RetryPolicy
+        retries for a long time with exponential backoff: an undo should not give up easily.
+        """
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            if self.compensator is not None:
+                raise GraphDefinitionError(
+                    f"Node {self.graph.name}.{self.name} already has a compensation."
+                )
+            self.compensator_wants_context = _arity(func, f"{self.name}.compensation") == 2
+            if retry is not None:
+                self.compensation_retry = retry
+            self.compensator = func
+            self.graph.durable.register_compensation(self)
+            return func
+
+        return decorate(fn) if fn is not None else decorate
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.graph.name}.{self.name}>"
+
+
+class Graph:
+    """A durable workflow: nodes are Celery tasks, each commit a checkpoint."""
+
+    def __init__(
+        self,
+        durable: Durable,
+        name: str,
+        state: type[BaseModel],
+        on_failure: OnFailure = "fail",
+    ) -> None:
+        if not (isinstance(state, type) and issubclass(state, BaseModel)):
+            raise GraphDefinitionError(
+                f"Graph {name!r}: state= must be a pydantic BaseModel subclass, got {state!r}."
+            )
+        if on_failure not in ("fail", "compensate"):
+            raise GraphDefinitionError(
+                f"Graph {name!r}: on_failure must be 'fail' or 'compensate', got {on_failure!r}."
+            )
+        self.durable = durable
+        self.name = name
+        self.state = state
+        self.on_failure: OnFailure = on_failure
+        self.task_prefix = f"durable.{name}"
+        self.nodes: dict[str, Node[..., Any]] = {}
+        self.edges: dict[str, list[str]] = {}
+        self.joins: dict[str, frozenset[str]] = {}
+        self.branches: dict[str, tuple[Router, tuple[str, ...] | None]] = {}
+        self.entry_node: str | None = None
+        self.reducers = reducers(state)
+        self._fingerprint: str | None = None
+
+    # -- definition -------------------------------------------------------------------------
+
+    def node(
+        self,
+        fn: Callable[P, R] | None = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        queue: str | None = None,
+        compensate: Callable[..., Any] | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        **unknown: Any,
+    ) -> Any:
+        """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``."""
+        if unknown:
+            raise InvalidNodeOption(
+                f"Graph {self.name!r}: unknown node option(s) {', '.join(sorted(unknown))}; "
+                "use retry=, timeout=, queue=, compensate=, compensation_retry= or name=."
+            )
+        for option, value in (("retry", retry), ("compensation_retry", compensation_retry)):
+            if value is not None and not isinstance(value, RetryPolicy):
+                raise InvalidNodeOption(f"Graph {self.name!r}: {option}= takes a RetryPolicy.")
+        if timeout is not None and not timeout > 0:
+            raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
+
+        def decorate(func: Callable[P, R]) -> Node[P, R]:
+            node_name = name or func.__name__
+            if node_name in self.nodes:
+                raise DuplicateNode(self.name, node_name)
+            node = Node(self, func, node_name, retry or RetryPolicy(), timeout, queue)
+            self.nodes[node_name] = node
+            self._fingerprint = None
+            self.durable.register(node)
+            if compensate is not None:
+                node.compensation(compensate, retry=compensation_retry)
+            self._added(node)
+            return node
+
+        return decorate(fn) if fn is not None else decorate
+
+    def _added(self, node: Node[..., Any]) -> None:
+        """A subclass hook: sagas chain their steps here."""
+
+    def entry(self, node: str | Node[..., Any]) -> None:
+        self.entry_node = self._known(node)
+        self._fingerprint = None
+
+    def edge(
+        self,
+        source: str | Node[..., Any] | Sequence[str | Node[..., Any]],
+        target: str | Node[..., Any] | Sequence[str | Node[..., Any]],
+    ) -> None:
+        """``edge(a, b)``; fan-out ``edge(a, [b, c])``; join ``edge([b, c], d)``."""
+        sources = self._many(source)
+        targets = self._many(target)
+        if len(sources) > 1:
+            if len(targets) != 1:
+                raise GraphDefinitionError(
+                    f"Graph {self.name!r}: a join goes from several nodes into exactly one."
+                )
+            join = targets[0]
+            self.joins[join] = self.joins.get(join, frozenset()) | frozenset(sources)
+        for src in sources:
+            for dst in targets:
+                if dst not in self.edges.setdefault(src, []):
+                    self.edges[src].append(dst)
+        self._fingerprint = None
+
+    def branch(
+        self,
+        source: str | Node[..., Any],
+        router: Router,
+        paths: Iterable[str | Node[..., Any]] | None = None,
+    ) -> None:
+        """After ``source`` commits, ``router(state)`` names the next node(s), or None to end.
+
+        ``paths`` lists the nodes it may return; without it any node counts as reachable.
+        """
+        src = self._known(source)
+        if src in self.branches:
+            raise GraphDefinitionError(f"Graph {self.name!r}: node {src!r} already has a branch.")
+        if not callable(router):
+            raise GraphDefinitionError(f"Graph {self.name!r}: branch router must be callable.")
+        known = tuple(self._known(p) for p in paths) if paths is not None else None
+        self.branches[src] = (router, known)
+        self._fingerprint = None
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def validate(self) -> str:
+        """Check the whole graph; returns its fingerprint (recorded on every execution)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        if not self.nodes:
+            raise GraphDefinitionError(f"Graph {self.name!r} has no nodes.")
+        if self.entry_node is None:
+            raise NoEntry(self.name)
+        unreachable = sorted(set(self.nodes) - self._reachable(self.entry_node))
+        if unreachable:
+            raise UnreachableNode(self.name, unreachable)
+        self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _reachable(self, start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            todo.extend(self.edges.get(name, ()))
+            if name in self.branches:
+                paths = self.branches[name][1]
+                todo.extend(self.nodes if paths is None else paths)
+        return seen
+
+    def _compute_fingerprint(self) -> str:
+        shape = {
+            "entry": self.entry_node,
+            "nodes": sorted(self.nodes),
+            "edges": {k: sorted(v) for k, v in sorted(self.edges.items())},
+            "joins": {k: sorted(v) for k, v in sorted(self.joins.items())},
+            "branches": {k: sorted(v[1] or ["*"]) for k, v in sorted(self.branches.items())},
+            "on_failure": self.on_failure,
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+    def _known(self, node: str | Node[..., Any]) -> str:
+        name = node.name if isinstance(node, Node) else node
+        if name not in self.nodes:
+            raise UnknownNode(self.name, str(name), sorted(self.nodes))
+        return name
+
+    def _many(self, nodes: str | Node[..., Any] | Sequence[str | Node[..., Any]]) -> list[str]:
+        if isinstance(nodes, str | Node):
+            return [self._known(nodes)]
+        return [self._known(n) for n in nodes]
+
+    # -- starting runs ----------------------------------------------------------------------
+
+    def delay(self, **input: Any) -> Execution:
+        """Start a run with ``input`` as the initial state; returns its Execution."""
+        return self.apply_async(kwargs=input)
+
+    def apply_async(
+        self,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        execution_id: str | None = None,
+        countdown: float | None = None,
+        queue: str | None = None,
+    ) -> Execution:
+        """Start a run. The same ``execution_id`` twice gives one execution."""
+        return self.durable.start(
+            self, kwargs or {}, execution_id=execution_id, countdown=countdown, queue=queue
+        )
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name} nodes={list(self.nodes)}>"
+
+
+def _arity(fn: Callable[..., Any], name: str) -> int:
+    try:
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return 2
+    if len(params) not in (1, 2):
+        raise InvalidNodeOption(
+            f"Node {name!r} must take (state) or (state, ctx), not {len(params)} parameters."
+        )
+    return len(params)

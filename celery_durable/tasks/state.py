@@ -1,0 +1,53 @@
+"""State models: validation, JSON dumping, and how parallel writes to a field combine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from celery_durable.errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class Reduce:
+    """Field annotation: ``items: Annotated[list[str], Reduce(operator.add)] = []``.
+
+    Every update to the field is combined with the current value by ``fn(current, update)``,
+    so parallel branches may write it without a merge conflict.
+    """
+
+    fn: Callable[[Any, Any], Any]
+
+
+def reducers(model: type[BaseModel]) -> dict[str, Callable[[Any, Any], Any]]:
+    found = {}
+    for name, field in model.model_fields.items():
+        for marker in field.metadata:
+            if isinstance(marker, Reduce):
+                found[name] = marker.fn
+    return found
+
+
+def validate(graph: str, model: type[BaseModel], values: Mapping[str, Any]) -> BaseModel:
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise InvalidInput(graph, detail) from exc
+
+
+def apply_update(
+    state: Mapping[str, Any],
+    update: Mapping[str, Any],
+    combine: Mapping[str, Callable[[Any, Any], Any]],
+) -> dict[str, Any]:
+    merged = dict(state)
+    for key, value in update.items():
+        merged[key] = combine[key](merged.get(key), value) if key in combine else value
+    return merged
