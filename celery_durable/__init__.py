@@ -23,8 +23,8 @@ from celery_durable.hooks import Hooks
 from celery_durable.persistence.records import Checkpoint
 from celery_durable.saga.retry import NonRetryable, RetryPolicy
 from celery_durable.saga.saga import Saga
-from celery_durable.signals import intervention_required
 from celery_durable.settings import Settings
+from celery_durable.signals import intervention_required
 from celery_durable.status import Status
 from celery_durable.tasks.context import Context
 from celery_durable.tasks.graph import Graph, Node

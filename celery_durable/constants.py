@@ -10,6 +10,7 @@ ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
 TASK_PREFIX: Final = "durable"
 RECOVERY_TASK: Final = "durable.recover"
+PRUNE_TASK: Final = "durable.prune"
 
 ENV_PREFIX: Final = "CELERY_DURABLE_"
 DATABASE_URL_ENV: Final = "CELERY_DURABLE_DATABASE_URL"

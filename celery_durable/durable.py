@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from celery_durable.constants import RECOVERY_TASK
-from celery_durable.errors import ExecutionIdInUse, StateTooLarge, UnknownGraph, UnsafeSerializer
+from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
+from celery_durable.errors import (
+    ConfigurationError,
+    ExecutionIdInUse,
+    GraphDefinitionError,
+    StateTooLarge,
+    UnknownGraph,
+    UnsafeSerializer,
+)
 from celery_durable.execution import Execution
 from celery_durable.hooks import Hooks
 from celery_durable.operations import Operations, task_id
 from celery_durable.persistence import codec, migrate
 from celery_durable.persistence.database import Database
+from celery_durable.persistence.records import utcnow
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
+from celery_durable.retention import PruneReport, prune
 from celery_durable.saga.compensation import CompensationRun
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.recovery import RecoveryLoop, RecoveryReport, sweep
@@ -38,6 +49,7 @@ JSON_TYPES = {"json", "application/json"}
 HARD_LIMIT_GRACE = 5.0
 DB_RETRY_MAX_DELAY = 30.0
 logger = logging.getLogger(__name__)
+_instances: WeakKeyDictionary[Celery, Durable] = WeakKeyDictionary()
 
 
 class Durable:
@@ -68,8 +80,25 @@ class Durable:
         self.operations = Operations(self)
         self._recovery = RecoveryLoop(self)
         app.task(name=RECOVERY_TASK, shared=False, ignore_result=True)(self._recover_task)
+        app.task(name=PRUNE_TASK, shared=False, ignore_result=True)(self._prune_task)
+        # Beat runs both when started for this app; entries the app already has are kept.
+        schedule = app.conf.beat_schedule
+        schedule.setdefault(RECOVERY_TASK, {"task": RECOVERY_TASK, "schedule": 60.0})
+        schedule.setdefault(PRUNE_TASK, {"task": PRUNE_TASK, "schedule": 3600.0})
+        _instances[app] = self
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+
+    @classmethod
+    def of(cls, app: Celery) -> Durable:
+        """The Durable bound to ``app``: what the CLI uses after ``celery -A proj``."""
+        try:
+            return _instances[app]
+        except KeyError:
+            raise ConfigurationError(
+                f"Celery app {app.main!r} has no Durable; create Durable(app) in the module you "
+                "pass with -A, next to the app."
+            ) from None
 
     # -- definition -------------------------------------------------------------------------
 
@@ -87,8 +116,6 @@ class Durable:
 
     def _add(self, graph: Graph) -> None:
         if graph.name in self.graphs:
-            from celery_durable.errors import GraphDefinitionError
-
             raise GraphDefinitionError(
                 f"A graph named {graph.name!r} is already defined on this Durable; graph "
                 "names are task name prefixes and must be unique."
@@ -288,6 +315,29 @@ class Durable:
 
     def _recover_task(self) -> dict[str, int]:
         return self.recover().as_dict()
+
+    def prune(
+        self,
+        older_than: timedelta | None = None,
+        *,
+        succeeded: timedelta | None = None,
+        failed: timedelta | None = None,
+        batch: int = 500,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Remove finished runs past retention (7 days succeeded, 30 failed, by default)."""
+        return prune(
+            self, older_than, succeeded=succeeded, failed=failed, batch=batch, dry_run=dry_run
+        )
+
+    def _prune_task(self) -> dict[str, int]:
+        return self.prune().removed
+
+    def stuck(self, threshold: timedelta | None = None) -> builtins.list[Execution]:
+        """Running executions with no commit for ``threshold`` (default: stuck_after)."""
+        age = threshold or timedelta(seconds=self.settings.stuck_after)
+        records = self.store.list_stale(utcnow() - age, limit=1000)
+        return [Execution(self, r.id, r) for r in records]
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app:

@@ -59,6 +59,22 @@ class Settings(BaseModel):
         10, ge=1, description="A node message redelivered more often fails its execution."
     )
     pool_size: int = Field(5, ge=1, description="Database connections per worker process.")
+    retention_succeeded_days: float = Field(
+        7.0, gt=0, description="prune() removes succeeded runs finished this many days ago."
+    )
+    retention_failed_days: float = Field(
+        30.0,
+        gt=0,
+        description="prune() removes failed, compensated and cancelled runs after this many days.",
+    )
+    stuck_after: float = Field(
+        1800.0,
+        gt=0,
+        description="A running execution with no commit for this many seconds is reported stuck.",
+    )
+    slow_node_after: float = Field(
+        60.0, gt=0, description="A node running longer than this is logged as slow."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -151,6 +151,37 @@ class CheckpointStore:
             )
         return result.rowcount == 1
 
+    def prune_batch(self, status: Status, finished_before: datetime, batch: int) -> int:
+        """Delete up to ``batch`` runs of ``status`` finished before the cutoff, with their
+        checkpoints and visits, in one transaction: a prune killed half-way leaves no orphans.
+        """
+        with self.db.engine.begin() as conn:
+            ids = (
+                conn.execute(
+                    select(executions.c.id)
+                    .where(
+                        executions.c.status == str(status),
+                        executions.c.finished_at < finished_before,
+                    )
+                    .limit(batch)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return 0
+            conn.execute(delete(node_visits).where(node_visits.c.execution_id.in_(ids)))
+            conn.execute(delete(checkpoints).where(checkpoints.c.execution_id.in_(ids)))
+            conn.execute(delete(executions).where(executions.c.id.in_(ids)))
+        return len(ids)
+
+    def count_prunable(self, status: Status, finished_before: datetime) -> int:
+        query = select(func.count()).where(
+            executions.c.status == str(status), executions.c.finished_at < finished_before
+        )
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def count_executions(self) -> dict[str, int]:
         """Executions by status: what dashboards and metrics read."""
         query = select(executions.c.status, func.count()).group_by(executions.c.status)

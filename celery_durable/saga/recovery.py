@@ -35,6 +35,7 @@ class RecoveryReport:
     retries: int = 0
     redispatched: int = 0
     stranded: int = 0
+    stuck: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -70,6 +71,15 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
     cutoff = now - timedelta(seconds=durable.settings.stale_after)
     for record in durable.store.list_stale(cutoff, limit):
         _heal(durable, record, now, report)
+    stuck = durable.store.list_stale(now - timedelta(seconds=durable.settings.stuck_after), 6)
+    report.stuck = len(stuck)
+    if stuck:
+        logger.warning(
+            "stuck executions (no commit for over %gs): %s%s",
+            durable.settings.stuck_after,
+            ", ".join(r.id for r in stuck[:5]),
+            " and more" if len(stuck) > 5 else "",
+        )
     if report.retries or report.redispatched or report.stranded:
         logger.info("recovery sweep: %s", report.as_dict())
     return report

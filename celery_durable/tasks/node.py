@@ -8,6 +8,7 @@ already committed instead of running it again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from celery_durable.tasks.state import apply_update, validate
 
 if TYPE_CHECKING:
     from celery_durable.tasks.graph import Node
+
+logger = logging.getLogger(__name__)
 
 NODE = "node"
 STEP = "step"
@@ -78,8 +81,19 @@ class NodeRun(Attempt):
                 model = validate(self.graph.name, self.graph.state, self.base.state)
                 result = node.fn(model, ctx) if node.wants_context else node.fn(model)
                 update = _as_update(result)
-                if node.timeout is not None and time.monotonic() - started > node.timeout:
+                took = time.monotonic() - started
+                if node.timeout is not None and took > node.timeout:
                     raise NodeTimeout(self.name, node.timeout)
+                if took > self.durable.settings.slow_node_after:
+                    logger.warning(
+                        "slow node: %s.%s visit %d of %s took %.1fs (slow_node_after is %gs)",
+                        self.graph.name,
+                        self.name,
+                        self.visit,
+                        self.execution_id,
+                        took,
+                        self.durable.settings.slow_node_after,
+                    )
             except Superseded:
                 return "dropped"
             except Exception as exc:

@@ -1,0 +1,532 @@
+"""Prometheus metrics for durable executions, right under Celery's prefork pool.
+
+Two sources, because a pool child's counters and the database's truth need different plumbing:
+
+* **In-process events** (``PrometheusHooks``, wired by ``instrument(durable)``): counters and
+  histograms updated by the process that saw the event, usually a pool child. With
+  ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus_client writes them to per-process files in that
+  directory and the metrics server sums every process's files (prometheus_client's multiprocess
+  mode); without it they live in this process's default registry.
+* **Database gauges** (``DatabaseCollector``): read from the executions table at scrape time,
+  so they are exact whatever the pool, the number of workers or their restarts.
+
+``serve_metrics(durable, port)`` starts an HTTP server exposing both (``/metrics``);
+``run_metrics(durable, port)`` does the same and blocks: what ``celery durable metrics`` runs.
+
+In-process metrics (``instrument(durable)``)
+--------------------------------------------
+``celery_durable_node_commits_total{graph,node}``
+    Node visits committed (one per node visit: replays and refused duplicates do not count).
+``celery_durable_node_retries_total{graph,node,error}``
+    Failed node attempts that will run again; ``error`` is the exception's class name.
+``celery_durable_compensations_total{graph,step}``
+    Compensation steps committed (a saga's completed step undone).
+``celery_durable_executions_finished_total{graph,status}``
+    Executions that reached a final status (succeeded, failed, compensated, cancelled).
+``celery_durable_interventions_total{graph,step}``
+    Compensations that failed for good, leaving their execution ``needs_intervention``.
+``celery_durable_recoveries_total{reason}``
+    Node messages the recovery sweep published again (``due``: a retry whose time came;
+    ``stale``: a running execution with no commit and nothing in flight).
+``celery_durable_node_duration_seconds{graph,node,kind}`` (histogram)
+    Wall time of node and compensation tasks (``kind``: node|compensation), from Celery's
+    task_prerun/task_postrun signals: the function, its commit and the next publish.
+``celery_durable_checkpoint_write_seconds{graph,kind}`` (histogram)
+    Time of the checkpoint commit itself (one transaction). Filled by the
+    ``Hooks.checkpoint_written`` hook when the engine calls it.
+
+Database metrics (read at scrape time by ``DatabaseCollector``)
+---------------------------------------------------------------
+``celery_durable_executions{graph,status}``
+    Executions stored, by graph and status; every status is reported for every graph, 0
+    included, so alerts and dashboards have stable series.
+``celery_durable_needs_intervention{graph}``
+    Executions waiting for an operator (a compensation failed for good). Alert on ``> 0``.
+``celery_durable_stuck_executions{graph}``
+    Running or compensating executions with no commit for longer than the threshold
+    (``stuck_after`` setting, default 1800 s).
+``celery_durable_longest_idle_seconds{graph}``
+    Seconds since the least recently committed running or compensating execution last
+    committed (0 when none is active).
+``celery_durable_stuck_threshold_seconds``
+    The threshold the stuck gauge uses.
+``celery_durable_database_up``
+    1 when the last scrape could read the database, else 0 (the other database metrics are
+    then absent from that scrape).
+``celery_durable_scrape_duration_seconds``
+    Time the database queries of this scrape took.
+
+Prefork and several hosts
+-------------------------
+Set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory, the same for the worker and for the
+metrics server, before either starts. Containers that share a volume must not share a
+directory (process ids repeat across containers): give each its own subdirectory of the volume
+and point the server at the volume's root with ``CELERY_DURABLE_METRICS_DIR`` (or
+``multiprocess_dir=``): the server sums ``*.db`` files in that directory and in its immediate
+subdirectories. The Docker image's entrypoint does exactly that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ParamSpec
+
+from celery.signals import task_postrun, task_prerun
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+
+from celery_durable.hooks import Hooks
+from celery_durable.persistence.records import Commit, as_utc, utcnow
+from celery_durable.persistence.schema import executions
+from celery_durable.status import Status
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from celery_durable.durable import Durable
+
+PREFIX = "celery_durable"
+METRICS_DIR_ENV = "CELERY_DURABLE_METRICS_DIR"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_PORT = 9808
+ACTIVE = (Status.RUNNING, Status.COMPENSATING)
+NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+
+
+def _never_raises(method: Callable[P, None]) -> Callable[P, None]:
+    """A metric update must never break the run that reported it."""
+
+    @functools.wraps(method)
+    def safe(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:
+            logger.exception("celery-durable metrics: %s failed", method.__name__)
+
+    return safe
+
+
+# -- in-process events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Instruments:
+    commits: Counter
+    retries: Counter
+    compensations: Counter
+    finished: Counter
+    interventions: Counter
+    recoveries: Counter
+    node_duration: Histogram
+    checkpoint_write: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> _Instruments:
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+
+        return cls(
+            commits=counter("node_commits", "Node visits committed.", ("graph", "node")),
+            retries=counter(
+                "node_retries",
+                "Failed node attempts that will run again.",
+                ("graph", "node", "error"),
+            ),
+            compensations=counter(
+                "compensations", "Compensation steps committed.", ("graph", "step")
+            ),
+            finished=counter(
+                "executions_finished",
+                "Executions that reached a final status.",
+                ("graph", "status"),
+            ),
+            interventions=counter(
+                "interventions",
+                "Compensations that failed for good (execution needs_intervention).",
+                ("graph", "step"),
+            ),
+            recoveries=counter(
+                "recoveries", "Node messages the recovery sweep published again.", ("reason",)
+            ),
+            node_duration=Histogram(
+                f"{PREFIX}_node_duration_seconds",
+                "Wall time of node and compensation tasks.",
+                ("graph", "node", "kind"),
+                buckets=NODE_BUCKETS,
+                registry=registry,
+            ),
+            checkpoint_write=Histogram(
+                f"{PREFIX}_checkpoint_write_seconds",
+                "Time of one checkpoint commit (one transaction).",
+                ("graph", "kind"),
+                buckets=WRITE_BUCKETS,
+                registry=registry,
+            ),
+        )
+
+
+# Metric objects are per registry and created once: a registry refuses a name twice.
+_instruments: dict[int, _Instruments] = {}
+_instruments_lock = threading.Lock()
+
+
+def _instruments_for(registry: CollectorRegistry) -> _Instruments:
+    with _instruments_lock:
+        found = _instruments.get(id(registry))
+        if found is None:
+            found = _instruments[id(registry)] = _Instruments.create(registry)
+        return found
+
+
+class PrometheusHooks(Hooks):
+    """Hooks that count what the engine reports; ``inner`` hooks are called after, unchanged.
+
+    Metrics are registered in ``registry`` (the process-wide default unless given). Prefer
+    ``instrument(durable)``, which also times node tasks.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry = REGISTRY, *, inner: Hooks | None = None
+    ) -> None:
+        self.registry = registry
+        self.inner = inner or Hooks()
+        self.m = _instruments_for(registry)
+        self._started: dict[str, tuple[tuple[str, str, str], float]] = {}
+        self._receivers: list[tuple[Any, Callable[..., None]]] = []
+
+    # -- Hooks ------------------------------------------------------------------------------
+
+    def node_committed(self, graph: str, node: str, commit: Commit) -> None:
+        self._count_commit(graph, commit)
+        self.inner.node_committed(graph, node, commit)
+
+    def node_retrying(self, graph: str, node: str, error: BaseException, delay: float) -> None:
+        self._count(self.m.retries, graph, node, type(error).__name__)
+        self.inner.node_retrying(graph, node, error, delay)
+
+    def execution_finished(self, execution_id: str, graph: str, status: Status) -> None:
+        self._count(self.m.finished, graph, str(status))
+        self.inner.execution_finished(execution_id, graph, status)
+
+    def intervention_required(self, execution_id: str, graph: str, step: str) -> None:
+        self._count(self.m.interventions, graph, step)
+        self.inner.intervention_required(execution_id, graph, step)
+
+    def recovered(self, execution_id: str, node: str, reason: str) -> None:
+        self._count(self.m.recoveries, reason)
+        self.inner.recovered(execution_id, node, reason)
+
+    def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        """One checkpoint commit took ``seconds`` (called by the engine once it times saves)."""
+        self._observe(self.m.checkpoint_write, seconds, graph, kind)
+        inner = getattr(self.inner, "checkpoint_written", None)
+        if inner is not None:
+            inner(graph, node, kind, seconds)
+
+    # -- counting, never raising ------------------------------------------------------------
+
+    @_never_raises
+    def _count_commit(self, graph: str, commit: Commit) -> None:
+        if commit.kind == "compensation":
+            self.m.compensations.labels(graph, commit.node).inc()
+        else:
+            self.m.commits.labels(graph, commit.node).inc()
+
+    @_never_raises
+    def _count(self, counter: Counter, *labels: str) -> None:
+        counter.labels(*labels).inc()
+
+    @_never_raises
+    def _observe(self, histogram: Histogram, value: float, *labels: str) -> None:
+        histogram.labels(*labels).observe(value)
+
+    # -- node task durations, from Celery's signals -----------------------------------------
+
+    def watch_tasks(self, durable: Durable) -> None:
+        """Time ``durable``'s node and compensation tasks (task_prerun to task_postrun)."""
+        names: dict[str, tuple[str, str, str]] = {}
+
+        def labels_of(task_name: str) -> tuple[str, str, str] | None:
+            if task_name not in names:
+                names.clear()
+                for graph in list(durable.graphs.values()):
+                    for node in list(graph.nodes.values()):
+                        names[node.task_name] = (graph.name, node.name, "node")
+                        names[node.compensation_task_name] = (graph.name, node.name, "compensation")
+            return names.get(task_name)
+
+        def prerun(sender: Any = None, task_id: str = "", **_: Any) -> None:
+            if getattr(sender, "app", None) is not durable.app:
+                return
+            labels = labels_of(getattr(sender, "name", ""))
+            if labels is not None:
+                self._started[task_id] = (labels, time.perf_counter())
+
+        def postrun(sender: Any = None, task_id: str = "", **_: Any) -> None:
+            started = self._started.pop(task_id, None)
+            if started is not None:
+                labels, t0 = started
+                self._observe(self.m.node_duration, time.perf_counter() - t0, *labels)
+
+        task_prerun.connect(prerun, weak=False)
+        task_postrun.connect(postrun, weak=False)
+        self._receivers += [(task_prerun, prerun), (task_postrun, postrun)]
+
+    def detach(self) -> None:
+        """Stop timing tasks (disconnect the Celery signal receivers)."""
+        for sig, receiver in self._receivers:
+            sig.disconnect(receiver)
+        self._receivers.clear()
+
+
+def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> PrometheusHooks:
+    """Count ``durable``'s events and time its node tasks; returns the hooks installed.
+
+    Call it where the Celery app is built (the module ``celery -A`` imports), so that the
+    worker's pool children inherit it. Hooks already set on ``durable`` keep being called.
+    """
+    if isinstance(durable.hooks, PrometheusHooks):
+        return durable.hooks
+    hooks = PrometheusHooks(registry, inner=durable.hooks)
+    hooks.watch_tasks(durable)
+    durable.hooks = hooks
+    return hooks
+
+
+# -- the database, at scrape time ---------------------------------------------------------------
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the executions table at each scrape: right whatever the pool."""
+
+    def __init__(self, durable: Durable, stuck_after: float | None = None) -> None:
+        self.durable = durable
+        self.stuck_after = stuck_after if stuck_after is not None else _stuck_after(durable)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            f"{PREFIX}_database_up", "1 if this scrape could read the executions table."
+        )
+        t0 = time.perf_counter()
+        try:
+            metrics = self._read()
+        except Exception:
+            logger.exception("celery-durable metrics: cannot read the database")
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from metrics
+        took = GaugeMetricFamily(
+            f"{PREFIX}_scrape_duration_seconds", "Time the database queries of this scrape took."
+        )
+        took.add_metric([], time.perf_counter() - t0)
+        yield took
+
+    def _read(self) -> list[Metric]:
+        now = utcnow()
+        cutoff = now - timedelta(seconds=self.stuck_after)
+        by_status = select(executions.c.graph, executions.c.status, func.count()).group_by(
+            executions.c.graph, executions.c.status
+        )
+        active = [str(s) for s in ACTIVE]
+        idle = (
+            select(
+                executions.c.graph,
+                func.min(executions.c.updated_at),
+                func.sum(case((executions.c.updated_at < cutoff, 1), else_=0)),
+            )
+            .where(executions.c.status.in_(active))
+            .group_by(executions.c.graph)
+        )
+        with self.durable.db.engine.connect() as conn:
+            counts = [(str(g), str(s), int(n)) for g, s, n in conn.execute(by_status)]
+            oldest = [(str(g), as_utc(t), int(n)) for g, t, n in conn.execute(idle)]
+
+        graphs = sorted({g for g, _, _ in counts} | set(self.durable.graphs))
+        table = {(g, s): n for g, s, n in counts}
+        total = GaugeMetricFamily(
+            f"{PREFIX}_executions",
+            "Executions stored, by graph and status.",
+            labels=["graph", "status"],
+        )
+        needs = GaugeMetricFamily(
+            f"{PREFIX}_needs_intervention",
+            "Executions waiting for an operator (a compensation failed for good).",
+            labels=["graph"],
+        )
+        stuck = GaugeMetricFamily(
+            f"{PREFIX}_stuck_executions",
+            "Running or compensating executions with no commit for longer than the threshold.",
+            labels=["graph"],
+        )
+        longest = GaugeMetricFamily(
+            f"{PREFIX}_longest_idle_seconds",
+            "Seconds since the least recently committed active execution last committed.",
+            labels=["graph"],
+        )
+        for graph in graphs:
+            for status in Status:
+                total.add_metric([graph, str(status)], table.get((graph, str(status)), 0))
+            needs.add_metric([graph], table.get((graph, str(Status.NEEDS_INTERVENTION)), 0))
+        idle_of = {g: (t, n) for g, t, n in oldest}
+        for graph in graphs:
+            since, count = idle_of.get(graph, (None, 0))
+            stuck.add_metric([graph], count)
+            longest.add_metric([graph], max((now - since).total_seconds(), 0.0) if since else 0)
+        threshold = GaugeMetricFamily(
+            f"{PREFIX}_stuck_threshold_seconds", "The no-commit age that counts as stuck."
+        )
+        threshold.add_metric([], self.stuck_after)
+        return [total, needs, stuck, longest, threshold]
+
+
+def _stuck_after(durable: Durable) -> float:
+    return float(getattr(durable.settings, "stuck_after", 1800.0))
+
+
+class MultiProcessDirCollector(Collector):
+    """prometheus_client's multiprocess files, summed over ``path`` and its subdirectories
+    (one per container sharing the volume, so process ids never collide)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def files(self) -> list[str]:
+        return sorted(
+            glob.glob(os.path.join(self.path, "*.db"))
+            + glob.glob(os.path.join(self.path, "*", "*.db"))
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        merged: Iterable[Metric] = MultiProcessCollector.merge(self.files(), accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
+
+
+def multiprocess_dir(explicit: str | None = None) -> str | None:
+    """Where the in-process metrics' files are: argument, CELERY_DURABLE_METRICS_DIR,
+    then PROMETHEUS_MULTIPROC_DIR; None when not in multiprocess mode."""
+    path = explicit or os.environ.get(METRICS_DIR_ENV) or os.environ.get(MULTIPROC_ENV)
+    return path or None
+
+
+class _Delegate(Collector):
+    """Another registry's metrics, inside this one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
+
+
+def metrics_registry(
+    durable: Durable,
+    *,
+    stuck_after: float | None = None,
+    multiprocess: str | None = None,
+    in_process: CollectorRegistry | None = REGISTRY,
+) -> CollectorRegistry:
+    """What the metrics server exposes: the database gauges, plus the in-process metrics,
+    summed from the multiprocess files when configured, else ``in_process`` (this process's
+    own; None to leave them out)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(durable, stuck_after))
+    path = multiprocess_dir(multiprocess)
+    if path is not None:
+        os.makedirs(path, exist_ok=True)
+        registry.register(MultiProcessDirCollector(path))
+    elif in_process is not None:
+        registry.register(_Delegate(in_process))
+    return registry
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics endpoint; ``port`` is the bound one (ask for 0 to get a free one)."""
+
+    server: WSGIServer
+    thread: threading.Thread
+    registry: CollectorRegistry
+    addr: str = field(default="0.0.0.0")
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.addr in ("0.0.0.0", "", "::") else self.addr
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve_metrics(
+    durable: Durable,
+    port: int = DEFAULT_PORT,
+    addr: str = "0.0.0.0",
+    *,
+    stuck_after: float | None = None,
+    multiprocess: str | None = None,
+    in_process: CollectorRegistry | None = REGISTRY,
+) -> MetricsServer:
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns at once."""
+    registry = metrics_registry(
+        durable, stuck_after=stuck_after, multiprocess=multiprocess, in_process=in_process
+    )
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return MetricsServer(server, thread, registry, addr)
+
+
+def run_metrics(
+    durable: Durable,
+    port: int = DEFAULT_PORT,
+    addr: str = "0.0.0.0",
+    *,
+    stuck_after: float | None = None,
+    multiprocess: str | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serve metrics until interrupted (Ctrl-C, SIGTERM) or until ``stop`` is set."""
+    running = serve_metrics(durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess)
+    stop = stop or threading.Event()
+    logger.info("celery-durable metrics on %s", running.url)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):
+                pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        running.close()
