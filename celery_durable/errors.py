@@ -151,6 +151,8 @@ class MergeConflict(DurableError):
 
 
 class ExecutionNotFound(DurableError):
+    """No execution has this id in this database."""
+
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         super().__init__(
@@ -216,6 +218,8 @@ class LeaseLost(StoreError):
 
 
 class CheckpointCorrupted(StoreError):
+    """A stored checkpoint does not match its SHA-256 checksum."""
+
     def __init__(self, execution_id: str, seq: int) -> None:
         self.execution_id = execution_id
         self.seq = seq
@@ -308,6 +312,8 @@ class NeedsIntervention(ExecutionFailed):
 
 
 class WaitTimeout(DurableError, TimeoutError):
+    """wait() gave up; the execution itself goes on."""
+
     def __init__(self, execution_id: str, timeout: float, status: str) -> None:
         super().__init__(
             f"Execution {execution_id!r} was still {status} after {timeout:g} s. It keeps "

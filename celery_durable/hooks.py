@@ -11,6 +11,8 @@ from celery_durable.status import Status
 
 
 class Hooks:
+    """Callbacks for metrics, alerts and audit; every method is a no-op until overridden."""
+
     def node_committed(self, graph: str, node: str, commit: Commit) -> None:
         """A node visit committed."""
 

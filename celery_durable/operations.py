@@ -127,15 +127,19 @@ class Operations:
     def resume(
         self, execution_id: str, *, by: str | None = None, reason: str | None = None
     ) -> None:
+        """Dispatch what became due while paused; what was in flight then has run already."""
+
+        def change(r: ExecutionRecord) -> Change:
+            cursor = Cursor.from_json(r.cursor)
+            cursor.held = []
+            return Change(r.state, cursor, _running(r), r.error)
+
         record, commit = self.apply(
-            execution_id,
-            "resume",
-            {S.PAUSED},
-            lambda r: Change(r.state, Cursor.from_json(r.cursor), _running(r), r.error),
-            by=by,
-            reason=reason,
+            execution_id, "resume", {S.PAUSED}, change, by=by, reason=reason
         )
-        self._dispatch_frontier(self._graph(record), execution_id, commit)
+        graph, base = self._graph(record), _base(commit)
+        for name, visit in Cursor.from_json(record.cursor).held:
+            self.durable.dispatch(graph, name, visit, execution_id, base)
 
     def cancel(
         self, execution_id: str, *, by: str | None = None, reason: str | None = None
@@ -191,6 +195,7 @@ class Operations:
         self, execution_id: str, seq: int, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Time travel: the run goes on from checkpoint ``seq``; its history stays."""
+        self.durable.store.get_execution(execution_id)  # ExecutionNotFound before anything
         checkpoint = self.durable.store.load(execution_id, seq)
 
         def change(r: ExecutionRecord) -> Change:
@@ -218,8 +223,8 @@ class Operations:
         reason: str | None = None,
     ) -> str:
         """A new execution that starts from checkpoint ``seq`` of this one."""
-        checkpoint = self.durable.store.load(execution_id, seq)
         record = self.durable.store.get_execution(execution_id)
+        checkpoint = self.durable.store.load(execution_id, seq)
         graph = self._graph(record)
         cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor())
         new_id = new_id or uuid.uuid4().hex
@@ -261,7 +266,8 @@ class Operations:
         cursor = Cursor.from_json(record.cursor)
         if record.status == S.NEEDS_INTERVENTION and cursor.undo:
             self._skip_compensation(record, graph, node, by, reason)
-        elif record.status == S.FAILED:
+        elif record.status in (S.FAILED, S.NEEDS_INTERVENTION):
+            # A failed node, or a node a changed definition no longer has.
             self._skip_node(record, graph, node, output or {}, by, reason)
         else:
             raise CannotSkip(execution_id, node, f"the run is {record.status}")
@@ -296,7 +302,9 @@ class Operations:
                 meta={"next": step.ready, "skipped": True},
             )
 
-        _, commit = self.apply(record.id, "skip", {S.FAILED}, change, by=by, reason=reason)
+        _, commit = self.apply(
+            record.id, "skip", {S.FAILED, S.NEEDS_INTERVENTION}, change, by=by, reason=reason
+        )
         base = _base(commit)
         for name, v in (commit.meta or {}).get("next", []):
             self.durable.dispatch(graph, name, v, record.id, base)
@@ -362,10 +370,10 @@ class Operations:
 
         def change(r: ExecutionRecord) -> Change:
             cursor = Cursor.from_json(r.cursor)
-            if r.status != S.RUNNING:
-                # Only a running saga has steps in flight to wait for; a failed step
-                # committed nothing to undo.
-                cursor.frontier = []
+            # Steps in flight commit (and join the undo list) or fail before undoing starts;
+            # steps held by a pause never start; a failed step committed nothing to undo.
+            in_flight = cursor.in_flight if r.status in (S.RUNNING, S.PAUSED) else []
+            cursor.frontier, cursor.held = in_flight, []
             cursor.undo = compensation.plan(self.durable, graph, execution_id)
             keep = r.error if r.status == S.FAILED else error
             return Change(r.state, cursor, compensation.status_of(cursor), keep)

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 
 class Status(StrEnum):
+    """Where an execution stands; see FINISHED for the ones that never change again."""
+
     PENDING = "pending"
     RUNNING = "running"
     PAUSED = "paused"

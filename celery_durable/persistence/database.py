@@ -9,62 +9,82 @@ from contextlib import contextmanager
 from types import ModuleType
 
 from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.exc import DBAPIError
 
 from celery_durable.persistence import postgres, sqlite
 
 
 class Database:
-    """Owns one SQLAlchemy engine per process: a forked worker child builds its own pool."""
+    """Owns the engines of one process: a forked worker child builds its own pools.
+
+    ``engine`` runs transactions. On PostgreSQL a second pool of autocommit connections
+    serves one-statement commits and reads: no BEGIN, no ROLLBACK on return, one round trip.
+    """
 
     def __init__(self, url: str, *, pool_size: int = 5) -> None:
         self.url = url
         self.pool_size = pool_size
         self.dialect: ModuleType = postgres if url.startswith("postgresql") else sqlite
-        self._engine: Engine | None = None
+        self._engines: tuple[Engine, Engine] | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._held = threading.local()
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect is postgres
 
-    @property
-    def engine(self) -> Engine:
+    def _both(self) -> tuple[Engine, Engine]:
         pid = os.getpid()
-        if self._engine is None or self._pid != pid:
+        if self._engines is None or self._pid != pid:
             with self._lock:
-                if self._engine is None or self._pid != pid:
-                    if self._engine is not None:
+                if self._engines is None or self._pid != pid:
+                    if self._engines is not None:
                         # Inherited from the parent: drop its sockets without closing them.
-                        self._engine.dispose(close=False)
+                        for inherited in self._engines:
+                            inherited.dispose(close=False)
                     engine = create_engine(self.url, **self.dialect.engine_options(self))
                     self.dialect.configure(engine)
-                    self._engine, self._pid = engine, pid
-        return self._engine
+                    auto = engine
+                    if self.is_postgres:
+                        auto = create_engine(
+                            self.url,
+                            isolation_level="AUTOCOMMIT",
+                            pool_reset_on_return=None,
+                            **self.dialect.engine_options(self),
+                        )
+                    self._engines, self._pid = (engine, auto), pid
+        return self._engines
+
+    @property
+    def engine(self) -> Engine:
+        return self._both()[0]
+
+    @property
+    def read_engine(self) -> Engine:
+        """The engine read() connections come from."""
+        engine, auto = self._both()
+        return auto if self.is_postgres else engine
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
-        """A connection each thread keeps checked out, in autocommit mode, for one-statement
-        transactions on the hot path: no pool checkout, no BEGIN, one round trip per commit.
-
-        A connection the server dropped is let go, so the next call opens a fresh one.
-        """
-        engine = self.engine
-        conn: Connection | None = getattr(self._held, "conn", None)
-        if conn is None or getattr(self._held, "engine", None) is not engine:
-            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._held.conn, self._held.engine = conn, engine
-        try:
+        """An autocommit connection (PostgreSQL): each statement is its own transaction."""
+        with self._both()[1].connect() as conn:
             yield conn
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                self._held.conn = None
-            raise
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads: autocommit on PostgreSQL, a deferred BEGIN on SQLite (so a
+        reader never waits for the write lock)."""
+        engine, auto = self._both()
+        if self.is_postgres:
+            with auto.connect() as conn:
+                yield conn
+        else:
+            with engine.connect().execution_options(durable_read=True) as conn:
+                yield conn
 
     def dispose(self) -> None:
         with self._lock:
-            if self._engine is not None and self._pid == os.getpid():
-                self._engine.dispose()
-            self._engine = None
+            if self._engines is not None and self._pid == os.getpid():
+                for engine in set(self._engines):
+                    engine.dispose()
+            self._engines = None

@@ -31,7 +31,7 @@ def head() -> str:
 
 
 def current(db: Database) -> str | None:
-    with db.engine.connect() as conn:
+    with db.read() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": ALEMBIC_VERSION_TABLE})
         return context.get_current_revision()
 

@@ -37,8 +37,12 @@ def configure(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        # Take the write lock up front: two writers never deadlock upgrading a read lock.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front, so two never deadlock upgrading a read lock;
+        # readers (Database.read) begin deferred and never wait for a writer under WAL.
+        if connection.get_execution_options().get("durable_read"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Waiter:

@@ -99,7 +99,7 @@ class CheckpointStore:
         return record, True
 
     def get_execution(self, execution_id: str) -> ExecutionRecord:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(executions).where(executions.c.id == execution_id)).first()
         if row is None:
             raise ExecutionNotFound(execution_id)
@@ -122,7 +122,7 @@ class CheckpointStore:
             query = query.where(executions.c.graph == graph)
         if since is not None:
             query = query.where(executions.c.created_at >= since)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return [_execution(row) for row in conn.execute(query)]
 
     def list_stale(self, older_than: datetime, limit: int = 100) -> builtins.list[ExecutionRecord]:
@@ -134,7 +134,7 @@ class CheckpointStore:
             .order_by(executions.c.updated_at)
             .limit(limit)
         )
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return [_execution(row) for row in conn.execute(query)]
 
     def touch(self, record: ExecutionRecord, now: datetime) -> bool:
@@ -179,13 +179,13 @@ class CheckpointStore:
         query = select(func.count()).where(
             executions.c.status == str(status), executions.c.finished_at < finished_before
         )
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
 
     def count_executions(self) -> dict[str, int]:
         """Executions by status: what dashboards and metrics read."""
         query = select(executions.c.status, func.count()).group_by(executions.c.status)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return {row[0]: row[1] for row in conn.execute(query)}
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -267,7 +267,7 @@ class CheckpointStore:
         query = select(checkpoints).where(
             checkpoints.c.execution_id == execution_id, checkpoints.c.seq == seq
         )
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).first()
         if row is None:
             raise CheckpointNotFound(execution_id, seq)
@@ -280,7 +280,7 @@ class CheckpointStore:
             .order_by(checkpoints.c.seq.desc())
             .limit(1)
         )
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).first()
         return None if row is None else _checkpoint(row)
 
@@ -301,7 +301,7 @@ class CheckpointStore:
             query = query.where(checkpoints.c.kind.in_(builtins.list(kinds)))
         if after is not None:
             query = query.where(checkpoints.c.seq > after)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return [_checkpoint(row) for row in conn.execute(query)]
 
     def find(self, execution_id: str, kind: str, node: str, visit: int) -> Checkpoint | None:
@@ -312,7 +312,7 @@ class CheckpointStore:
             checkpoints.c.node == node,
             checkpoints.c.visit == visit,
         )
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).first()
         return None if row is None else _checkpoint(row)
 
@@ -342,7 +342,7 @@ class CheckpointStore:
 
     def ping(self) -> None:
         """Raise if the database does not answer: what health checks call."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             conn.execute(select(1))
 
 

@@ -25,7 +25,7 @@ class VisitLedger:
         self.db = db
 
     def get(self, execution_id: str, kind: str, node: str, visit: int) -> VisitRecord | None:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 select(node_visits).where(_key(execution_id, kind, node, visit))
             ).first()
@@ -46,11 +46,12 @@ class VisitLedger:
             kind,
             node,
             visit,
-            increments={"attempts": 1},
+            # A failed attempt gives up its lease; bumping the token fences it out for good,
+            # and keeps every later token above every earlier one.
+            increments={"attempts": 1, "lease_token": 1},
             values={
                 "last_error": codec.dumps(error),
                 "due_at": due_at,
-                "lease_token": 0,
                 "lease_owner": None,
                 "lease_expires_at": None,
             },
@@ -113,7 +114,7 @@ class VisitLedger:
 
     def busy(self, execution_id: str, now: datetime) -> set[tuple[str, str, int]]:
         """(kind, node, visit) of this execution held by a live lease or waiting to retry."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 select(node_visits).where(
                     node_visits.c.execution_id == execution_id,

@@ -24,6 +24,8 @@ Visit = tuple[str, int]
 class Cursor:
     """Nodes due (with their visit numbers), visit counters, arrivals at joins, and, while a
     saga compensates, the committed steps still to undo, newest first, as (node, visit, seq).
+    ``held`` are the due visits made ready while the run was paused: not dispatched yet, unlike
+    the rest of the frontier, which is in flight.
     """
 
     frontier: list[Visit] = field(default_factory=list)
@@ -31,6 +33,7 @@ class Cursor:
     joins: dict[str, list[str]] = field(default_factory=dict)
     queue: str | None = None
     undo: list[tuple[str, int, int]] = field(default_factory=list)
+    held: list[Visit] = field(default_factory=list)
 
     @classmethod
     def start(cls, entry: str, queue: str | None = None) -> Cursor:
@@ -44,6 +47,7 @@ class Cursor:
             joins={k: list(v) for k, v in data.get("joins", {}).items()},
             queue=data.get("queue"),
             undo=[(n, int(v), int(seq)) for n, v, seq in data.get("undo", [])],
+            held=[(n, int(v)) for n, v in data.get("held", [])],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +60,8 @@ class Cursor:
             data["queue"] = self.queue
         if self.undo:
             data["undo"] = [list(u) for u in self.undo]
+        if self.held:
+            data["held"] = [list(v) for v in self.held]
         return data
 
     def copy(self) -> Cursor:
@@ -63,6 +69,10 @@ class Cursor:
 
     def holds(self, node: str, visit: int) -> bool:
         return (node, visit) in self.frontier
+
+    @property
+    def in_flight(self) -> list[Visit]:
+        return [v for v in self.frontier if v not in self.held]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
     """One pass; safe to run from every worker at once."""
     now = now or utcnow()
     report = RecoveryReport()
+    dispatched: set[str] = set()
     for due in durable.visits.claim_due(now, limit):
         record = _active(durable, due.execution_id)
         graph = durable.graphs.get(record.graph) if record else None
@@ -68,9 +69,11 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
             )
             durable.hooks.recovered(record.id, due.node, "due")
             report.retries += 1
+            dispatched.add(record.id)
     cutoff = now - timedelta(seconds=durable.settings.stale_after)
     for record in durable.store.list_stale(cutoff, limit):
-        _heal(durable, record, now, report)
+        if record.id not in dispatched:  # a retry sent just now is progress enough
+            _heal(durable, record, now, report)
     stuck = durable.store.list_stale(now - timedelta(seconds=durable.settings.stuck_after), 6)
     report.stuck = len(stuck)
     if stuck:

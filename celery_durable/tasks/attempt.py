@@ -138,8 +138,10 @@ class Attempt:
             try:
                 self.durable.store.save(commit)
             except DuplicateCheckpoint:
+                # Another copy of this visit committed first and is dispatching what follows.
+                # Only a redelivered copy replays: its first run may have died before that.
                 existing = self.durable.store.find(*self.key)
-                return self.replay(existing) if existing else "dropped"
+                return self.replay(existing) if self.redelivered and existing else "duplicate"
             except LeaseLost:
                 return "dropped"
             except VersionConflict:

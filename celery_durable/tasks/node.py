@@ -158,7 +158,9 @@ class NodeRun(Attempt):
                 cursor, ready, error = step.cursor, step.ready, step.error
                 status = step.status
                 if base.status == Status.PAUSED and status == Status.RUNNING:
+                    # Paused: what this node made ready waits for resume().
                     status = Status.PAUSED
+                    cursor.held.extend(ready)
             return Commit(
                 execution_id=self.execution_id,
                 expected_version=base.version,

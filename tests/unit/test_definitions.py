@@ -1,0 +1,189 @@
+"""Definition errors surface where the definition is written, with a message saying what to do."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery
+from pydantic import BaseModel
+
+import celery_durable
+from celery_durable import Durable, RetryPolicy
+from celery_durable.errors import (
+    DuplicateNode,
+    GraphDefinitionError,
+    InvalidNodeOption,
+    NoEntry,
+    UnknownNode,
+    UnreachableNode,
+    UnsafeSerializer,
+)
+
+
+class S(BaseModel):
+    n: int = 0
+
+
+def test_public_api_is_pinned() -> None:
+    assert celery_durable.__all__ == [
+        "Durable",
+        "Settings",
+        "Hooks",
+        "Graph",
+        "Saga",
+        "Node",
+        "Context",
+        "RetryPolicy",
+        "NonRetryable",
+        "Reduce",
+        "Execution",
+        "Progress",
+        "Status",
+        "Checkpoint",
+        "intervention_required",
+        "DurableError",
+        "ExecutionFailed",
+        "Compensated",
+        "ExecutionCancelled",
+        "NeedsIntervention",
+        "ExecutionNotFound",
+        "InvalidInput",
+        "InvalidTransition",
+        "WaitTimeout",
+        "CheckpointCorrupted",
+    ]
+    for name in celery_durable.__all__:
+        assert getattr(celery_durable, name).__doc__ or name == "intervention_required", name
+
+
+def test_duplicate_node_name(durable: Durable) -> None:
+    g = durable.graph("dup", state=S)
+    g.node(lambda s: None, name="a")
+    with pytest.raises(DuplicateNode, match="already has a node named 'a'"):
+        g.node(lambda s: None, name="a")
+
+
+def test_edge_to_unknown_node_names_the_known_ones(durable: Durable) -> None:
+    g = durable.graph("edges", state=S)
+    g.node(lambda s: None, name="a")
+    with pytest.raises(UnknownNode, match="known nodes: a"):
+        g.edge("a", "b")
+
+
+def test_no_entry_and_unreachable_nodes_are_caught_before_anything_runs(durable: Durable) -> None:
+    g = durable.graph("shape", state=S)
+    g.node(lambda s: None, name="a")
+    g.node(lambda s: None, name="island")
+    with pytest.raises(NoEntry):
+        g.delay()
+    g.entry("a")
+    with pytest.raises(UnreachableNode, match="island"):
+        g.delay()
+    assert durable.list() == []
+
+
+def test_branch_without_paths_counts_every_node_reachable(durable: Durable) -> None:
+    g = durable.graph("open_branch", state=S)
+    g.node(lambda s: None, name="a")
+    g.node(lambda s: None, name="b")
+    g.entry("a")
+    g.branch("a", lambda s: "b")
+    assert len(g.validate()) == 64
+
+
+def test_node_options_are_checked_when_applied(durable: Durable) -> None:
+    g = durable.graph("opts", state=S)
+    with pytest.raises(InvalidNodeOption, match="unknown node option"):
+        g.node(retries=3)
+    with pytest.raises(InvalidNodeOption, match="RetryPolicy"):
+        g.node(retry=3)
+    with pytest.raises(InvalidNodeOption, match="timeout"):
+        g.node(timeout=0)
+    with pytest.raises(InvalidNodeOption, match="parameters"):
+        g.node(lambda a, b, c: None)
+
+
+def test_state_must_be_a_pydantic_model_and_graph_names_unique(durable: Durable) -> None:
+    with pytest.raises(GraphDefinitionError, match="BaseModel"):
+        durable.graph("bad", state=dict)  # type: ignore[arg-type]
+    durable.graph("taken", state=S)
+    with pytest.raises(GraphDefinitionError, match="already defined"):
+        durable.graph("taken", state=S)
+
+
+def test_fingerprint_changes_with_the_shape(durable: Durable) -> None:
+    g = durable.graph("fp", state=S)
+    g.node(lambda s: None, name="a")
+    g.node(lambda s: None, name="b")
+    g.entry("a")
+    g.edge("a", "b")
+    before = g.validate()
+    g.node(lambda s: None, name="c")
+    g.edge("b", "c")
+    assert g.validate() != before
+
+
+def test_nodes_are_registered_tasks_with_safe_delivery(durable: Durable) -> None:
+    g = durable.graph("tasks", state=S)
+
+    @g.node(timeout=5)
+    def work(s: S) -> None:
+        """Does the work."""
+
+    task = durable.app.tasks["durable.tasks.work"]
+    assert (task.acks_late, task.reject_on_worker_lost, task.serializer) == (True, True, "json")
+    assert task.soft_time_limit == 5
+    assert work(S()) is None  # a node stays callable as the function it wraps
+    assert work.__doc__ == "Does the work."
+
+
+def test_compensation_registers_its_own_task(durable: Durable) -> None:
+    saga = durable.saga("trip", state=S)
+
+    @saga.step
+    def book(s: S) -> None: ...
+
+    @book.compensation
+    def unbook(s: S) -> None: ...
+
+    assert "durable.trip.book.compensate" in durable.app.tasks
+    with pytest.raises(GraphDefinitionError, match="already has a compensation"):
+        book.compensation(lambda s: None)
+
+
+def test_saga_steps_chain_in_declaration_order(durable: Durable) -> None:
+    saga = durable.saga("steps", state=S)
+    for name in ("one", "two", "three"):
+        saga.node(lambda s: None, name=name)
+    assert saga.entry_node == "one"
+    assert saga.edges == {"one": ["two"], "two": ["three"]}
+    assert saga.on_failure == "compensate"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("task_serializer", "pickle"),
+        ("result_serializer", "pickle"),
+        ("accept_content", ["json", "pickle"]),
+    ],
+)
+def test_an_app_that_insists_on_pickle_is_refused(setting: str, value: object) -> None:
+    app = Celery("pickly", broker="memory://localhost/")
+    app.conf[setting] = value
+    with pytest.raises(UnsafeSerializer, match=setting):
+        Durable(app, database_url="sqlite://")
+
+
+def test_the_app_is_pinned_to_json() -> None:
+    app = Celery("plain", broker="memory://localhost/")
+    Durable(app, database_url="sqlite://")
+    assert (app.conf.task_serializer, app.conf.accept_content) == ("json", ["json"])
+
+
+def test_retry_policy_validates_itself() -> None:
+    with pytest.raises(InvalidNodeOption, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(InvalidNodeOption, match="max_delay"):
+        RetryPolicy(initial_delay=10, max_delay=1)
+    with pytest.raises(InvalidNodeOption, match="exception classes"):
+        RetryPolicy(retry_on=("not an exception",))  # type: ignore[arg-type]

@@ -1,0 +1,38 @@
+"""Settings: arguments win over the environment, which wins over the defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from celery_durable import Settings
+from celery_durable.errors import ConfigurationError
+
+
+def test_default_is_a_sqlite_file_in_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.load(environ={})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'celery_durable.sqlite3'}"
+
+
+def test_environment_then_arguments() -> None:
+    env = {
+        "CELERY_DURABLE_DATABASE_URL": "postgresql://u@h/db",
+        "CELERY_DURABLE_STALE_AFTER": "12.5",
+    }
+    settings = Settings.load(environ=env)
+    assert settings.database_url == "postgresql+psycopg://u@h/db"
+    assert settings.stale_after == 12.5
+    assert Settings.load({"stale_after": 3}, environ=env).stale_after == 3
+
+
+def test_bad_values_name_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="CELERY_DURABLE_"):
+        Settings.load(environ={"CELERY_DURABLE_MAX_REDELIVERIES": "zero"})
+    with pytest.raises(ConfigurationError, match="sqlite"):
+        Settings.load({"database_url": "mysql://x"}, environ={})
+    with pytest.raises(ConfigurationError):
+        Settings.load({"no_such_setting": 1}, environ={})
