@@ -420,3 +420,7 @@ def demo(database_url: str | None) -> None:
     from celery_durable.demo import run
 
     run(database_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""A tiny app for CLI tests: `celery -A tests.unit.cli_app durable ...` in a subprocess.
+
+The database comes from CELERY_DURABLE_DATABASE_URL; the broker is in memory, so commands
+that dispatch publish into the void and tests check their effect in the database.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from celery_durable import Durable, Graph
+from celery_durable.testing import embedded_app
+
+
+class Ticket(BaseModel):
+    title: str
+    done: bool = False
+
+
+def define(durable: Durable) -> Graph:
+    tickets = durable.graph("tickets", state=Ticket)
+
+    @tickets.node
+    def triage(ticket: Ticket) -> dict[str, object]:
+        return {}
+
+    @tickets.node
+    def close(ticket: Ticket) -> dict[str, object]:
+        return {"done": True}
+
+    tickets.entry(triage)
+    tickets.edge(triage, close)
+    return tickets
+
+
+app = embedded_app("cli")
+durable = Durable(app)
+tickets = define(durable)

@@ -1,0 +1,109 @@
+"""The CLI as users run it: `celery -A module durable ...` in a subprocess, output and effect."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from celery_durable import Durable, Graph, Status
+from tests.unit import cli_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tickets(durable: Durable) -> Graph:
+    """The CLI app's graph, defined on this test's Durable and database."""
+    return cli_app.define(durable)
+
+
+def celery(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CELERY_DURABLE_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.unit.cli_app", "durable", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_ls_show_history_and_operations(tickets: Graph, sqlite_url: str) -> None:
+    run = tickets.apply_async(kwargs={"title": "printer on fire"}, execution_id="t-1")
+
+    listed = celery(sqlite_url, "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["id"], r["status"]) for r in json.loads(listed.stdout)] == [("t-1", "running")]
+    table = celery(sqlite_url, "ls", "--status", "running")
+    assert "t-1" in table.stdout and "tickets" in table.stdout and "triage" in table.stdout
+
+    shown = celery(sqlite_url, "show", run.id)
+    assert "▶ triage" in shown.stdout and "· close" in shown.stdout, shown.stdout
+
+    paused = celery(sqlite_url, "pause", run.id, "--reason", "investigating", "--by", "ops")
+    assert paused.returncode == 0, paused.stderr
+    assert run.status == Status.PAUSED
+    last = run.history()[-1]
+    assert (last.kind, last.meta["op"], last.meta["by"], last.meta["reason"]) == (
+        "manual",
+        "pause",
+        "ops",
+        "investigating",
+    )
+
+    refused = celery(sqlite_url, "pause", run.id)
+    assert refused.returncode == 1
+    assert "Cannot pause execution 't-1': it is paused" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    patched = celery(sqlite_url, "patch", run.id, '{"title": "printer fixed"}')
+    assert patched.returncode == 0, patched.stderr
+    assert run.state.title == "printer fixed"
+    bad = celery(sqlite_url, "patch", run.id, '{"priority": 1}')
+    assert bad.returncode == 1 and "no field(s) priority" in bad.stderr
+
+    history = celery(sqlite_url, "history", run.id, "--json")
+    kinds = [(c["kind"], (c["meta"] or {}).get("op")) for c in json.loads(history.stdout)]
+    assert kinds == [("start", None), ("manual", "pause"), ("manual", "patch")]
+
+    cancelled = celery(sqlite_url, "cancel", run.id, "--reason", "duplicate ticket")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert run.status == Status.CANCELLED
+
+
+def test_progress_prune_recover_and_migrate(tickets: Graph, sqlite_url: str) -> None:
+    run = tickets.delay(title="x")
+    progress = celery(sqlite_url, "progress", run.id, "--json")
+    assert json.loads(progress.stdout)["done"] == 0 and json.loads(progress.stdout)["total"] == 2
+
+    dry = celery(sqlite_url, "prune", "--older-than", "0s", "--dry-run", "--json")
+    assert json.loads(dry.stdout)["succeeded"] == 0  # a running run is never pruned
+
+    assert celery(sqlite_url, "recover").returncode == 0
+    migrated = celery(sqlite_url, "migrate")
+    assert "already at revision" in migrated.stdout
+
+
+def test_unknown_execution_is_a_clear_error(tickets: Graph, sqlite_url: str) -> None:
+    result = celery(sqlite_url, "show", "nope")
+    assert result.returncode == 1
+    assert "No execution with id 'nope'" in result.stderr
+
+
+def test_script_runs_read_only_commands_without_an_app(tickets: Graph, sqlite_url: str) -> None:
+    tickets.apply_async(kwargs={"title": "y"}, execution_id="t-9")
+    result = subprocess.run(
+        [sys.executable, "-m", "celery_durable.cli", "--database-url", sqlite_url, "ls"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "t-9" in result.stdout
