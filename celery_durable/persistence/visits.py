@@ -93,6 +93,14 @@ class VisitLedger:
         with self.db.engine.begin() as conn:
             conn.execute(delete(node_visits).where(_key(execution_id, kind, node, visit)))
 
+    def clear_due(self, execution_id: str, kind: str, node: str, visit: int) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(node_visits)
+                .where(_key(execution_id, kind, node, visit))
+                .values(due_at=None, updated_at=utcnow())
+            )
+
     def claim_due(self, now: datetime, limit: int = 100) -> list[VisitRecord]:
         """Take the retries whose time has come; each is handed to exactly one sweeper."""
         with self.db.engine.begin() as conn:

@@ -70,6 +70,8 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
             durable.hooks.recovered(record.id, due.node, "due")
             report.retries += 1
             dispatched.add(record.id)
+            # A dispatched retry is progress: not stale until stale_after from now.
+            durable.store.touch(record, now)
     cutoff = now - timedelta(seconds=durable.settings.stale_after)
     for record in durable.store.list_stale(cutoff, limit):
         if record.id not in dispatched:  # a retry sent just now is progress enough
@@ -111,9 +113,11 @@ def _heal(durable: Durable, record: ExecutionRecord, now: datetime, report: Reco
     if not durable.store.touch(record, now):
         return  # Another sweeper, or a commit, got there first.
     base = Base.of(record)
-    for name, visit in cursor.frontier:
+    for name, visit in cursor.in_flight:
         if (NODE, name, visit) not in busy:
-            durable.dispatch(graph, name, visit, record.id, base)
+            found = durable.visits.get(record.id, NODE, name, visit)
+            attempt = (found.attempts if found else 0) + 1
+            durable.dispatch(graph, name, visit, record.id, base, attempt=attempt)
             durable.hooks.recovered(record.id, name, "stale")
             report.redispatched += 1
     if record.status == Status.COMPENSATING and not cursor.frontier and cursor.undo:

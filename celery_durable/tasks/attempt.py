@@ -175,6 +175,8 @@ class Attempt:
                 if not in_db:
                     self.redispatch(attempts + 1, delay)
                 return "retrying"
+            if in_db:
+                visits.clear_due(*self.key)  # the database says this was the last attempt
         else:
             visits.record_failure(*self.key, error=error, due_at=None)
         return self.give_up(error)

@@ -49,7 +49,9 @@ def test_linear_graph_commits_one_checkpoint_per_node(durable: Durable, worker) 
     assert (final.n, final.path) == (20, "ab")
     history = run.history()
     assert [(c.kind, c.node, c.visit) for c in history] == [
-        ("start", "", 0), ("node", "a", 1), ("node", "b", 1),
+        ("start", "", 0),
+        ("node", "a", 1),
+        ("node", "b", 1),
     ]
     assert [c.seq for c in history] == [0, 1, 2]
     assert history[1].output == {"n": 2, "path": "a"}
@@ -176,9 +178,8 @@ def test_dont_retry_on_fails_at_once(durable: Durable, worker) -> None:
         raise KeyError("missing")
 
     g.entry(lookup)
-    with worker():
-        with pytest.raises(ExecutionFailed):
-            g.delay().wait(timeout=10)
+    with worker(), pytest.raises(ExecutionFailed):
+        g.delay().wait(timeout=10)
     assert len(calls) == 1
 
 
@@ -190,9 +191,8 @@ def test_timeout_fails_a_slow_node(durable: Durable, worker) -> None:
         time.sleep(0.2)
 
     g.entry(crawl)
-    with worker():
-        with pytest.raises(ExecutionFailed) as failed:
-            g.delay().wait(timeout=10)
+    with worker(), pytest.raises(ExecutionFailed) as failed:
+        g.delay().wait(timeout=10)
     assert failed.value.error["type"] == "NodeTimeout"
 
 
