@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install services lint typecheck test unit integration demo bench clean
+.PHONY: install services lint typecheck test unit integration demo bench fleet fleet-test fleet-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,15 @@ demo: install
 bench: install services
 	$(PY) bench/store.py
 	$(PY) bench/engine.py
+
+fleet:
+	docker compose up -d --build
+
+fleet-test:
+	docker compose --profile tests run --rm tests
+
+fleet-down:
+	docker compose down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -375,6 +375,32 @@ def durable(ctx: click.Context) -> None:
     ctx.obj = Obj(getattr(ctx.obj, "app", None))
 
 
+@click.command("metrics")
+@click.option("--port", type=int, default=9808, show_default=True, help="Port of /metrics.")
+@click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--stuck-after",
+    type=float,
+    default=None,
+    help="Seconds without a commit that count as stuck. Default: the stuck_after setting.",
+)
+@click.option(
+    "--multiprocess-dir",
+    default=None,
+    help="The workers' Prometheus multiprocess files. Default: CELERY_DURABLE_METRICS_DIR, "
+    "then PROMETHEUS_MULTIPROC_DIR.",
+)
+@click.pass_obj
+def metrics(
+    obj: Obj, port: int, addr: str, stuck_after: float | None, multiprocess_dir: str | None
+) -> None:
+    """Serve Prometheus metrics (database gauges, workers' counters) until stopped."""
+    from celery_durable.metrics import run_metrics
+
+    click.echo(f"celery-durable metrics on http://{addr}:{port}/metrics")
+    run_metrics(obj.durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess_dir)
+
+
 COMMANDS = [
     ls,
     show,
@@ -388,6 +414,7 @@ COMMANDS = [
     prune,
     recover,
     migrate,
+    metrics,
 ]
 for _command in COMMANDS:
     durable.add_command(_command)

@@ -16,6 +16,9 @@ class Hooks:
     def node_committed(self, graph: str, node: str, commit: Commit) -> None:
         """A node visit committed."""
 
+    def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        """A checkpoint commit (kind: node, compensation, failure, ...) took ``seconds``."""
+
     def node_retrying(self, graph: str, node: str, error: BaseException, delay: float) -> None:
         """A node attempt failed and will run again after ``delay`` seconds."""
 

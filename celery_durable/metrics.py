@@ -76,6 +76,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -185,15 +186,17 @@ class _Instruments:
 
 
 # Metric objects are per registry and created once: a registry refuses a name twice.
-_instruments: dict[int, _Instruments] = {}
+_instruments: weakref.WeakKeyDictionary[CollectorRegistry, _Instruments] = (
+    weakref.WeakKeyDictionary()
+)
 _instruments_lock = threading.Lock()
 
 
 def _instruments_for(registry: CollectorRegistry) -> _Instruments:
     with _instruments_lock:
-        found = _instruments.get(id(registry))
+        found = _instruments.get(registry)
         if found is None:
-            found = _instruments[id(registry)] = _Instruments.create(registry)
+            found = _instruments[registry] = _Instruments.create(registry)
         return found
 
 
@@ -264,14 +267,24 @@ class PrometheusHooks(Hooks):
     def watch_tasks(self, durable: Durable) -> None:
         """Time ``durable``'s node and compensation tasks (task_prerun to task_postrun)."""
         names: dict[str, tuple[str, str, str]] = {}
+        built_for: list[object] = [None]
 
         def labels_of(task_name: str) -> tuple[str, str, str] | None:
             if task_name not in names:
-                names.clear()
-                for graph in list(durable.graphs.values()):
-                    for node in list(graph.nodes.values()):
-                        names[node.task_name] = (graph.name, node.name, "node")
-                        names[node.compensation_task_name] = (graph.name, node.name, "compensation")
+                # Graphs may be defined after instrument(): rebuild when they changed.
+                graphs = list(durable.graphs.values())
+                shape = [(g.name, len(g.nodes)) for g in graphs]
+                if shape != built_for[0]:
+                    names.clear()
+                    for graph in graphs:
+                        for node in list(graph.nodes.values()):
+                            names[node.task_name] = (graph.name, node.name, "node")
+                            names[node.compensation_task_name] = (
+                                graph.name,
+                                node.name,
+                                "compensation",
+                            )
+                    built_for[0] = shape
             return names.get(task_name)
 
         def prerun(sender: Any = None, task_id: str = "", **_: Any) -> None:
@@ -329,8 +342,11 @@ class DatabaseCollector(Collector):
         t0 = time.perf_counter()
         try:
             metrics = self._read()
-        except Exception:
-            logger.exception("celery-durable metrics: cannot read the database")
+        except Exception as exc:
+            # One line per scrape, not a traceback: an outage is scraped every few seconds.
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            logger.warning("celery-durable metrics: cannot read the database: %s", first)
+            logger.debug("database error", exc_info=True)
             up.add_metric([], 0)
             yield up
             return

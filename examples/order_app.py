@@ -31,6 +31,7 @@ from celery import Celery
 from pydantic import BaseModel, Field
 
 from celery_durable import Context, Durable, Graph, NonRetryable, Reduce, RetryPolicy, Saga
+from celery_durable.metrics import instrument
 
 CARD_LIMIT = 1_000
 EXPRESS_FROM = 200
@@ -148,6 +149,7 @@ app = Celery(
 )
 app.conf.worker_prefetch_multiplier = 1
 durable = Durable(app)
+instrument(durable)
 fulfilment, orders = define(durable)
 
 

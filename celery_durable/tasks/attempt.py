@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,7 @@ class Attempt:
             commit = build()
             if isinstance(commit, str):
                 return commit
+            started = time.perf_counter()
             try:
                 self.durable.store.save(commit)
             except DuplicateCheckpoint:
@@ -148,6 +150,9 @@ class Attempt:
                 if (reason := self.refresh()) is not None:
                     return reason
                 continue
+            self.durable.hooks.checkpoint_written(
+                self.graph.name, commit.node, commit.kind, time.perf_counter() - started
+            )
             return commit
         raise VersionConflict(self.execution_id, self.base.version)
 
