@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -124,31 +124,23 @@ class Durable:
 
     def register(self, node: Node[..., Any]) -> None:
         """Register the node's Celery task: acks late, requeued if its worker dies, JSON only."""
-        durable = self
-
-        def run_node(
-            task: Any,
-            execution_id: str,
-            visit: int,
-            *,
-            version: int,
-            state: dict[str, Any],
-            cursor: dict[str, Any],
-            attempt: int = 1,
-        ) -> str:
-            return durable._run(
-                task, NodeRun, node, execution_id, visit, version, state, cursor, attempt
-            )
-
-        run_node.__name__ = run_node.__qualname__ = node.name
-        run_node.__doc__ = node.fn.__doc__
-        self._register_task(node.task_name, run_node, node.timeout)
+        body = self._task_body(NodeRun, node)
+        body.__name__ = body.__qualname__ = node.name
+        body.__doc__ = node.fn.__doc__
+        self._register_task(node.task_name, body, node.timeout)
 
     def register_compensation(self, node: Node[..., Any]) -> None:
         """Register the task that undoes ``node``: same delivery guarantees as a node."""
+        body = self._task_body(CompensationRun, node)
+        body.__name__ = body.__qualname__ = f"{node.name}_compensate"
+        self._register_task(node.compensation_task_name, body, node.timeout)
+
+    def _task_body(
+        self, kind: type[NodeRun] | type[CompensationRun], node: Node[..., Any]
+    ) -> Callable[..., str]:
         durable = self
 
-        def compensate(
+        def body(
             task: Any,
             execution_id: str,
             visit: int,
@@ -157,45 +149,31 @@ class Durable:
             state: dict[str, Any],
             cursor: dict[str, Any],
             attempt: int = 1,
+            recovered: bool = False,
         ) -> str:
-            return durable._run(
-                task, CompensationRun, node, execution_id, visit, version, state, cursor, attempt
+            delivery = task.request.delivery_info or {}
+            run = kind(
+                durable,
+                node.graph,
+                node.name,
+                execution_id,
+                visit,
+                Base(version, state, Cursor.from_json(cursor)),
+                attempt=attempt,
+                # A copy the recovery sweep sent gets the checks of a redelivered one: its
+                # visit may have committed, be poison, or be leased by a live attempt.
+                redelivered=recovered or bool(delivery.get("redelivered")),
             )
+            try:
+                return run.execute()
+            except (OperationalError, InterfaceError) as exc:
+                # The database is down: publish this visit again, later. Nothing committed is
+                # lost, and a visit that did commit is replayed, not committed twice.
+                delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
+                logger.warning("database unavailable (%s); %s again in %.0fs", exc, node, delay)
+                raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
 
-        compensate.__name__ = compensate.__qualname__ = f"{node.name}_compensate"
-        self._register_task(node.compensation_task_name, compensate, node.timeout)
-
-    def _run(
-        self,
-        task: Any,
-        kind: type[NodeRun] | type[CompensationRun],
-        node: Node[..., Any],
-        execution_id: str,
-        visit: int,
-        version: int,
-        state: dict[str, Any],
-        cursor: dict[str, Any],
-        attempt: int,
-    ) -> str:
-        delivery = task.request.delivery_info or {}
-        run = kind(
-            self,
-            node.graph,
-            node.name,
-            execution_id,
-            visit,
-            Base(version, state, Cursor.from_json(cursor)),
-            attempt=attempt,
-            redelivered=bool(delivery.get("redelivered")),
-        )
-        try:
-            return run.execute()
-        except (OperationalError, InterfaceError) as exc:
-            # The database is down: publish this visit again, later. Nothing committed is
-            # lost, and a visit that did commit is replayed, not committed twice.
-            delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
-            logger.warning("database unavailable (%s); %s again in %.0fs", exc, node, delay)
-            raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
+        return body
 
     def _register_task(self, name: str, fn: Any, timeout: float | None) -> None:
         options: dict[str, Any] = {}
@@ -256,9 +234,11 @@ class Durable:
         attempt: int = 1,
         countdown: float | None = None,
         compensation: bool = False,
+        recovered: bool = False,
     ) -> None:
         """Publish one node visit's message, carrying the committed state and its version."""
         target = graph.nodes[node]
+        extra = {"recovered": True} if recovered else {}
         self.app.send_task(
             target.compensation_task_name if compensation else target.task_name,
             args=(execution_id, visit),
@@ -267,6 +247,7 @@ class Durable:
                 "state": base.state,
                 "cursor": base.cursor.to_json(),
                 "attempt": attempt,
+                **extra,
             },
             queue=target.queue or base.cursor.queue,
             countdown=countdown,

@@ -58,12 +58,14 @@ def status_of(cursor: Cursor) -> Status:
     return Status.COMPENSATING if cursor.frontier or cursor.undo else Status.COMPENSATED
 
 
-def proceed(durable: Durable, graph: Graph, execution_id: str, base: Base) -> None:
+def proceed(
+    durable: Durable, graph: Graph, execution_id: str, base: Base, recovered: bool = False
+) -> None:
     """Dispatch the next compensation, once no step is in flight any more."""
     if base.status != Status.COMPENSATING or base.cursor.frontier or not base.cursor.undo:
         return
     node, visit, _ = base.cursor.undo[0]
-    durable.dispatch(graph, node, visit, execution_id, base, compensation=True)
+    durable.dispatch(graph, node, visit, execution_id, base, compensation=True, recovered=recovered)
 
 
 def after_failure(run: NodeRun, error: dict[str, Any]) -> str:

@@ -117,13 +117,13 @@ def _heal(durable: Durable, record: ExecutionRecord, now: datetime, report: Reco
         if (NODE, name, visit) not in busy:
             found = durable.visits.get(record.id, NODE, name, visit)
             attempt = (found.attempts if found else 0) + 1
-            durable.dispatch(graph, name, visit, record.id, base, attempt=attempt)
+            durable.dispatch(graph, name, visit, record.id, base, attempt=attempt, recovered=True)
             durable.hooks.recovered(record.id, name, "stale")
             report.redispatched += 1
     if record.status == Status.COMPENSATING and not cursor.frontier and cursor.undo:
         name, visit, _ = cursor.undo[0]
         if (COMPENSATION, name, visit) not in busy:
-            proceed(durable, graph, record.id, base)
+            proceed(durable, graph, record.id, base, recovered=True)
             durable.hooks.recovered(record.id, name, "stale")
             report.redispatched += 1
 

@@ -11,7 +11,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -131,6 +131,23 @@ class Graph:
         self._fingerprint: str | None = None
 
     # -- definition -------------------------------------------------------------------------
+
+    @overload
+    def node(self, fn: Callable[P, R], /) -> Node[P, R]: ...
+
+    @overload
+    def node(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        queue: str | None = None,
+        compensate: Callable[..., Any] | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        **unknown: Any,
+    ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
     def node(
         self,
