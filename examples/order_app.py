@@ -148,6 +148,8 @@ app = Celery(
     "shop", broker=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//")
 )
 app.conf.worker_prefetch_multiplier = 1
+# One queue per deployment (or per test run): SHOP_QUEUE, default Celery's own.
+app.conf.task_default_queue = os.environ.get("SHOP_QUEUE", "celery")
 durable = Durable(app)
 instrument(durable)
 fulfilment, orders = define(durable)
