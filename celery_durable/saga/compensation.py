@@ -158,18 +158,6 @@ class CompensationRun(Attempt):
         undo = base.cursor.undo
         return not base.cursor.frontier and bool(undo) and undo[0][:2] == (self.name, self.visit)
 
-    def redispatch(self, attempt: int, countdown: float) -> None:
-        self.durable.dispatch(
-            self.graph,
-            self.name,
-            self.visit,
-            self.execution_id,
-            self.base,
-            attempt=attempt,
-            countdown=countdown,
-            compensation=True,
-        )
-
     def replay(self, checkpoint: Checkpoint) -> str:
         record = self.durable.store.get_execution(self.execution_id)
         proceed(self.durable, self.graph, self.execution_id, Base.of(record))

@@ -95,7 +95,17 @@ class Attempt:
         raise NotImplementedError
 
     def redispatch(self, attempt: int, countdown: float) -> None:
-        raise NotImplementedError
+        """Publish this visit again for its next attempt."""
+        self.durable.dispatch(
+            self.graph,
+            self.name,
+            self.visit,
+            self.execution_id,
+            self.base,
+            attempt=attempt,
+            countdown=countdown,
+            compensation=self.kind != "node",
+        )
 
     # -- shared protocol --------------------------------------------------------------------
 

@@ -105,17 +105,6 @@ class NodeRun(Attempt):
     def is_due(self, base: Base) -> bool:
         return base.cursor.holds(self.name, self.visit)
 
-    def redispatch(self, attempt: int, countdown: float) -> None:
-        self.durable.dispatch(
-            self.graph,
-            self.name,
-            self.visit,
-            self.execution_id,
-            self.base,
-            attempt=attempt,
-            countdown=countdown,
-        )
-
     def replay(self, checkpoint: Checkpoint) -> str:
         """The visit committed before: only dispatch what it made due and is still due."""
         record = self.durable.store.get_execution(self.execution_id)
