@@ -79,8 +79,17 @@ class Durable:
         self.graphs: dict[str, Graph] = {}
         self.operations = Operations(self)
         self._recovery = RecoveryLoop(self)
-        app.task(name=RECOVERY_TASK, shared=False, ignore_result=True)(self._recover_task)
-        app.task(name=PRUNE_TASK, shared=False, ignore_result=True)(self._prune_task)
+        # Plain functions, not bound methods: Celery derives a task's call signature from its
+        # function and would count a bound method's ``self`` as an argument, so beat's
+        # apply_async() would be refused.
+        def recover_task() -> dict[str, int]:
+            return self.recover().as_dict()
+
+        def prune_task() -> dict[str, int]:
+            return self.prune().removed
+
+        app.task(name=RECOVERY_TASK, shared=False, ignore_result=True)(recover_task)
+        app.task(name=PRUNE_TASK, shared=False, ignore_result=True)(prune_task)
         # Beat runs both when started for this app; entries the app already has are kept.
         schedule = app.conf.beat_schedule
         schedule.setdefault(RECOVERY_TASK, {"task": RECOVERY_TASK, "schedule": 60.0})
@@ -294,9 +303,6 @@ class Durable:
         """One recovery sweep now (workers also sweep on start and periodically)."""
         return sweep(self)
 
-    def _recover_task(self) -> dict[str, int]:
-        return self.recover().as_dict()
-
     def prune(
         self,
         older_than: timedelta | None = None,
@@ -310,9 +316,6 @@ class Durable:
         return prune(
             self, older_than, succeeded=succeeded, failed=failed, batch=batch, dry_run=dry_run
         )
-
-    def _prune_task(self) -> dict[str, int]:
-        return self.prune().removed
 
     def stuck(self, threshold: timedelta | None = None) -> builtins.list[Execution]:
         """Running executions with no commit for ``threshold`` (default: stuck_after)."""

@@ -187,3 +187,9 @@ def test_retry_policy_validates_itself() -> None:
         RetryPolicy(initial_delay=10, max_delay=1)
     with pytest.raises(InvalidNodeOption, match="exception classes"):
         RetryPolicy(retry_on=("not an exception",))  # type: ignore[arg-type]
+
+
+def test_beat_can_send_the_maintenance_tasks(durable: Durable) -> None:
+    for name in ("durable.recover", "durable.prune"):
+        assert name in durable.app.conf.beat_schedule
+        durable.app.tasks[name].apply_async()  # what beat does; a bad signature raises here
