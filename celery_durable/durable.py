@@ -79,6 +79,7 @@ class Durable:
         self.graphs: dict[str, Graph] = {}
         self.operations = Operations(self)
         self._recovery = RecoveryLoop(self)
+
         # Plain functions, not bound methods: Celery derives a task's call signature from its
         # function and would count a bound method's ``self`` as an argument, so beat's
         # apply_async() would be refused.
@@ -159,6 +160,7 @@ class Durable:
             cursor: dict[str, Any],
             attempt: int = 1,
             recovered: bool = False,
+            status: str = Status.RUNNING,
         ) -> str:
             delivery = task.request.delivery_info or {}
             run = kind(
@@ -167,7 +169,7 @@ class Durable:
                 node.name,
                 execution_id,
                 visit,
-                Base(version, state, Cursor.from_json(cursor)),
+                Base(version, state, Cursor.from_json(cursor), Status(status)),
                 attempt=attempt,
                 # A copy the recovery sweep sent gets the checks of a redelivered one: its
                 # visit may have committed, be poison, or be leased by a live attempt.
@@ -247,7 +249,9 @@ class Durable:
     ) -> None:
         """Publish one node visit's message, carrying the committed state and its version."""
         target = graph.nodes[node]
-        extra = {"recovered": True} if recovered else {}
+        extra: dict[str, Any] = {"recovered": True} if recovered else {}
+        if base.status != Status.RUNNING:
+            extra["status"] = str(base.status)
         self.app.send_task(
             target.compensation_task_name if compensation else target.task_name,
             args=(execution_id, visit),

@@ -141,18 +141,23 @@ class CompensationRun(Attempt):
             attempt=self.attempt,
             idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}:compensate",
         )
-        try:
-            as_committed = self.durable.store.load(self.execution_id, seq).state
-            model = validate(self.graph.name, self.graph.state, as_committed)
-            if node.compensator_wants_context:
-                node.compensator(model, ctx)
-            else:
-                node.compensator(model)
-        except Superseded:
+        # A long undo holds a lease like a long node: the sweep leaves it alone, and a
+        # superseded attempt cannot commit.
+        with self.durable.leases.watch(self.key) as lease:
+            try:
+                as_committed = self.durable.store.load(self.execution_id, seq).state
+                model = validate(self.graph.name, self.graph.state, as_committed)
+                if node.compensator_wants_context:
+                    node.compensator(model, ctx)
+                else:
+                    node.compensator(model)
+            except Superseded:
+                return "dropped"
+            except Exception as exc:
+                return self.failed(exc, node.compensation_retry)
+        if lease.lost:
             return "dropped"
-        except Exception as exc:
-            return self.failed(exc, node.compensation_retry)
-        return self._commit(seq)
+        return self._commit(seq, lease_token=lease.token)
 
     def is_due(self, base: Base) -> bool:
         undo = base.cursor.undo
@@ -163,7 +168,7 @@ class CompensationRun(Attempt):
         proceed(self.durable, self.graph, self.execution_id, Base.of(record))
         return "replayed"
 
-    def _commit(self, seq: int, meta: dict[str, Any] | None = None) -> str:
+    def _commit(self, seq: int, lease_token: int = 0) -> str:
         def build() -> Commit:
             cursor = self.base.cursor.copy()
             cursor.undo.pop(0)
@@ -177,13 +182,9 @@ class CompensationRun(Attempt):
                 cursor=cursor.to_json(),
                 status=status_of(cursor),
                 output=None,
-                meta={
-                    "step_seq": seq,
-                    "attempt": self.attempt,
-                    "worker": worker_id(),
-                    **(meta or {}),
-                },
+                meta={"step_seq": seq, "attempt": self.attempt, "worker": worker_id()},
                 error=self.base.error,
+                lease_token=lease_token,
             )
 
         commit = self.save(build)

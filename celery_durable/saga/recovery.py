@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 ACTIVE = frozenset({Status.RUNNING, Status.COMPENSATING})
+RETRYABLE = ACTIVE | {Status.PAUSED}
 
 
 @dataclass(slots=True)
@@ -47,13 +48,15 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
     report = RecoveryReport()
     dispatched: set[str] = set()
     for due in durable.visits.claim_due(now, limit):
-        record = _active(durable, due.execution_id)
+        record = _active(durable, due.execution_id, RETRYABLE)
         graph = durable.graphs.get(record.graph) if record else None
         if record is None or graph is None or due.node not in graph.nodes:
             continue
         base = Base.of(record)
         if due.kind == NODE:
-            is_due = record.status == Status.RUNNING and base.cursor.holds(due.node, due.visit)
+            # A retry is the node in flight going on: it runs paused or compensating too
+            # (its commit then waits, or joins the undo list).
+            is_due = base.cursor.holds(due.node, due.visit)
         else:
             undo = base.cursor.undo
             is_due = bool(undo) and undo[0][:2] == (due.node, due.visit)
@@ -66,6 +69,7 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
                 base,
                 attempt=due.attempts + 1,
                 compensation=due.kind == COMPENSATION,
+                recovered=True,
             )
             durable.hooks.recovered(record.id, due.node, "due")
             report.retries += 1
@@ -90,13 +94,15 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
     return report
 
 
-def _active(durable: Durable, execution_id: str) -> ExecutionRecord | None:
+def _active(
+    durable: Durable, execution_id: str, statuses: frozenset[Status]
+) -> ExecutionRecord | None:
     try:
         record = durable.store.get_execution(execution_id)
     except Exception:
         logger.exception("recovery: cannot load execution %s", execution_id)
         return None
-    return record if record.status in ACTIVE else None
+    return record if record.status in statuses else None
 
 
 def _heal(durable: Durable, record: ExecutionRecord, now: datetime, report: RecoveryReport) -> None:

@@ -65,6 +65,10 @@ class NodeRun(Attempt):
         """Run, commit, dispatch; returns what happened (for logs and tests)."""
         if self.redelivered and (outcome := self.before_rerun()) is not None:
             return outcome
+        if self.base.status != Status.RUNNING and (outcome := self.refresh()) is not None:
+            # Sent while paused or compensating: the row has what the message does not
+            # carry (the run's error), and says whether this visit is still due.
+            return outcome
         self._read_at = self.base.version
         node = self.node
         ctx = Context(

@@ -4,6 +4,10 @@ Configured by environment, like a deployment: CELERY_BROKER_URL, CELERY_DURABLE_
 DURABLE_TEST_QUEUE (a queue per test run), DURABLE_TEST_LEDGER (a file every node run appends
 to, so tests can count side effects, including the runs whose commit never happened). Chain
 nodes write ``<execution> <node> <visit> start|done <pid>``, items ``<execution> item <i>``.
+Saga steps and compensations write ``<execution> <event> <step> <attempt> <time.time()> <pid>
+<steps done, comma-separated>`` with event one of step-start|step-done|step-fail and
+comp-start|comp-done|comp-fail; the ``intervention_required`` signal, received in the worker,
+writes ``signal <execution> <step> <pid>``.
 
 ``build()`` makes a fresh app, Durable and graphs from the environment as it is now: the worker
 uses the module-level one built at import, the test process builds one per test (after setting
@@ -16,15 +20,39 @@ import itertools
 import os
 import signal
 import time
+import weakref
 from dataclasses import dataclass
 
 from celery import Celery
 from pydantic import BaseModel
 
-from celery_durable import Context, Durable, Graph, RetryPolicy
+from celery_durable import (
+    Context,
+    Durable,
+    Graph,
+    NonRetryable,
+    RetryPolicy,
+    Saga,
+    intervention_required,
+)
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 CHAIN_NODES = ("n1", "n2", "n3", "n4", "n5")
+# The acceptance saga: four steps, each with a compensation.
+TRIP_STEPS = ("s1", "s2", "s3", "s4")
+TRIP_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.4, backoff=2, max_delay=2, jitter=True)
+TRIP_COMPENSATION_RETRY = RetryPolicy(
+    max_attempts=3, initial_delay=0.3, backoff=2, max_delay=2, jitter=False
+)
+# The soak saga: notify has no compensation; retries are quick so the soak stays short.
+ORDER_STEPS = ("reserve", "charge", "notify", "ship")
+ORDER_COMPENSATED = ("reserve", "charge", "ship")
+ORDER_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.05, backoff=2, max_delay=0.2)
+ORDER_COMPENSATION_RETRY = RetryPolicy(max_attempts=5, initial_delay=0.05, backoff=2, max_delay=0.2)
+# A saga whose middle step retries once, after a delay long enough to wait in the database
+# when the worker's eta_threshold is below it.
+HOLD_STEPS = ("h1", "h2", "h3")
+HOLD_RETRY = RetryPolicy(max_attempts=2, initial_delay=3, backoff=1, max_delay=3, jitter=False)
 
 
 def ledger(*parts: object) -> None:
@@ -51,6 +79,20 @@ class Poison(BaseModel):
     ran: bool = False
 
 
+class Trip(BaseModel):
+    """A saga's state: the input says which step fails, what is flaky, slow or blocked."""
+
+    order_id: str = ""
+    fail_at: str = ""  # this step fails on every attempt
+    no_retry: bool = False  # ... and raises NonRetryable, so it fails for good at once
+    flaky: dict[str, int] = {}  # step -> how many of its first attempts fail
+    compensation_flaky: dict[str, int] = {}  # the same for the step's compensation
+    step_sleep: dict[str, float] = {}  # step -> seconds it sleeps after step-start
+    compensation_sleep: dict[str, float] = {}  # step -> seconds its undo sleeps after comp-start
+    blocked_while: dict[str, str] = {}  # step -> a file; its undo fails while the file exists
+    done: list[str] = []
+
+
 @dataclass(frozen=True)
 class DurableApp:
     """One Celery app with its Durable and the test graphs."""
@@ -61,6 +103,9 @@ class DurableApp:
     chain: Graph
     items: Graph
     poison: Graph
+    trip: Saga
+    order: Saga
+    hold: Saga
 
 
 def build() -> DurableApp:
@@ -73,6 +118,7 @@ def build() -> DurableApp:
         worker_hijack_root_logger=False,
     )
     durable = Durable(app)
+    _durables.add(durable)
     return DurableApp(
         app=app,
         durable=durable,
@@ -80,6 +126,19 @@ def build() -> DurableApp:
         chain=_chain(durable),
         items=_items(durable),
         poison=_poison(durable),
+        trip=_saga(durable, "trip", TRIP_STEPS, TRIP_STEPS, TRIP_RETRY, TRIP_COMPENSATION_RETRY),
+        order=_saga(
+            durable, "order", ORDER_STEPS, ORDER_COMPENSATED, ORDER_RETRY, ORDER_COMPENSATION_RETRY
+        ),
+        hold=_saga(
+            durable,
+            "hold",
+            HOLD_STEPS,
+            HOLD_STEPS,
+            TRIP_RETRY,
+            TRIP_COMPENSATION_RETRY,
+            retries={"h2": HOLD_RETRY},
+        ),
     )
 
 
@@ -143,6 +202,73 @@ def _poison(durable: Durable) -> Graph:
     return poison
 
 
+def _saga(
+    durable: Durable,
+    name: str,
+    steps: tuple[str, ...],
+    compensated: tuple[str, ...],
+    retry: RetryPolicy,
+    compensation_retry: RetryPolicy,
+    retries: dict[str, RetryPolicy] | None = None,
+) -> Saga:
+    """``steps`` in order, those in ``compensated`` with an undo; behaviour set by the state.
+
+    Every step retries per ``retry`` unless ``retries`` names a policy of its own."""
+    saga = durable.saga(name, state=Trip)
+
+    def note(event: str, step: str, state: Trip, ctx: Context) -> None:
+        done = ",".join(state.done) or "-"
+        ledger(ctx.execution_id, event, step, ctx.attempt, f"{time.time():.6f}", os.getpid(), done)
+
+    def make(step: str) -> None:
+        def run(state: Trip, ctx: Context) -> dict[str, object]:
+            note("step-start", step, state, ctx)
+            if state.step_sleep.get(step):
+                time.sleep(state.step_sleep[step])
+            if state.fail_at == step or ctx.attempt <= state.flaky.get(step, 0):
+                note("step-fail", step, state, ctx)
+                error = NonRetryable if state.fail_at == step and state.no_retry else RuntimeError
+                raise error(f"{step} failed at attempt {ctx.attempt}")
+            note("step-done", step, state, ctx)
+            return {"done": [*state.done, step]}
+
+        def undo(state: Trip, ctx: Context) -> None:
+            note("comp-start", step, state, ctx)
+            if state.compensation_sleep.get(step):
+                time.sleep(state.compensation_sleep[step])
+            blocked = state.blocked_while.get(step)
+            if ctx.attempt <= state.compensation_flaky.get(step, 0) or (
+                blocked and os.path.exists(blocked)
+            ):
+                note("comp-fail", step, state, ctx)
+                raise ConnectionError(f"undo of {step} failed at attempt {ctx.attempt}")
+            note("comp-done", step, state, ctx)
+
+        run.__name__ = step
+        undo.__name__ = f"undo_{step}"
+        saga.step(
+            name=step,
+            retry=(retries or {}).get(step, retry),
+            compensate=undo if step in compensated else None,
+            compensation_retry=compensation_retry if step in compensated else None,
+        )(run)
+
+    for step in steps:
+        make(step)
+    return saga
+
+
+def _on_intervention(sender: object = None, **kwargs: object) -> None:
+    """The worker received ``intervention_required``: say so in the ledger (the alert)."""
+    if sender in _durables:
+        ledger("signal", kwargs.get("execution_id"), kwargs.get("step"), os.getpid())
+
+
+# Only Durables built here write the ledger: unit tests send the signal in-process too.
+_durables: weakref.WeakSet[Durable] = weakref.WeakSet()
+intervention_required.connect(_on_intervention, weak=False)
+
+
 # What `celery -A tests.integration.app worker` runs.
 _default = build()
 app = _default.app
@@ -150,3 +276,6 @@ durable = _default.durable
 chain = _default.chain
 items = _default.items
 poison = _default.poison
+trip = _default.trip
+order = _default.order
+hold = _default.hold
