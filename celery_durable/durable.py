@@ -324,7 +324,7 @@ class Durable:
     def stuck(self, threshold: timedelta | None = None) -> builtins.list[Execution]:
         """Running executions with no commit for ``threshold`` (default: stuck_after)."""
         age = threshold or timedelta(seconds=self.settings.stuck_after)
-        records = self.store.list_stale(utcnow() - age, limit=1000)
+        records = self.store.list_stale(utcnow() - age, limit=1000, include_swept=True)
         return [Execution(self, r.id, r) for r in records]
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:

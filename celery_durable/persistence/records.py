@@ -52,6 +52,7 @@ class ExecutionRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    swept_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

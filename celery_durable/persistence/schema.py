@@ -52,6 +52,9 @@ executions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # Set by the recovery sweep when it re-dispatches; updated_at moves only on commits, so
+    # "no progress since" stays true for stuck detection.
+    Column("swept_at", DateTime(timezone=True), nullable=True),
     Index(None, "status", "updated_at"),
     Index(None, "graph", "status"),
 )

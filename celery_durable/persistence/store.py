@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
@@ -125,8 +125,11 @@ class CheckpointStore:
         with self.db.read() as conn:
             return [_execution(row) for row in conn.execute(query)]
 
-    def list_stale(self, older_than: datetime, limit: int = 100) -> builtins.list[ExecutionRecord]:
-        """Running or compensating executions with no commit since ``older_than``."""
+    def list_stale(
+        self, older_than: datetime, limit: int = 100, *, include_swept: bool = False
+    ) -> builtins.list[ExecutionRecord]:
+        """Running or compensating executions with no commit since ``older_than`` (and, unless
+        ``include_swept``, not re-dispatched by a sweep since then either)."""
         active = [str(Status.RUNNING), str(Status.COMPENSATING)]
         query = (
             select(executions)
@@ -134,20 +137,25 @@ class CheckpointStore:
             .order_by(executions.c.updated_at)
             .limit(limit)
         )
+        if not include_swept:
+            query = query.where(
+                or_(executions.c.swept_at.is_(None), executions.c.swept_at < older_than)
+            )
         with self.db.read() as conn:
             return [_execution(row) for row in conn.execute(query)]
 
     def touch(self, record: ExecutionRecord, now: datetime) -> bool:
-        """Claim a stale execution for one sweeper: bump updated_at if nobody else did."""
+        """Claim a stale execution for one sweeper: mark it swept, if nobody else did."""
+        swept = (
+            executions.c.swept_at.is_(None)
+            if record.swept_at is None
+            else executions.c.swept_at == record.swept_at
+        )
         with self.db.engine.begin() as conn:
             result = conn.execute(
                 update(executions)
-                .where(
-                    executions.c.id == record.id,
-                    executions.c.version == record.version,
-                    executions.c.updated_at == record.updated_at,
-                )
-                .values(updated_at=now)
+                .where(executions.c.id == record.id, executions.c.version == record.version, swept)
+                .values(swept_at=now)
             )
         return result.rowcount == 1
 
@@ -360,6 +368,7 @@ def _execution(row: Row[Any]) -> ExecutionRecord:
         created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
         updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
         finished_at=as_utc(m["finished_at"]),
+        swept_at=as_utc(m["swept_at"]),
     )
 
 

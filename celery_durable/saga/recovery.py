@@ -80,7 +80,8 @@ def sweep(durable: Durable, now: datetime | None = None, limit: int = 500) -> Re
     for record in durable.store.list_stale(cutoff, limit):
         if record.id not in dispatched:  # a retry sent just now is progress enough
             _heal(durable, record, now, report)
-    stuck = durable.store.list_stale(now - timedelta(seconds=durable.settings.stuck_after), 6)
+    stuck_cutoff = now - timedelta(seconds=durable.settings.stuck_after)
+    stuck = durable.store.list_stale(stuck_cutoff, 6, include_swept=True)
     report.stuck = len(stuck)
     if stuck:
         logger.warning(
