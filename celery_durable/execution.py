@@ -27,8 +27,6 @@ ENDINGS: dict[Status, type[ExecutionFailed]] = {
     Status.CANCELLED: ExecutionCancelled,
     Status.NEEDS_INTERVENTION: NeedsIntervention,
 }
-WAIT_FIRST_POLL = 0.002
-WAIT_MAX_POLL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +80,12 @@ class Execution:
     def wait(self, timeout: float | None = None) -> BaseModel:
         """Block until the run ends; returns the final state or raises ExecutionFailed.
 
-        On PostgreSQL the final commit wakes the waiter (LISTEN/NOTIFY); elsewhere it polls,
+        On PostgreSQL the final commit wakes the waiter (LISTEN/NOTIFY); on SQLite it polls,
         from every 2 ms backing off to every 250 ms.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = WAIT_FIRST_POLL
         with self.durable.store.waiter() as waiter:
+            pause = waiter.first_pause
             while True:
                 record = self.refresh()
                 if record.status in ENDS_WAIT:
@@ -96,7 +94,7 @@ class Execution:
                 if left is not None and left <= 0:
                     raise WaitTimeout(self.id, timeout or 0.0, record.status)
                 waiter.wait(self.id, pause if left is None else min(pause, left))
-                pause = min(pause * 1.5, WAIT_MAX_POLL)
+                pause = min(pause * 1.5, waiter.max_pause)
         if record.status != Status.SUCCEEDED:
             error = record.error or {"type": str(record.status), "message": "run did not succeed"}
             raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)

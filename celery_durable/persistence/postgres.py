@@ -80,7 +80,14 @@ def save(db: Database, params: dict[str, Any], fenced: bool, finished: bool) -> 
 
 
 class Waiter:
-    """Wakes when an execution ends, through LISTEN on a pooled connection."""
+    """Wakes when an execution ends, through LISTEN on a pooled connection.
+
+    The final commit notifies, so the waiter blocks; it looks at the row again only when
+    notified for its execution, or once a second in case a notification was missed.
+    """
+
+    first_pause = 1.0
+    max_pause = 1.0
 
     def __init__(self, engine: Engine) -> None:
         self._proxy = engine.raw_connection()

@@ -46,7 +46,10 @@ def configure(engine: Engine) -> None:
 
 
 class Waiter:
-    """SQLite has no notifications: sleep, and let the caller look again."""
+    """SQLite has no notifications: sleep, and let the caller look again, soon at first."""
+
+    first_pause = 0.002
+    max_pause = 0.25
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

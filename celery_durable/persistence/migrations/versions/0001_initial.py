@@ -29,10 +29,10 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("swept_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_durable_executions"),
+        # Room on each page for in-place (HOT) updates: every node commit rewrites the row.
+        postgresql_with={"fillfactor": 70},
     )
-    op.create_index(
-        "ix_durable_executions_status_updated_at", "durable_executions", ["status", "updated_at"]
-    )
+    op.create_index("ix_durable_executions_status", "durable_executions", ["status"])
     op.create_index("ix_durable_executions_graph_status", "durable_executions", ["graph", "status"])
     op.create_table(
         "durable_checkpoints",
@@ -93,5 +93,5 @@ def downgrade() -> None:
     op.drop_table("durable_node_visits")
     op.drop_table("durable_checkpoints")
     op.drop_index("ix_durable_executions_graph_status", "durable_executions")
-    op.drop_index("ix_durable_executions_status_updated_at", "durable_executions")
+    op.drop_index("ix_durable_executions_status", "durable_executions")
     op.drop_table("durable_executions")

@@ -1,0 +1,452 @@
+"""What durability costs: a 5-node durable graph against a plain 5-task Celery chain.
+
+Why this exists: celery-durable commits a checkpoint to PostgreSQL after every node, before
+dispatching the next one. The promise is that this costs little next to Celery itself: at
+least 0.8x plain Celery's throughput and at most 1.4x its latency. This script measures both
+sides in one run, on the same RabbitMQ, with the same worker settings, and prints the figures
+and the ratios. It asserts nothing about timing.
+
+How to run, from the repository root (PostgreSQL, RabbitMQ on loopback)::
+
+    .venv/bin/python bench/engine.py [--runs 500] [--latency-runs 100] [--concurrency 2]
+                                     [--warmup 20] [--rounds 3]
+
+BENCH_ENGINE_PG (an admin URL, default postgresql://root@127.0.0.1:5432/postgres) and
+BENCH_ENGINE_BROKER (default amqp://guest:guest@127.0.0.1:5672//) point it elsewhere.
+
+What it does:
+
+- creates a throwaway database ``bench_engine_<random>`` (migrated with durable.migrate()) and
+  drops it at exit, on error, Ctrl-C and SIGTERM too; queue and worker names are unique to
+  the run and the queues are deleted at exit; worker logs go to a temporary directory, kept
+  (and named) only when the bench fails;
+- per round, for each side in turn (the order alternates between rounds), starts one worker
+  subprocess for that side only (``celery -A bench.engine_app:<side>_app worker -P prefork
+  -c N --prefetch-multiplier 1 -l WARNING --without-gossip --without-mingle
+  --without-heartbeat``, own process group), warms it up, measures, and stops it;
+- throughput: ``--runs`` runs submitted at once; time from the first submit to the last
+  completion seen by the client; runs/s and node-tasks/s (5 per run);
+- latency: ``--latency-runs`` runs one at a time (submit, wait for completion): mean, p50, p95.
+
+Both sides are acks late with requeue on worker loss (durable's delivery guarantee), JSON
+only, prefetch 1. The plain chain is ``chain(n1.s(0), n2.s(), ..., n5.s())``, each task
+returning count + 1. The durable graph is n1 -> ... -> n5, each node returning
+``{"count": state.count + 1}``; completion is what a user sees: ``run.wait()``.
+
+The plain side's completion signal: the ``redis`` client package is not installed here, so
+instead of a Redis result backend the plain app uses Celery's ``rpc://`` result backend on the
+same RabbitMQ. Only the last task stores a result (n1..n4 ignore_result=True): one extra AMQP
+publish per run to the client's reply queue, pushed to the waiting client, no database and
+no polling; the client calls ``get(follow_parents=False)`` (the parents store nothing, and
+following them costs ~1.7 ms of rpc look-ups per run). That is Celery's cheapest built-in way
+to learn that a chain finished, so the baseline is as strict as it can be made.
+
+Two views of every figure are printed:
+
+- "seen": as the client observes it (``AsyncResult.get()`` / ``run.wait()``). This is the
+  figure the bars apply to; it includes the cost of the completion signal (run.wait()'s
+  database reads and wake-up, the rpc reply);
+- "engine": when the run actually finished: the plain chain's last task returns
+  ``time.time()``, the durable execution's ``finished_at`` is written by its last commit.
+  The gap between the two is the cost of the client's completion signal, not of the engine.
+
+"other load" is how many cores, on average, processes outside the bench (not the client,
+its worker, RabbitMQ, PostgreSQL's own processes or its backends on the bench database) kept
+busy while a side was measured: on a shared 2-core machine, figures taken with other load
+well above 0 are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DSN = os.environ.get("BENCH_ENGINE_PG", "postgresql://root@127.0.0.1:5432/postgres")
+BROKER = os.environ.get("BENCH_ENGINE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+NODES_PER_RUN = 5
+SIDES = ("plain", "durable")
+BOOT_TIMEOUT = 60.0
+RUN_TIMEOUT = 120.0
+
+
+@dataclass
+class Round:
+    """One side's figures from one worker's lifetime."""
+
+    side: str
+    runs: int
+    seen_s: float = 0.0  # first submit -> last completion seen by the client
+    engine_s: float = 0.0  # first submit -> last run actually finished
+    submit_s: float = 0.0  # first submit -> last submit returned
+    seen_ms: list[float] = field(default_factory=list)
+    engine_ms: list[float] = field(default_factory=list)
+    other_cpu: float = 0.0  # cores busy with processes not part of this bench, on average
+
+    @property
+    def runs_per_s(self) -> float:
+        return self.runs / self.seen_s
+
+    @property
+    def engine_runs_per_s(self) -> float:
+        return self.runs / self.engine_s
+
+
+@dataclass
+class Side:
+    """How to start one run and wait for it; wait returns when it finished (epoch s)."""
+
+    name: str
+    app_attr: str
+    queue: str
+    submit: Callable[[], Any]
+    wait: Callable[[Any, float], float]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500, help="runs submitted at once")
+    parser.add_argument("--latency-runs", type=int, default=100, help="runs one at a time")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker -c")
+    parser.add_argument("--warmup", type=int, default=20, help="runs before measuring")
+    parser.add_argument("--rounds", type=int, default=3, help="worker lifetimes per side")
+    return parser.parse_args()
+
+
+# -- database and broker ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def throwaway_database(name: str) -> Iterator[str]:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = ADMIN_DSN.rpartition("/")[0]
+        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def server_version() -> str:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        commit = conn.execute("SHOW synchronous_commit").fetchone()
+    return (
+        f"PostgreSQL {version[0].split()[0] if version else '?'} "
+        f"(synchronous_commit={commit[0] if commit else '?'})"
+    )
+
+
+def delete_queues(app: Any, queues: list[str]) -> None:
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                channel.queue_delete(queue)
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def worker(
+    side: Side, concurrency: int, env: dict[str, str], logdir: Path
+) -> Iterator[tuple[Path, int]]:
+    """One worker for one side, in a session of its own; stopped (warm, then hard) at exit."""
+    log = logdir / f"{side.name}-worker.log"
+    cmd = [
+        sys.executable, "-m", "celery", "-A", f"bench.engine_app:{side.app_attr}", "worker",
+        "-P", "prefork", "-c", str(concurrency), "-Q", side.queue,
+        "--prefetch-multiplier", "1", "-l", "WARNING",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-n", f"bench-{side.name}-{uuid.uuid4().hex[:6]}@%h",
+    ]  # fmt: skip
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield log, proc.pid
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+    # Whatever is left of this worker's own process group (pool children): gone.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# -- the machine: how busy other processes kept it -----------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS  # minus idle and iowait
+
+
+def bench_cpu_s(worker_pgid: int, database: str) -> float:
+    """CPU seconds used so far by this bench: the client, its worker's process group,
+    RabbitMQ, PostgreSQL's own processes and its backends on the bench database."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            pid, pgid = int(entry.name), int(fields[2])
+            ours = pid == os.getpid() or pgid == worker_pgid or comm in ("beam.smp", "epmd")
+            if comm == "postgres":
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
+                is_backend = "(" in cmdline or "[local]" in cmdline
+                ours = database in cmdline or not is_backend
+            if ours:
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+class OtherLoad:
+    """Cores kept busy, on average, by processes outside the bench while it measured."""
+
+    def __init__(self, worker_pgid: int, database: str) -> None:
+        self.pgid, self.database = worker_pgid, database
+        self.start = time.perf_counter()
+        self.busy, self.ours = busy_cpu_s(), bench_cpu_s(worker_pgid, database)
+
+    def cores(self) -> float:
+        busy = busy_cpu_s() - self.busy
+        ours = bench_cpu_s(self.pgid, self.database) - self.ours
+        return max(busy - ours, 0.0) / (time.perf_counter() - self.start)
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+def warm_up(side: Side, runs: int, log: Path) -> None:
+    try:
+        side.wait(side.submit(), BOOT_TIMEOUT)  # the first one also waits for the worker
+    except Exception as exc:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise RuntimeError(f"{side.name} worker did not run a warm-up run: {exc}\n{tail}") from exc
+    for _ in range(max(runs - 1, 0)):
+        side.wait(side.submit(), RUN_TIMEOUT)
+    burst = [side.submit() for _ in range(max(runs, 1))]
+    for handle in burst:
+        side.wait(handle, RUN_TIMEOUT)
+
+
+def measure(side: Side, runs: int, latency_runs: int, load: OtherLoad) -> Round:
+    result = Round(side.name, runs)
+    # Throughput: everything at once, then wait for each (completions arrive meanwhile).
+    start_epoch, start = time.time(), time.perf_counter()
+    handles = [side.submit() for _ in range(runs)]
+    result.submit_s = time.perf_counter() - start
+    finished = [side.wait(h, RUN_TIMEOUT) for h in handles]
+    result.seen_s = time.perf_counter() - start
+    result.engine_s = max(finished) - start_epoch
+    # Latency: one run at a time.
+    for _ in range(latency_runs):
+        start_epoch, start = time.time(), time.perf_counter()
+        done = side.wait(side.submit(), RUN_TIMEOUT)
+        result.seen_ms.append((time.perf_counter() - start) * 1000)
+        result.engine_ms.append((done - start_epoch) * 1000)
+    result.other_cpu = load.cores()
+    return result
+
+
+def make_sides(apps: Any) -> dict[str, Side]:
+    def plain_wait(handle: Any, timeout: float) -> float:
+        # The parents store no result (ignore_result): there is nothing to follow, and
+        # following them would add rpc round trips that are not part of the chain's work.
+        count, finished_at = handle.get(timeout=timeout, follow_parents=False)
+        if count != NODES_PER_RUN:
+            raise RuntimeError(f"plain chain ended with count {count}")
+        return float(finished_at)
+
+    def durable_wait(run: Any, timeout: float) -> float:
+        state = run.wait(timeout=timeout)
+        if state.count != NODES_PER_RUN:
+            raise RuntimeError(f"durable run {run.id} ended with count {state.count}")
+        return float(run.record.finished_at.timestamp())
+
+    return {
+        "plain": Side(
+            "plain", "plain_app", apps.PLAIN_QUEUE,
+            lambda: apps.plain_chain().apply_async(), plain_wait,
+        ),
+        "durable": Side(
+            "durable", "durable_app", apps.DURABLE_QUEUE,
+            lambda: apps.graph.delay(count=0), durable_wait,
+        ),
+    }  # fmt: skip
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def pct(samples: list[float], p: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
+
+
+def summary(rounds: list[Round]) -> dict[str, float]:
+    seen = [x for r in rounds for x in r.seen_ms]
+    engine = [x for r in rounds for x in r.engine_ms]
+    return {
+        "runs_s": statistics.median(r.runs_per_s for r in rounds),
+        "engine_runs_s": statistics.median(r.engine_runs_per_s for r in rounds),
+        "submit_ms_per_run": statistics.median(1000 * r.submit_s / r.runs for r in rounds),
+        "mean": statistics.fmean(seen),
+        "p50": pct(seen, 50),
+        "p95": pct(seen, 95),
+        "engine_mean": statistics.fmean(engine),
+        "engine_p50": pct(engine, 50),
+        "engine_p95": pct(engine, 95),
+    }
+
+
+def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: str) -> None:
+    print()
+    print(env_line)
+    print()
+    print("Per round (seen by the client):")
+    print(
+        f"  {'round':>5} {'side':<8} {'runs/s':>8} {'tasks/s':>8} {'mean ms':>8} {'p50 ms':>7}"
+        f"  {'other load (cores)':>18}"
+    )
+    for i in range(args.rounds):
+        for side in SIDES:
+            r = results[side][i]
+            print(
+                f"  {i + 1:>5} {side:<8} {r.runs_per_s:>8.1f} "
+                f"{r.runs_per_s * NODES_PER_RUN:>8.0f} {statistics.fmean(r.seen_ms):>8.2f} "
+                f"{pct(r.seen_ms, 50):>7.2f}  {r.other_cpu:>18.2f}"
+            )
+    s = {side: summary(results[side]) for side in SIDES}
+    print()
+    print(
+        f"Summary: throughput = median of {args.rounds} rounds of {args.runs} runs; latency "
+        f"over all {args.rounds * args.latency_runs} single runs."
+    )
+    head = (
+        f"  {'side':<8} {'runs/s':>8} {'tasks/s':>8} {'mean ms':>8} {'p50 ms':>7} {'p95 ms':>7}"
+        f"   | engine: {'runs/s':>7} {'mean ms':>8} {'p50 ms':>7} {'p95 ms':>7}"
+        f"   | submit ms/run"
+    )
+    print(head)
+    for side in SIDES:
+        x = s[side]
+        print(
+            f"  {side:<8} {x['runs_s']:>8.1f} {x['runs_s'] * NODES_PER_RUN:>8.0f} "
+            f"{x['mean']:>8.2f} {x['p50']:>7.2f} {x['p95']:>7.2f}"
+            f"   |         {x['engine_runs_s']:>7.1f} {x['engine_mean']:>8.2f} "
+            f"{x['engine_p50']:>7.2f} {x['engine_p95']:>7.2f}"
+            f"   | {x['submit_ms_per_run']:>6.2f}"
+        )
+    d, p = s["durable"], s["plain"]
+    print()
+    print("Ratios, durable / plain (seen by the client; the bars apply to these):")
+    tput = d["runs_s"] / p["runs_s"]
+    lat = d["mean"] / p["mean"]
+    print(f"  throughput   {tput:5.2f}   (bar >= 0.80: {'met' if tput >= 0.8 else 'missed'})")
+    print(f"  latency mean {lat:5.2f}   (bar <= 1.40: {'met' if lat <= 1.4 else 'missed'})")
+    print(f"  latency p50  {d['p50'] / p['p50']:5.2f}")
+    print("Ratios, durable / plain (engine: when runs actually finished):")
+    print(f"  throughput   {d['engine_runs_s'] / p['engine_runs_s']:5.2f}")
+    print(f"  latency mean {d['engine_mean'] / p['engine_mean']:5.2f}")
+    print(f"  latency p50  {d['engine_p50'] / p['engine_p50']:5.2f}")
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+    run_id = uuid.uuid4().hex[:10]
+    queues = {side: f"bench-engine-{run_id}-{side}" for side in SIDES}
+    database = f"bench_engine_{run_id}"
+    with throwaway_database(database) as url:
+        os.environ.update(
+            BENCH_ENGINE_BROKER=BROKER,
+            BENCH_ENGINE_PLAIN_QUEUE=queues["plain"],
+            BENCH_ENGINE_DURABLE_QUEUE=queues["durable"],
+            CELERY_DURABLE_DATABASE_URL=url,
+        )
+        sys.path.insert(0, str(ROOT))
+        import celery
+
+        from bench import engine_app as apps
+
+        paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        logdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+        try:
+            apps.durable.migrate()
+            sides = make_sides(apps)
+            results: dict[str, list[Round]] = {side: [] for side in SIDES}
+            for i in range(args.rounds):
+                for name in SIDES if i % 2 == 0 else SIDES[::-1]:
+                    side = sides[name]
+                    with worker(side, args.concurrency, env, logdir) as (log, pgid):
+                        warm_up(side, args.warmup, log)
+                        load = OtherLoad(pgid, database)
+                        results[name].append(measure(side, args.runs, args.latency_runs, load))
+                    r = results[name][-1]
+                    print(
+                        f"round {i + 1} {name:<8} {r.runs_per_s:7.1f} runs/s, "
+                        f"latency mean {statistics.fmean(r.seen_ms):6.2f} ms "
+                        f"(other load {r.other_cpu:.2f} cores)",
+                        flush=True,
+                    )
+            env_line = (
+                f"Environment: {os.cpu_count()} cores, worker -P prefork -c {args.concurrency} "
+                f"(prefetch 1, acks late), N={args.runs} runs x {NODES_PER_RUN} nodes, "
+                f"{args.latency_runs} latency runs, {args.warmup} warm-up, {args.rounds} rounds; "
+                f"Python {platform.python_version()}, Celery {celery.__version__}, "
+                f"{server_version()}, RabbitMQ at {BROKER.rpartition('@')[2]}"
+            )
+            report(args, results, env_line)
+        except BaseException:
+            print(f"bench failed; worker logs kept in {logdir}", file=sys.stderr)
+            raise
+        else:
+            shutil.rmtree(logdir, ignore_errors=True)
+        finally:
+            apps.durable.db.dispose()
+            delete_queues(apps.plain_app, list(queues.values()))
+
+
+if __name__ == "__main__":
+    main()

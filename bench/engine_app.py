@@ -1,0 +1,125 @@
+"""The two Celery apps bench/engine.py compares, each run by its own worker subprocess.
+
+``plain_app``: a plain Celery chain of five no-op tasks (``plain_chain()``), acks late, only
+the last task storing a result (on the ``rpc://`` backend, see bench/engine.py for why).
+``durable_app``: a five-node durable graph, ``chain``, n1 -> n2 -> n3 -> n4 -> n5, each node
+returning ``{"count": state.count + 1}``.
+
+Both apps get the same worker settings: the same broker, prefetch multiplier 1, acks late,
+requeue when a worker dies, JSON only. Configured by environment, so that these run from the
+repository root with ``PYTHONPATH=.``::
+
+    celery -A bench.engine_app:plain_app worker -P prefork -c 2 ...
+    celery -A bench.engine_app:durable_app worker -P prefork -c 2 ...
+
+BENCH_ENGINE_BROKER           broker URL (default amqp://guest:guest@127.0.0.1:5672//)
+BENCH_ENGINE_PLAIN_QUEUE      the plain side's queue (unique per bench run)
+BENCH_ENGINE_DURABLE_QUEUE    the durable side's queue (unique per bench run)
+CELERY_DURABLE_DATABASE_URL   the durable side's checkpoint database (a throwaway one)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+from celery import Celery, chain
+from celery.canvas import Signature
+from pydantic import BaseModel
+
+from celery_durable import Durable
+
+BROKER = os.environ.get("BENCH_ENGINE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+PLAIN_QUEUE = os.environ.get("BENCH_ENGINE_PLAIN_QUEUE", "bench-engine-plain")
+DURABLE_QUEUE = os.environ.get("BENCH_ENGINE_DURABLE_QUEUE", "bench-engine-durable")
+# Without a URL in the environment (e.g. a plain worker), never touch a file or a database:
+# the Durable below stays lazy and only a durable worker or client connects.
+DATABASE_URL = os.environ.get(
+    "CELERY_DURABLE_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:5432/bench_engine_unset"
+)
+NODES = ("n1", "n2", "n3", "n4", "n5")
+
+
+def _config(queue: str) -> dict[str, Any]:
+    """What both sides share: the only differences are the queue and the result backend."""
+    return {
+        "task_default_queue": queue,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "task_ignore_result": True,
+    }
+
+
+# -- plain Celery ---------------------------------------------------------------------------
+
+plain_app = Celery("bench_engine_plain", broker=BROKER, backend="rpc://")
+plain_app.conf.update(_config(PLAIN_QUEUE), result_persistent=False)
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "shared": False,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "serializer": "json",
+    "typing": False,
+}
+
+
+def _step(count: int) -> int:
+    return count + 1
+
+
+def _last(count: int) -> list[float]:
+    """The one result a run stores: the final count and when the run finished (epoch s)."""
+    return [count + 1, time.time()]
+
+
+plain_tasks = [
+    plain_app.task(name=f"bench.plain.{name}", ignore_result=True, **_TASK_OPTIONS)(_step)
+    for name in NODES[:-1]
+]
+plain_tasks.append(
+    plain_app.task(name=f"bench.plain.{NODES[-1]}", ignore_result=False, **_TASK_OPTIONS)(_last)
+)
+
+
+def plain_chain() -> Signature:
+    """chain(n1.s(0), n2.s(), n3.s(), n4.s(), n5.s()): its result is [5, finished_at]."""
+    first, *rest = plain_tasks
+    return chain(first.s(0), *(t.s() for t in rest))
+
+
+# -- durable --------------------------------------------------------------------------------
+
+durable_app = Celery("bench_engine_durable", broker=BROKER)
+durable_app.conf.update(_config(DURABLE_QUEUE))
+durable = Durable(durable_app, DATABASE_URL)
+
+
+class Count(BaseModel):
+    count: int = 0
+
+
+graph = durable.graph("bench_chain", state=Count)
+
+
+def _make(name: str) -> None:
+    def node(state: Count) -> dict[str, int]:
+        return {"count": state.count + 1}
+
+    node.__name__ = node.__qualname__ = name
+    graph.node(node)
+
+
+for _name in NODES:
+    _make(_name)
+graph.entry(NODES[0])
+for _a, _b in itertools.pairwise(NODES):
+    graph.edge(_a, _b)
