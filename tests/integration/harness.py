@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -158,3 +159,33 @@ def assert_one_checkpoint_per_visit(history: list[Checkpoint]) -> None:
     counts = Counter((cp.kind, cp.node, cp.visit) for cp in history)
     twice = {key: n for key, n in counts.items() if n > 1}
     assert not twice, f"visits committed more than once: {twice}"
+
+
+class Killer(threading.Thread):
+    """Every ``every`` s: SIGKILL one worker (alternating), start its replacement with ``env``."""
+
+    def __init__(
+        self, pool: Workers, live: list[Worker], every: float, env: dict[str, str]
+    ) -> None:
+        super().__init__(name="soak-killer", daemon=True)
+        self.pool, self.live, self.every, self.env = pool, live, every, env
+        self.kills = 0
+        self.errors: list[BaseException] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        slot, due = 0, time.monotonic() + self.every / 2
+        while not self.halt.wait(max(0.0, due - time.monotonic())):
+            due += self.every  # a steady cadence: the replacement's boot is inside the period
+            try:
+                self.live[slot].kill()
+                self.kills += 1
+                self.live[slot] = self.pool.start(concurrency=2, extra_env=self.env)
+            except BaseException as exc:  # reported by the test, not lost in a thread
+                self.errors.append(exc)
+                return
+            slot ^= 1
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=60)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from sqlalchemy import text
 
 from celery_durable import Status
 from tests.integration.app import ORDER_COMPENSATED, ORDER_RETRY, ORDER_STEPS, DurableApp
-from tests.integration.harness import Worker, Workers, ledger_lines, settle
+from tests.integration.harness import Killer, Workers, ledger_lines, settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,34 +84,6 @@ def planned_starts(order: dict[str, Any]) -> tuple[int, int]:
     return steps, undos
 
 
-class Killer(threading.Thread):
-    """Every ``every`` s: SIGKILL one worker (alternating), start its replacement."""
-
-    def __init__(self, pool: Workers, live: list[Worker], every: float) -> None:
-        super().__init__(name="saga-soak-killer", daemon=True)
-        self.pool, self.live, self.every = pool, live, every
-        self.kills = 0
-        self.errors: list[BaseException] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        slot, due = 0, time.monotonic() + self.every / 2
-        while not self.halt.wait(max(0.0, due - time.monotonic())):
-            due += self.every  # a steady cadence: the replacement's boot is inside the period
-            try:
-                self.live[slot].kill()
-                self.kills += 1
-                self.live[slot] = self.pool.start(concurrency=2, extra_env=SOAK_ENV)
-            except BaseException as exc:  # reported by the test, not lost in a thread
-                self.errors.append(exc)
-                return
-            slot ^= 1
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=60)
-
-
 def wait_all_final(durable: DurableApp, killer: Killer, began: float) -> None:
     """Until every saga is succeeded or compensated; fail at once on any other ending."""
     store = durable.durable.store
@@ -133,7 +104,7 @@ def test_soak_500_sagas_with_kills(
     live = [workers.start(concurrency=2, extra_env=SOAK_ENV, wait=False) for _ in range(2)]
     for worker in live:
         worker.wait_ready()
-    killer = Killer(workers, live, KILL_EVERY)
+    killer = Killer(workers, live, KILL_EVERY, SOAK_ENV)
     orders = {f"soak-o-{i:04d}": plan(f"o-{i:04d}") for i in range(RUNS)}
 
     began = time.monotonic()

@@ -8,7 +8,6 @@ DURABLE_SOAK_RUNS, DURABLE_SOAK_KILL_EVERY and DURABLE_SOAK_DEADLINE change the 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from sqlalchemy import text
 
 from celery_durable import Status
 from tests.integration.app import CHAIN_NODES, DurableApp
-from tests.integration.harness import Worker, Workers, ledger_lines, settle
+from tests.integration.harness import Killer, Workers, ledger_lines, settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,41 +36,13 @@ SELECT execution_id, count(*), count(DISTINCT node) FROM durable_checkpoints
 """)
 
 
-class Killer(threading.Thread):
-    """Every ``every`` s: SIGKILL one worker (alternating), start its replacement."""
-
-    def __init__(self, pool: Workers, live: list[Worker], every: float) -> None:
-        super().__init__(name="soak-killer", daemon=True)
-        self.pool, self.live, self.every = pool, live, every
-        self.kills = 0
-        self.errors: list[BaseException] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        slot, due = 0, time.monotonic() + self.every / 2
-        while not self.halt.wait(max(0.0, due - time.monotonic())):
-            due += self.every  # a steady cadence: the replacement's boot is inside the period
-            try:
-                self.live[slot].kill()
-                self.kills += 1
-                self.live[slot] = self.pool.start(concurrency=2, extra_env=SOAK_ENV)
-            except BaseException as exc:  # reported by the test, not lost in a thread
-                self.errors.append(exc)
-                return
-            slot ^= 1
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=60)
-
-
 def test_soak_1000_runs_with_kills(
     durable: DurableApp, workers: Workers, ledger_path: Path
 ) -> None:
     live = [workers.start(concurrency=2, extra_env=SOAK_ENV, wait=False) for _ in range(2)]
     for worker in live:
         worker.wait_ready()
-    killer = Killer(workers, live, KILL_EVERY)
+    killer = Killer(workers, live, KILL_EVERY, SOAK_ENV)
     store = durable.durable.store
 
     began = time.monotonic()
