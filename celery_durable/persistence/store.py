@@ -348,11 +348,6 @@ class CheckpointStore:
         finally:
             waiter.close()
 
-    def ping(self) -> None:
-        """Raise if the database does not answer: what health checks call."""
-        with self.db.read() as conn:
-            conn.execute(select(1))
-
 
 def _execution(row: Row[Any]) -> ExecutionRecord:
     m = row._mapping
