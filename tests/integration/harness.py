@@ -11,8 +11,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from kombu import Connection
 
@@ -22,6 +23,9 @@ from tests.integration import app as app_module
 REPO = Path(__file__).resolve().parents[2]
 BROKER_URL = os.environ.get("CELERY_BROKER_URL") or app_module.DEFAULT_BROKER
 READY_TIMEOUT = 30.0
+
+
+T = TypeVar("T")
 
 
 class Worker:
@@ -84,17 +88,22 @@ class Workers:
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
         wait: bool = True,
+        args: Sequence[str] | None = None,
     ) -> Worker:
+        """``args`` replace the worker arguments after ``-A <app>`` (queue and name are added)."""
         name = f"w{len(self.started)}-{uuid.uuid4().hex[:6]}"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_DURABLE_")}
         environ.update(self.env)
         environ.update(extra_env or {})
         log = self.logs / f"worker-{name}.log"
+        if args is None:
+            args = (
+                "worker", "-P", "prefork", "-c", str(concurrency),
+                "--prefetch-multiplier", "1", "-l", "INFO", "--without-gossip", "--without-mingle",
+            )  # fmt: skip
         cmd = [
-            sys.executable, "-m", "celery", "-A", "tests.integration.app", "worker",
-            "-P", "prefork", "-c", str(concurrency), "-Q", self.queue,
-            "--prefetch-multiplier", "1", "-l", "INFO",
-            "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+            sys.executable, "-m", "celery", "-A", "tests.integration.app", *args,
+            "-Q", self.queue, "-n", f"{name}@%h",
         ]  # fmt: skip
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -145,12 +154,14 @@ def settle(ledger: Path, quiet: float = 1.0, timeout: float = 30.0) -> None:
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = ""
-) -> None:
+    predicate: Callable[[], T], timeout: float, interval: float = 0.01, what: str = ""
+) -> T:
+    """The first truthy value ``predicate`` returns within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        found = predicate()
+        if found:
+            return found
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
 

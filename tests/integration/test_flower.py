@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.integration.app import CHAIN_NODES, DurableApp
-from tests.integration.harness import REPO, Worker, Workers
+from tests.integration.harness import REPO, Workers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -120,51 +119,19 @@ def flower(env: dict[str, str], tmp_path: Path) -> Iterator[Flower]:
         running.kill()
 
 
-def start_worker(workers: Workers, env: dict[str, str], queue: str, logs: Path) -> Worker:
-    """A worker sending task events (``-E``), owned by ``workers`` so teardown kills it."""
-    name = f"flower-{uuid.uuid4().hex[:6]}"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_DURABLE_")}
-    environ.update(env)
-    log = logs / f"worker-{name}.log"
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "tests.integration.app", *WORKER_ARGS,
-        "-Q", queue, "--without-mingle", "-n", f"{name}@%h",
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    worker = Worker(name, proc, log)
-    workers.started.append(worker)
-    worker.wait_ready()
-    return worker
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_flower_lists_each_node_task_with_its_execution_id(
     durable: DurableApp,
     flower: Flower,
     workers: Workers,
-    env: dict[str, str],
-    queue: str,
-    tmp_path: Path,
 ) -> None:
-    worker = start_worker(workers, env, queue, tmp_path)
+    # A worker sending task events (-E), the compose file's worker arguments.
+    worker = workers.start(args=(*WORKER_ARGS, "--without-mingle"))
     # Flower receives events once it has seen this worker's: then no task event is missed.
-    wait_until(
+    wait_for(
         lambda: any(name.startswith(worker.name) for name in flower.get("/api/workers?status=1")),
         READY_TIMEOUT,
-        "flower to see the worker's events",
+        interval=0.1,
+        what="flower to see the worker's events",
     )
 
     run = durable.chain.delay()
@@ -175,7 +142,9 @@ def test_flower_lists_each_node_task_with_its_execution_id(
         done = {k: t for k, t in tasks.items() if t.get("state") == "SUCCESS"}
         return done if len(done) == len(CHAIN_NODES) else {}
 
-    tasks = wait_until(node_tasks, 20, f"flower to list the 5 node tasks of {run.id}")
+    tasks = wait_for(
+        node_tasks, 20, interval=0.1, what=f"flower to list the 5 node tasks of {run.id}"
+    )
     by_name = {task["name"]: (task_id, task) for task_id, task in tasks.items()}
     assert sorted(by_name) == [f"durable.chain.{n}" for n in CHAIN_NODES]
     for node in CHAIN_NODES:
