@@ -216,7 +216,8 @@ class Durable:
         """Validate, store, publish the entry node: in that order, so bad input changes nothing."""
         fingerprint = graph.validate()
         model = validate(graph.name, graph.state, input)
-        state = self.check_size(model.model_dump(mode="json"))
+        state = model.model_dump(mode="json")
+        state_json = self.state_json(state)
         execution_id = execution_id or uuid.uuid4().hex
         assert graph.entry_node is not None
         cursor = Cursor.start(graph.entry_node, queue)
@@ -226,6 +227,7 @@ class Durable:
             fingerprint=fingerprint,
             state=state,
             cursor=cursor.to_json(),
+            state_json=state_json,
         )
         if record.graph != graph.name:
             raise ExecutionIdInUse(execution_id, record.graph, graph.name)
@@ -270,11 +272,13 @@ class Durable:
             kwargsrepr=f"{{version={base.version}, attempt={attempt}}}",
         )
 
-    def check_size(self, state: dict[str, Any]) -> dict[str, Any]:
-        size = len(codec.dumps(state, "The state").encode())
+    def state_json(self, state: dict[str, Any]) -> str:
+        """The state as the store writes it (canonical JSON), refused if over max_state_bytes."""
+        text = codec.dumps(state, "The state")
+        size = len(text.encode())
         if size > self.settings.max_state_bytes:
             raise StateTooLarge(size, self.settings.max_state_bytes)
-        return state
+        return text
 
     def get(self, execution_id: str) -> Execution:
         """The handle of an existing execution (raises ExecutionNotFound)."""

@@ -351,7 +351,8 @@ class Operations:
 
         def change(r: ExecutionRecord) -> Change:
             model = validate(graph.name, graph.state, apply_update(r.state, patch, {}))
-            state = self.durable.check_size(model.model_dump(mode="json"))
+            state = model.model_dump(mode="json")
+            self.durable.state_json(state)  # refuses an oversized patch before it is stored
             return Change(state, Cursor.from_json(r.cursor), r.status, r.error, output=patch)
 
         self.apply(execution_id, "patch", set(S) - FINAL, change, by=by, reason=reason)

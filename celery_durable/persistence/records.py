@@ -75,6 +75,8 @@ class Commit:
     meta: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     lease_token: int = 0
+    # ``state`` already in canonical JSON, when the caller made it (saves a second dump).
+    state_json: str | None = None
 
     @property
     def seq(self) -> int:

@@ -57,12 +57,13 @@ class CheckpointStore:
         cursor: dict[str, Any],
         status: Status = Status.RUNNING,
         meta: dict[str, Any] | None = None,
+        state_json: str | None = None,
     ) -> tuple[ExecutionRecord, bool]:
         """Insert an execution at version 0 with its start checkpoint; idempotent on the id.
 
         Returns the execution as stored and whether this call created it.
         """
-        state_text = codec.dumps(state, "The initial state")
+        state_text = state_json or codec.dumps(state, "The initial state")
         meta_text = codec.dumps(meta) if meta is not None else None
         cursor_text = codec.dumps(cursor)
         now = utcnow()
@@ -200,7 +201,7 @@ class CheckpointStore:
 
     def save(self, commit: Commit) -> Checkpoint:
         """Append a checkpoint and advance its execution, atomically, in one round trip."""
-        state_text = codec.dumps(commit.state, "The state")
+        state_text = commit.state_json or codec.dumps(commit.state, "The state")
         output_text = (
             codec.dumps(commit.output, "The node's output") if commit.output is not None else None
         )

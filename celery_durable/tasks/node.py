@@ -137,7 +137,8 @@ class NodeRun(Attempt):
             try:
                 merged = apply_update(base.state, update, self.graph.reducers)
                 model = validate(self.graph.name, self.graph.state, merged)
-                state = self.durable.check_size(model.model_dump(mode="json"))
+                state = model.model_dump(mode="json")
+                state_json = self.durable.state_json(state)
             except PERMANENT as exc:
                 return self.failed(exc, self.node.retry, permanent=True)
             if base.status == Status.COMPENSATING:
@@ -167,6 +168,7 @@ class NodeRun(Attempt):
                 meta={"next": ready, "attempt": self.attempt, "worker": worker_id()},
                 error=error,
                 lease_token=lease_token,
+                state_json=state_json,
             )
 
         commit = self.save(build)

@@ -8,6 +8,7 @@ import time
 from typing import Annotated
 
 import pytest
+from celery import Celery
 from pydantic import BaseModel
 
 from celery_durable import (
@@ -19,7 +20,8 @@ from celery_durable import (
     RetryPolicy,
     Status,
 )
-from celery_durable.errors import ExecutionIdInUse
+from celery_durable.errors import ExecutionIdInUse, StateTooLarge
+from celery_durable.testing import in_process_worker
 
 
 class Flow(BaseModel):
@@ -247,3 +249,23 @@ def test_bad_input_raises_and_stores_nothing(durable: Durable) -> None:
     with pytest.raises(InvalidInput, match="n"):
         g.delay(n="not a number")
     assert durable.list() == []
+
+
+def test_oversized_state_is_refused_at_start_and_fails_a_node(app: Celery, sqlite_url: str) -> None:
+    durable = Durable(app, database_url=sqlite_url, max_state_bytes=200)
+    durable.migrate()
+    g = durable.graph("big", state=Flow)
+
+    @g.node(retry=RetryPolicy(max_attempts=3, initial_delay=0.01))
+    def grow(s: Flow) -> dict[str, object]:
+        return {"path": "x" * 500}
+
+    g.entry(grow)
+    with pytest.raises(StateTooLarge, match="over the limit of 200 bytes"):
+        g.delay(path="y" * 500)
+    assert durable.list() == []  # nothing stored or sent
+    with in_process_worker(durable), pytest.raises(ExecutionFailed) as failed:
+        g.delay().wait(timeout=10)
+    assert failed.value.error["type"] == "StateTooLarge"
+    assert failed.value.error["attempt"] == 1  # not retried: the output itself is too big
+    durable.db.dispose()
