@@ -9,7 +9,7 @@ and the ratios. It asserts nothing about timing.
 How to run, from the repository root (PostgreSQL, RabbitMQ on loopback)::
 
     .venv/bin/python bench/engine.py [--runs 500] [--latency-runs 100] [--concurrency 2]
-                                     [--warmup 20] [--rounds 3]
+                                     [--warmup 20] [--rounds 3] [--inline-nodes N]
 
 BENCH_ENGINE_PG (an admin URL, default postgresql://root@127.0.0.1:5432/postgres) and
 BENCH_ENGINE_BROKER (default amqp://guest:guest@127.0.0.1:5672//) point it elsewhere.
@@ -25,13 +25,20 @@ What it does:
   -c N --prefetch-multiplier 1 -l WARNING --without-gossip --without-mingle
   --without-heartbeat``, own process group), warms it up, measures, and stops it;
 - throughput: ``--runs`` runs submitted at once; time from the first submit to the last
-  completion seen by the client; runs/s and node-tasks/s (5 per run);
+  completion seen by the client; runs/s and nodes/s (5 per run);
 - latency: ``--latency-runs`` runs one at a time (submit, wait for completion): mean, p50, p95.
 
 Both sides are acks late with requeue on worker loss (durable's delivery guarantee), JSON
 only, prefetch 1. The plain chain is ``chain(n1.s(0), n2.s(), ..., n5.s())``, each task
 returning count + 1. The durable graph is n1 -> ... -> n5, each node returning
 ``{"count": state.count + 1}``; completion is what a user sees: ``run.wait()``.
+
+How the durable worker hands a node on is the engine's default unless ``--inline-nodes`` says
+otherwise (it sets CELERY_DURABLE_INLINE_NODES for the durable worker): by default, after a
+node commits, the one node that follows runs in the same task, so a run is one message and
+five commits; ``--inline-nodes 0`` publishes every node as a message of its own, five
+messages and five commits, like the plain chain's five messages. Either way every node
+commits its checkpoint before the next one starts. The "nodes/s" column is runs/s x 5.
 
 The plain side's completion signal: the ``redis`` client package is not installed here, so
 instead of a Redis result backend the plain app uses Celery's ``rpc://`` result backend on the
@@ -126,6 +133,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="worker -c")
     parser.add_argument("--warmup", type=int, default=20, help="runs before measuring")
     parser.add_argument("--rounds", type=int, default=3, help="worker lifetimes per side")
+    parser.add_argument(
+        "--inline-nodes",
+        type=int,
+        default=None,
+        help="the durable worker's inline_nodes (default: the engine's; 0: a message per node)",
+    )
     return parser.parse_args()
 
 
@@ -342,7 +355,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
     print()
     print("Per round (seen by the client):")
     print(
-        f"  {'round':>5} {'side':<8} {'runs/s':>8} {'tasks/s':>8} {'mean ms':>8} {'p50 ms':>7}"
+        f"  {'round':>5} {'side':<8} {'runs/s':>8} {'nodes/s':>8} {'mean ms':>8} {'p50 ms':>7}"
         f"  {'other load (cores)':>18}"
     )
     for i in range(args.rounds):
@@ -360,7 +373,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
         f"over all {args.rounds * args.latency_runs} single runs."
     )
     head = (
-        f"  {'side':<8} {'runs/s':>8} {'tasks/s':>8} {'mean ms':>8} {'p50 ms':>7} {'p95 ms':>7}"
+        f"  {'side':<8} {'runs/s':>8} {'nodes/s':>8} {'mean ms':>8} {'p50 ms':>7} {'p95 ms':>7}"
         f"   | engine: {'runs/s':>7} {'mean ms':>8} {'p50 ms':>7} {'p95 ms':>7}"
         f"   | submit ms/run"
     )
@@ -411,6 +424,9 @@ def main() -> None:
 
         paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        if args.inline_nodes is not None:
+            env["CELERY_DURABLE_INLINE_NODES"] = str(args.inline_nodes)
+        inline = env.get("CELERY_DURABLE_INLINE_NODES") or f"{apps.durable.settings.inline_nodes}"
         logdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         try:
             apps.durable.migrate()
@@ -434,6 +450,7 @@ def main() -> None:
                 f"Environment: {os.cpu_count()} cores, worker -P prefork -c {args.concurrency} "
                 f"(prefetch 1, acks late), N={args.runs} runs x {NODES_PER_RUN} nodes, "
                 f"{args.latency_runs} latency runs, {args.warmup} warm-up, {args.rounds} rounds; "
+                f"durable inline_nodes={inline}; "
                 f"Python {platform.python_version()}, Celery {celery.__version__}, "
                 f"{server_version()}, RabbitMQ at {BROKER.rpartition('@')[2]}"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -11,7 +12,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -39,7 +40,8 @@ from celery_durable.saga.recovery import RecoveryLoop, RecoveryReport, sweep
 from celery_durable.saga.saga import Saga
 from celery_durable.settings import Settings
 from celery_durable.status import Status
-from celery_durable.tasks.attempt import Base
+from celery_durable.tasks.attempt import Attempt, Base
+from celery_durable.tasks.events import InlineEvents
 from celery_durable.tasks.graph import Graph, Node, OnFailure
 from celery_durable.tasks.lease import LeaseKeeper
 from celery_durable.tasks.node import NodeRun
@@ -79,6 +81,7 @@ class Durable:
         self.graphs: dict[str, Graph] = {}
         self.operations = Operations(self)
         self._recovery = RecoveryLoop(self)
+        self.inline_events = InlineEvents(app)
 
         # Plain functions, not bound methods: Celery derives a task's call signature from its
         # function and would count a bound method's ``self`` as an argument, so beat's
@@ -96,6 +99,7 @@ class Durable:
         schedule.setdefault(RECOVERY_TASK, {"task": RECOVERY_TASK, "schedule": 60.0})
         schedule.setdefault(PRUNE_TASK, {"task": PRUNE_TASK, "schedule": 3600.0})
         _instances[app] = self
+        worker_init.connect(self._on_worker_init, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
 
@@ -163,7 +167,7 @@ class Durable:
             status: str = Status.RUNNING,
         ) -> str:
             delivery = task.request.delivery_info or {}
-            run = kind(
+            run: Attempt | None = kind(
                 durable,
                 node.graph,
                 node.name,
@@ -175,16 +179,43 @@ class Durable:
                 # visit may have committed, be poison, or be leased by a live attempt.
                 redelivered=recovered or bool(delivery.get("redelivered")),
             )
-            try:
-                return run.execute()
-            except (OperationalError, InterfaceError) as exc:
-                # The database is down: publish this visit again, later. Nothing committed is
-                # lost, and a visit that did commit is replayed, not committed twice.
-                delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
-                logger.warning("database unavailable (%s); %s again in %.0fs", exc, node, delay)
-                raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
+            outcome = "dropped"
+            while run is not None:
+                try:
+                    outcome = durable._run_one(run, task.request)
+                except (OperationalError, InterfaceError) as exc:
+                    # The database is down: publish this visit again, later. Nothing committed
+                    # is lost, and a visit that did commit is replayed, not committed twice.
+                    delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
+                    logger.warning("database unavailable (%s); %s again in %.0fs", exc, run, delay)
+                    if isinstance(run, NodeRun) and run.depth > 0:
+                        # Ran inline: the message is the first node's, which did commit.
+                        run.redispatch(run.attempt, delay, recovered=True)
+                        return "deferred"
+                    raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
+                run = run.successor if isinstance(run, NodeRun) else None
+            return outcome
 
         return body
+
+    def _run_one(self, run: Attempt, request: Any) -> str:
+        """Execute one attempt and time it; an inline one also reports itself as task events."""
+        inline = isinstance(run, NodeRun) and run.depth > 0
+        started = time.perf_counter()
+        if inline:
+            self.inline_events.started(run, request)
+        try:
+            outcome = run.execute()
+        except BaseException as exc:
+            if inline:
+                self.inline_events.finished(run, request, started, None, exc)
+            raise
+        finally:
+            took = time.perf_counter() - started
+            self.hooks.attempt_finished(run.graph.name, run.name, run.kind, took)
+        if inline:
+            self.inline_events.finished(run, request, started, outcome, None)
+        return outcome
 
     def _register_task(self, name: str, fn: Any, timeout: float | None) -> None:
         options: dict[str, Any] = {}
@@ -272,6 +303,13 @@ class Durable:
             kwargsrepr=f"{{version={base.version}, attempt={attempt}}}",
         )
 
+    @property
+    def time_limited(self) -> bool:
+        """Whether the app gives every task a time limit (then no node runs inline, where
+        the limit would cover several nodes)."""
+        conf = self.app.conf
+        return bool(conf.task_time_limit or conf.task_soft_time_limit)
+
     def state_json(self, state: dict[str, Any]) -> str:
         """The state as the store writes it (canonical JSON), refused if over max_state_bytes."""
         text = codec.dumps(state, "The state")
@@ -330,6 +368,11 @@ class Durable:
         age = threshold or timedelta(seconds=self.settings.stuck_after)
         records = self.store.list_stale(utcnow() - age, limit=1000, include_swept=True)
         return [Execution(self, r.id, r) for r in records]
+
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app:
+            # Read before the pool forks, so that every child knows.
+            self.inline_events.enabled = bool(getattr(sender, "task_events", False))
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app:

@@ -19,6 +19,10 @@ class Hooks:
     def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
         """A checkpoint commit (kind: node, compensation, failure, ...) took ``seconds``."""
 
+    def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        """One attempt of a node or compensation (``kind``) ran for ``seconds``: the function,
+        its commit and what it handed on, whether in a task of its own or inline."""
+
     def node_retrying(self, graph: str, node: str, error: BaseException, delay: float) -> None:
         """A node attempt failed and will run again after ``delay`` seconds."""
 

@@ -29,8 +29,9 @@ In-process metrics (``instrument(durable)``)
     Node messages the recovery sweep published again (``due``: a retry whose time came;
     ``stale``: a running execution with no commit and nothing in flight).
 ``celery_durable_node_duration_seconds{graph,node,kind}`` (histogram)
-    Wall time of node and compensation tasks (``kind``: node|compensation), from Celery's
-    task_prerun/task_postrun signals: the function, its commit and the next publish.
+    Wall time of node and compensation attempts (``kind``: node|compensation): the function,
+    its commit and the hand-on (a publish, or nothing when the next node runs inline).
+    Filled by the ``Hooks.attempt_finished`` hook.
 ``celery_durable_checkpoint_write_seconds{graph,kind}`` (histogram)
     Time of the checkpoint commit itself (one transaction). Filled by the
     ``Hooks.checkpoint_written`` hook when the engine calls it.
@@ -81,9 +82,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import TYPE_CHECKING, ParamSpec
 
-from celery.signals import task_postrun, task_prerun
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -213,8 +213,6 @@ class PrometheusHooks(Hooks):
         self.registry = registry
         self.inner = inner or Hooks()
         self.m = _instruments_for(registry)
-        self._started: dict[str, tuple[tuple[str, str, str], float]] = {}
-        self._receivers: list[tuple[Any, Callable[..., None]]] = []
 
     # -- Hooks ------------------------------------------------------------------------------
 
@@ -237,6 +235,10 @@ class PrometheusHooks(Hooks):
     def recovered(self, execution_id: str, node: str, reason: str) -> None:
         self._count(self.m.recoveries, reason)
         self.inner.recovered(execution_id, node, reason)
+
+    def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        self._observe(self.m.node_duration, seconds, graph, node, kind)
+        self.inner.attempt_finished(graph, node, kind, seconds)
 
     def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
         """One checkpoint commit took ``seconds`` (called by the engine once it times saves)."""
@@ -262,54 +264,6 @@ class PrometheusHooks(Hooks):
     def _observe(self, histogram: Histogram, value: float, *labels: str) -> None:
         histogram.labels(*labels).observe(value)
 
-    # -- node task durations, from Celery's signals -----------------------------------------
-
-    def watch_tasks(self, durable: Durable) -> None:
-        """Time ``durable``'s node and compensation tasks (task_prerun to task_postrun)."""
-        names: dict[str, tuple[str, str, str]] = {}
-        built_for: list[object] = [None]
-
-        def labels_of(task_name: str) -> tuple[str, str, str] | None:
-            if task_name not in names:
-                # Graphs may be defined after instrument(): rebuild when they changed.
-                graphs = list(durable.graphs.values())
-                shape = [(g.name, len(g.nodes)) for g in graphs]
-                if shape != built_for[0]:
-                    names.clear()
-                    for graph in graphs:
-                        for node in list(graph.nodes.values()):
-                            names[node.task_name] = (graph.name, node.name, "node")
-                            names[node.compensation_task_name] = (
-                                graph.name,
-                                node.name,
-                                "compensation",
-                            )
-                    built_for[0] = shape
-            return names.get(task_name)
-
-        def prerun(sender: Any = None, task_id: str = "", **_: Any) -> None:
-            if getattr(sender, "app", None) is not durable.app:
-                return
-            labels = labels_of(getattr(sender, "name", ""))
-            if labels is not None:
-                self._started[task_id] = (labels, time.perf_counter())
-
-        def postrun(sender: Any = None, task_id: str = "", **_: Any) -> None:
-            started = self._started.pop(task_id, None)
-            if started is not None:
-                labels, t0 = started
-                self._observe(self.m.node_duration, time.perf_counter() - t0, *labels)
-
-        task_prerun.connect(prerun, weak=False)
-        task_postrun.connect(postrun, weak=False)
-        self._receivers += [(task_prerun, prerun), (task_postrun, postrun)]
-
-    def detach(self) -> None:
-        """Stop timing tasks (disconnect the Celery signal receivers)."""
-        for sig, receiver in self._receivers:
-            sig.disconnect(receiver)
-        self._receivers.clear()
-
 
 def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> PrometheusHooks:
     """Count ``durable``'s events and time its node tasks; returns the hooks installed.
@@ -320,7 +274,6 @@ def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> Prom
     if isinstance(durable.hooks, PrometheusHooks):
         return durable.hooks
     hooks = PrometheusHooks(registry, inner=durable.hooks)
-    hooks.watch_tasks(durable)
     durable.hooks = hooks
     return hooks
 

@@ -58,6 +58,13 @@ class Settings(BaseModel):
     max_redeliveries: int = Field(
         10, ge=1, description="A node message redelivered more often fails its execution."
     )
+    inline_nodes: int = Field(
+        16,
+        ge=0,
+        description="When one node follows another on the same queue and neither has a "
+        "timeout, the worker runs it in the same task after the commit, instead of publishing "
+        "a message, up to this many in a row; 0 publishes every node.",
+    )
     pool_size: int = Field(5, ge=1, description="Database connections per worker process.")
     retention_succeeded_days: float = Field(
         7.0, gt=0, description="prune() removes succeeded runs finished this many days ago."

@@ -84,7 +84,10 @@ class Attempt:
     def key(self) -> tuple[str, str, str, int]:
         return (self.execution_id, self.kind, self.name, self.visit)
 
-    # Subclasses decide what "still due", "replay" and "give up" mean.
+    # Subclasses decide how to run, and what "still due", "replay" and "give up" mean.
+    def execute(self) -> str:
+        raise NotImplementedError
+
     def is_due(self, base: Base) -> bool:
         raise NotImplementedError
 
@@ -94,7 +97,7 @@ class Attempt:
     def give_up(self, error: dict[str, Any]) -> str:
         raise NotImplementedError
 
-    def redispatch(self, attempt: int, countdown: float) -> None:
+    def redispatch(self, attempt: int, countdown: float, *, recovered: bool = False) -> None:
         """Publish this visit again for its next attempt."""
         self.durable.dispatch(
             self.graph,
@@ -105,6 +108,7 @@ class Attempt:
             attempt=attempt,
             countdown=countdown,
             compensation=self.kind != "node",
+            recovered=recovered,
         )
 
     # -- shared protocol --------------------------------------------------------------------

@@ -4,6 +4,11 @@ The happy path costs one database round trip: run the function on the state the 
 carries, commit checkpoint + execution advance (version-checked, unique per visit), publish
 what follows. A redelivered message is the one case that reads first, to replay a visit that
 already committed instead of running it again.
+
+When exactly one node follows, on the same queue and with no time limit on either, the worker
+runs it next in the same task instead of publishing a message for it (up to ``inline_nodes``
+in a row): the commit still comes first, and the message stays unacked until the last of
+them, so a crash redelivers it and its replay walks the committed visits to what is due.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ STEP = "step"
 FAILURE = "failure"
 # Errors no retry can fix: the node's output itself is wrong.
 PERMANENT = (InvalidInput, NotJSONSerializable, StateTooLarge, MergeConflict)
+# A message stays unacked while the nodes it runs inline run: past this many seconds, hand on
+# by message, so that no delivery is held near the broker's ack timeout and other runs queued
+# behind it get their turn.
+INLINE_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -54,6 +63,12 @@ class NodeRun(Attempt):
         {Status.RUNNING, Status.PAUSED, Status.COMPENSATING}
     )
 
+    # How many nodes this message ran before this one, inline; 0 for the message's own visit.
+    depth: int = 0
+    # When the message's own visit started (time.monotonic()), for the inline time budget.
+    since: float = field(default_factory=time.monotonic)
+    # The node to run next in the same task, set by a commit that decided to run it inline.
+    successor: NodeRun | None = field(default=None, init=False)
     _steps: dict[str, Checkpoint] | None = field(default=None, init=False)
     _read_at: int = field(default=-1, init=False)
 
@@ -114,20 +129,38 @@ class NodeRun(Attempt):
         record = self.durable.store.get_execution(self.execution_id)
         base = Base.of(record)
         if record.status == Status.RUNNING:
-            for name, visit in (checkpoint.meta or {}).get("next", []):
-                if base.cursor.holds(name, visit):
-                    self.durable.dispatch(self.graph, name, visit, self.execution_id, base)
+            self._dispatch_still_due(checkpoint, base)
         elif record.status == Status.COMPENSATING:
             compensation.proceed(self.durable, self.graph, self.execution_id, base)
         return "replayed"
+
+    def _dispatch_still_due(self, checkpoint: Checkpoint, base: Base) -> None:
+        """Dispatch what ``checkpoint`` made ready and the run still holds; follow the visits
+        this message ran inline after it, which may have committed before the crash."""
+        cp: Checkpoint | None = checkpoint
+        while cp is not None:
+            meta = cp.meta or {}
+            inline = bool(meta.get("inline"))
+            ready = [(name, visit) for name, visit in meta.get("next", [])]
+            for name, visit in ready:
+                if base.cursor.holds(name, visit):
+                    # An inline successor may have died mid-run: its copy gets the checks
+                    # of a redelivered message (redelivery count, live lease).
+                    self.durable.dispatch(
+                        self.graph, name, visit, self.execution_id, base, recovered=inline
+                    )
+            if not inline or base.cursor.holds(*ready[0]):
+                return
+            cp = self.durable.store.find(self.execution_id, NODE, *ready[0])
 
     # -- commit -----------------------------------------------------------------------------
 
     def _commit(self, update: dict[str, Any], lease_token: int) -> str:
         ready: list[tuple[str, int]] = []
+        inline = False
 
         def build() -> Commit | str:
-            nonlocal ready
+            nonlocal ready, inline
             base = self.base
             if base.version != self._read_at:
                 clash = self._clashes(update, self._read_at)
@@ -155,6 +188,10 @@ class NodeRun(Attempt):
                     # Paused: what this node made ready waits for resume().
                     status = Status.PAUSED
                     cursor.held.extend(ready)
+            inline = status == Status.RUNNING and self._may_inline(ready)
+            meta: dict[str, Any] = {"next": ready, "attempt": self.attempt, "worker": worker_id()}
+            if inline:
+                meta["inline"] = True
             return Commit(
                 execution_id=self.execution_id,
                 expected_version=base.version,
@@ -165,7 +202,7 @@ class NodeRun(Attempt):
                 cursor=cursor.to_json(),
                 status=status,
                 output=update,
-                meta={"next": ready, "attempt": self.attempt, "worker": worker_id()},
+                meta=meta,
                 error=error,
                 lease_token=lease_token,
                 state_json=state_json,
@@ -175,19 +212,50 @@ class NodeRun(Attempt):
         if isinstance(commit, str):
             return commit
         faults.hit(faults.AFTER_COMMIT, self.name)
+        self._proceed(commit, ready, inline)
+        return "committed"
+
+    def _proceed(self, commit: Commit, ready: list[tuple[str, int]], inline: bool) -> None:
+        """After the commit: hand on what it made ready, or report the end."""
         hooks = self.durable.hooks
         hooks.node_committed(self.graph.name, self.name, commit)
         after = Base(
             commit.seq, commit.state, Cursor.from_json(commit.cursor), commit.status, commit.error
         )
-        if commit.status == Status.RUNNING:
+        if commit.status == Status.RUNNING and inline:
+            ((name, visit),) = ready
+            self.successor = NodeRun(
+                self.durable,
+                self.graph,
+                name,
+                self.execution_id,
+                visit,
+                after,
+                depth=self.depth + 1,
+                since=self.since,
+            )
+        elif commit.status == Status.RUNNING:
             for name, visit in ready:
                 self.durable.dispatch(self.graph, name, visit, self.execution_id, after)
         elif commit.status == Status.COMPENSATING:
             compensation.proceed(self.durable, self.graph, self.execution_id, after)
         elif commit.status.finished:
             hooks.execution_finished(self.execution_id, self.graph.name, commit.status)
-        return "committed"
+
+    def _may_inline(self, ready: list[tuple[str, int]]) -> bool:
+        """Run the one node that follows in this task rather than publish it: only when it
+        would land on the same queue and no time limit applies (a task's limit is its first
+        node's, or the app's), within ``inline_nodes`` and INLINE_SECONDS."""
+        if len(ready) != 1 or self.depth >= self.durable.settings.inline_nodes:
+            return False
+        here, there = self.node, self.graph.nodes[ready[0][0]]
+        return (
+            here.timeout is None
+            and there.timeout is None
+            and here.queue == there.queue
+            and not self.durable.time_limited
+            and time.monotonic() - self.since < INLINE_SECONDS
+        )
 
     def _clashes(self, update: dict[str, Any], since: int) -> list[str]:
         """Fields this update shares with node commits made since our state was read."""

@@ -54,22 +54,34 @@ def check_chain(ex: Execution) -> None:
     ]
 
 
+# How a worker hands a node on: the next node inline in the same task (the default), or a
+# message per node. A crash must be healed the same either way.
+HAND_ON = {"inline": {}, "message": {"CELERY_DURABLE_INLINE_NODES": "0"}}
+
+
+def ran_inline(ex: Execution) -> bool:
+    """Whether n1's message also ran the next node (n1's checkpoint says so)."""
+    return any(cp.node == "n1" and (cp.meta or {}).get("inline") for cp in ex.history())
+
+
 def duplicate_entry(d: DurableApp, ex: Execution) -> None:
     """Publish the entry message again, exactly as start() published it."""
     started = d.durable.store.load(ex.id, 0)  # the start checkpoint: the state at version 0
     d.durable.dispatch(d.chain, "n1", 1, ex.id, Base(0, started.state, Cursor.start("n1")))
 
 
+@pytest.mark.parametrize("hand_on", sorted(HAND_ON))
 def test_kill_while_node_runs_reruns_it(
-    durable: DurableApp, workers: Workers, ledger_path: Path
+    durable: DurableApp, workers: Workers, ledger_path: Path, hand_on: str
 ) -> None:
     """(a) SIGKILL during n2, before its commit: n2 runs again on a new worker."""
-    first = workers.start()
+    first = workers.start(extra_env=HAND_ON[hand_on])
     ex = durable.durable.start(durable.chain, {"sleep_at": "n2", "sleep": 3})
     wait_for(lambda: events(ledger_path, ex.id, "n2", "start"), 30, what="n2 to start")
     first.kill()
     assert [cp.node for cp in ex.history()] == ["", "n1"], "n2 must not have committed"
-    workers.start()
+    assert ran_inline(ex) == (hand_on == "inline")
+    workers.start(extra_env=HAND_ON[hand_on])
     check_chain(ex)
     settle(ledger_path)
     assert len(events(ledger_path, ex.id, "n2", "start")) == 2
@@ -77,16 +89,20 @@ def test_kill_while_node_runs_reruns_it(
     check_chain(ex)
 
 
+@pytest.mark.parametrize("hand_on", sorted(HAND_ON))
 def test_kill_after_commit_before_dispatch_does_not_rerun(
-    durable: DurableApp, workers: Workers, ledger_path: Path
+    durable: DurableApp, workers: Workers, ledger_path: Path, hand_on: str
 ) -> None:
-    """(b) SIGKILL right after n2's commit, before n3 is published: n2 is not run again."""
-    dying = workers.start(extra_env={"CELERY_DURABLE_FAULT": "after_commit:n2"})
+    """(b) SIGKILL right after n2's commit, before n3 is published (or, inline, run): n2 is
+    not run again."""
+    fault = {"CELERY_DURABLE_FAULT": "after_commit:n2"}
+    dying = workers.start(extra_env={**HAND_ON[hand_on], **fault})
     ex = durable.durable.start(durable.chain, {})
     assert dying.wait_exit(timeout=30) != 0
     assert [cp.node for cp in ex.history()] == ["", "n1", "n2"]
+    assert ran_inline(ex) == (hand_on == "inline")
     assert not events(ledger_path, ex.id, "n3", "start"), "died before n3 was dispatched"
-    workers.start()
+    workers.start(extra_env=HAND_ON[hand_on])
     check_chain(ex)
     settle(ledger_path)
     assert len(events(ledger_path, ex.id, "n2", "start")) == 1

@@ -93,7 +93,7 @@ def lookup(samples: Samples, key: str) -> float | None:
 
 def test_a_known_workload_shows_in_the_scrape(durable: Durable, worker) -> None:
     registry = CollectorRegistry()
-    hooks = instrument(durable, registry=registry)
+    instrument(durable, registry=registry)
     g = durable.graph("g", state=Job)
 
     @g.node
@@ -144,7 +144,7 @@ def test_a_known_workload_shows_in_the_scrape(durable: Durable, worker) -> None:
                     'celery_durable_executions_finished_total{graph="g",status="failed"}': 1,
                     'celery_durable_executions_finished_total{graph="s",status="compensated"}': 1,
                     'celery_durable_compensations_total{graph="s",step="reserve"}': 1,
-                    # a: 4 tasks; b: 3 successes + 2 attempts of the failing run.
+                    # a: 4 attempts; b: 3 successes + 2 attempts of the failing run.
                     'celery_durable_node_duration_seconds_count{graph="g",node="a",kind="node"}': 4,
                     'celery_durable_node_duration_seconds_count{graph="g",node="b",kind="node"}': 5,
                     "celery_durable_node_duration_seconds_count"
@@ -154,7 +154,6 @@ def test_a_known_workload_shows_in_the_scrape(durable: Durable, worker) -> None:
             )
     finally:
         server.close()
-        hooks.detach()
 
     # Database gauges: every status of every graph, zeros included.
     assert value(samples, "celery_durable_executions", graph="g", status="succeeded") == 3

@@ -1,0 +1,74 @@
+"""Celery task events for nodes a worker ran inline, so that Flower lists every node.
+
+A node run inline has no message of its own, so the worker that ran it sends the events a
+message would have produced (received, started, succeeded or failed) under the id the node's
+message would have had. Only when the worker sends task events itself (``celery worker -E``):
+a child process cannot see Flower's later ``enable_events``, so start workers with ``-E``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from celery import Celery
+
+from celery_durable.operations import task_id
+from celery_durable.tasks.attempt import Attempt
+
+
+class InlineEvents:
+    """Sends task events for inline node runs when the worker has task events on."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.enabled = False
+
+    def started(self, run: Attempt, request: Any) -> None:
+        if self.enabled:
+            self._send(
+                request,
+                ("task-received", self._received_fields(run, request)),
+                ("task-started", {"uuid": self._id(run)}),
+            )
+
+    def finished(
+        self,
+        run: Attempt,
+        request: Any,
+        started: float,
+        outcome: str | None,
+        exc: BaseException | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        if exc is None:
+            fields = {"result": repr(outcome), "runtime": time.perf_counter() - started}
+            self._send(request, ("task-succeeded", {"uuid": self._id(run), **fields}))
+        else:
+            tb = "".join(traceback.format_exception(exc, limit=8))
+            fields = {"exception": repr(exc), "traceback": tb}
+            self._send(request, ("task-failed", {"uuid": self._id(run), **fields}))
+
+    @staticmethod
+    def _id(run: Attempt) -> str:
+        return task_id(run.execution_id, run.name, run.visit, run.attempt, False)
+
+    def _received_fields(self, run: Attempt, request: Any) -> dict[str, Any]:
+        return {
+            "uuid": self._id(run),
+            "name": run.graph.nodes[run.name].task_name,
+            "args": f"({run.execution_id!r}, visit={run.visit})",
+            "kwargs": f"{{version={run.base.version}, attempt={run.attempt}, inline=True}}",
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "root_id": request.root_id or request.id,
+            "parent_id": request.id,
+        }
+
+    def _send(self, request: Any, *events: tuple[str, dict[str, Any]]) -> None:
+        with self.app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
+            for kind, fields in events:
+                dispatcher.send(kind, **fields)
