@@ -370,16 +370,22 @@ class Durable:
         return [Execution(self, r.id, r) for r in records]
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is self.app:
-            # Read before the pool forks, so that every child knows.
-            self.inline_events.enabled = bool(getattr(sender, "task_events", False))
-
-    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        """The worker has imported the app's modules: refuse to start on a broken graph (a
+        SystemExit, which Celery's signal dispatch does not swallow), before the pool forks."""
         if getattr(sender, "app", None) is not self.app:
             return
         for graph in self.graphs.values():
-            graph.validate()
-        self._recovery.start()
+            try:
+                graph.validate()
+            except GraphDefinitionError as exc:
+                logger.critical("%s", exc)
+                raise SystemExit(f"celery-durable: {exc}") from exc
+        # Read before the pool forks, so that every child knows.
+        self.inline_events.enabled = bool(getattr(sender, "task_events", False))
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app:
+            self._recovery.start()
 
     def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
         self._recovery.stop()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from celery import Celery
 from pydantic import BaseModel
@@ -79,6 +84,40 @@ def test_no_entry_and_unreachable_nodes_are_caught_before_anything_runs(durable:
     with pytest.raises(UnreachableNode, match="island"):
         g.delay()
     assert durable.list() == []
+
+
+BROKEN_APP = """
+from celery import Celery
+from pydantic import BaseModel
+from celery_durable import Durable
+
+app = Celery("broken", broker="memory://")
+durable = Durable(app, database_url="sqlite:///:memory:")
+
+
+class S(BaseModel):
+    n: int = 0
+
+
+g = durable.graph("shape", state=S)
+g.node(lambda s: None, name="a")
+g.node(lambda s: None, name="island")
+g.entry("a")
+"""
+
+
+def test_a_worker_refuses_to_start_on_a_broken_graph(tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text(BROKEN_APP)
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "broken_app", "worker", "-P", "solo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "celery-durable: Graph 'shape': node(s) island cannot be reached" in result.stderr
 
 
 def test_branch_without_paths_counts_every_node_reachable(durable: Durable) -> None:
