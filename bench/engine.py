@@ -57,6 +57,9 @@ Two views of every figure are printed:
   ``time.time()``, the durable execution's ``finished_at`` is written by its last commit.
   The gap between the two is the cost of the client's completion signal, not of the engine.
 
+"CPU per run" is the CPU time the client, the worker (all its processes), RabbitMQ and
+PostgreSQL spent during the throughput phase, divided by the runs: where the cost goes.
+
 "other load" is how many cores, on average, processes outside the bench (not the client,
 its worker, RabbitMQ, PostgreSQL's own processes or its backends on the bench database) kept
 busy while a side was measured: on a shared 2-core machine, figures taken with other load
@@ -105,6 +108,7 @@ class Round:
     seen_ms: list[float] = field(default_factory=list)
     engine_ms: list[float] = field(default_factory=list)
     other_cpu: float = 0.0  # cores busy with processes not part of this bench, on average
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per run in the throughput phase
 
     @property
     def runs_per_s(self) -> float:
@@ -224,10 +228,13 @@ def busy_cpu_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS  # minus idle and iowait
 
 
-def bench_cpu_s(worker_pgid: int, database: str) -> float:
-    """CPU seconds used so far by this bench: the client, its worker's process group,
-    RabbitMQ, PostgreSQL's own processes and its backends on the bench database."""
-    total = 0.0
+CPU_PARTS = ("client", "worker", "rabbitmq", "postgres")
+
+
+def bench_cpu(worker_pgid: int, database: str) -> dict[str, float]:
+    """CPU seconds used so far by this bench, by part: the client, its worker's process
+    group, RabbitMQ, PostgreSQL (its own processes and its backends on the bench database)."""
+    used = dict.fromkeys(CPU_PARTS, 0.0)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -237,17 +244,23 @@ def bench_cpu_s(worker_pgid: int, database: str) -> float:
             comm = stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
             pid, pgid = int(entry.name), int(fields[2])
-            ours = pid == os.getpid() or pgid == worker_pgid or comm in ("beam.smp", "epmd")
-            if comm == "postgres":
+            part = None
+            if pid == os.getpid():
+                part = "client"
+            elif pgid == worker_pgid:
+                part = "worker"
+            elif comm in ("beam.smp", "epmd"):
+                part = "rabbitmq"
+            elif comm == "postgres":
                 with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                     cmdline = f.read().decode(errors="replace")
                 is_backend = "(" in cmdline or "[local]" in cmdline
-                ours = database in cmdline or not is_backend
-            if ours:
-                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                part = "postgres" if database in cmdline or not is_backend else None
+            if part is not None:
+                used[part] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return used
 
 
 class OtherLoad:
@@ -256,11 +269,11 @@ class OtherLoad:
     def __init__(self, worker_pgid: int, database: str) -> None:
         self.pgid, self.database = worker_pgid, database
         self.start = time.perf_counter()
-        self.busy, self.ours = busy_cpu_s(), bench_cpu_s(worker_pgid, database)
+        self.busy, self.ours = busy_cpu_s(), sum(bench_cpu(worker_pgid, database).values())
 
     def cores(self) -> float:
         busy = busy_cpu_s() - self.busy
-        ours = bench_cpu_s(self.pgid, self.database) - self.ours
+        ours = sum(bench_cpu(self.pgid, self.database).values()) - self.ours
         return max(busy - ours, 0.0) / (time.perf_counter() - self.start)
 
 
@@ -283,12 +296,15 @@ def warm_up(side: Side, runs: int, log: Path) -> None:
 def measure(side: Side, runs: int, latency_runs: int, load: OtherLoad) -> Round:
     result = Round(side.name, runs)
     # Throughput: everything at once, then wait for each (completions arrive meanwhile).
+    cpu_before = bench_cpu(load.pgid, load.database)
     start_epoch, start = time.time(), time.perf_counter()
     handles = [side.submit() for _ in range(runs)]
     result.submit_s = time.perf_counter() - start
     finished = [side.wait(h, RUN_TIMEOUT) for h in handles]
     result.seen_s = time.perf_counter() - start
     result.engine_s = max(finished) - start_epoch
+    cpu_after = bench_cpu(load.pgid, load.database)
+    result.cpu_ms = {k: 1000 * (cpu_after[k] - cpu_before[k]) / runs for k in CPU_PARTS}
     # Latency: one run at a time.
     for _ in range(latency_runs):
         start_epoch, start = time.time(), time.perf_counter()
@@ -387,6 +403,12 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
             f"{x['engine_p50']:>7.2f} {x['engine_p95']:>7.2f}"
             f"   | {x['submit_ms_per_run']:>6.2f}"
         )
+    print()
+    print("CPU per run in the throughput phase, ms, all cores (median of the rounds):")
+    print(f"  {'side':<8}" + "".join(f" {part:>9}" for part in (*CPU_PARTS, "total")))
+    for side in SIDES:
+        parts = [statistics.median(r.cpu_ms[part] for r in results[side]) for part in CPU_PARTS]
+        print(f"  {side:<8}" + "".join(f" {v:>9.2f}" for v in (*parts, sum(parts))))
     d, p = s["durable"], s["plain"]
     print()
     print("Ratios, durable / plain (seen by the client; the bars apply to these):")

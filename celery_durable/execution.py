@@ -84,7 +84,7 @@ class Execution:
         from every 2 ms backing off to every 250 ms.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.durable.store.waiter() as waiter:
+        with self.durable.store.waiter(self.id) as waiter:
             pause = waiter.first_pause
             while True:
                 record = self.refresh()
@@ -93,7 +93,7 @@ class Execution:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise WaitTimeout(self.id, timeout or 0.0, record.status)
-                waiter.wait(self.id, pause if left is None else min(pause, left))
+                waiter.wait(pause if left is None else min(pause, left))
                 pause = min(pause * 1.5, waiter.max_pause)
         if record.status != Status.SUCCEEDED:
             error = record.error or {"type": str(record.status), "message": "run did not succeed"}

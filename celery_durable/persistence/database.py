@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, make_url
 
 from celery_durable.persistence import postgres, sqlite
 
@@ -26,6 +26,8 @@ class Database:
         self.dialect: ModuleType = postgres if url.startswith("postgresql") else sqlite
         self._engines: tuple[Engine, Engine] | None = None
         self._pid = 0
+        self._listener: postgres.Listener | None = None
+        self._listener_pid = 0
         self._lock = threading.Lock()
 
     @property
@@ -82,9 +84,26 @@ class Database:
             with engine.connect().execution_options(durable_read=True) as conn:
                 yield conn
 
+    def waiter(self, execution_id: str) -> postgres.Waiter | sqlite.Waiter:
+        """What Execution.wait() blocks on: notifications on PostgreSQL, a sleep on SQLite."""
+        if not self.is_postgres:
+            return sqlite.Waiter()
+        pid = os.getpid()
+        with self._lock:
+            if self._listener is None or self._listener_pid != pid:
+                # A forked child starts its own thread and connection; the parent's are not
+                # usable here.
+                self._listener = postgres.Listener(make_url(self.url))
+                self._listener_pid = pid
+            listener = self._listener
+        return postgres.Waiter(listener, execution_id)
+
     def dispose(self) -> None:
         with self._lock:
             if self._engines is not None and self._pid == os.getpid():
                 for engine in set(self._engines):
                     engine.dispose()
             self._engines = None
+            listener, self._listener = self._listener, None
+        if listener is not None and self._listener_pid == os.getpid():
+            listener.close()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, text
+import psycopg
+from sqlalchemy import URL, Engine, text
 
 from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
 
 if TYPE_CHECKING:
     from celery_durable.persistence.database import Database
+
+
+logger = logging.getLogger(__name__)
+LISTEN_READY_TIMEOUT = 5.0
+LISTEN_POLL = 1.0
 
 
 def engine_options(db: Database) -> dict[str, Any]:
@@ -79,34 +87,95 @@ def save(db: Database, params: dict[str, Any], fenced: bool, finished: bool) -> 
     return row is not None
 
 
-class Waiter:
-    """Wakes when an execution ends, through LISTEN on a pooled connection.
+class Listener:
+    """One LISTEN connection per process, read by a daemon thread that wakes the waiters of
+    the execution named in each notification.
 
-    The final commit notifies, so the waiter blocks; it looks at the row again only when
-    notified for its execution, or once a second in case a notification was missed.
+    Waiting costs no connection and no LISTEN/UNLISTEN round trips of its own. A waiter still
+    looks at the row itself once a second, and every waiter is woken to look when the
+    connection is (re)made, so a notification lost in between delays a waiter, never strands it.
     """
+
+    def __init__(self, url: URL) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._waiting: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._tried = threading.Event()  # the first connection attempt is over
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, execution_id: str) -> threading.Event:
+        """An event set when ``execution_id`` ends (or when the waiter should look again)."""
+        woken = threading.Event()
+        with self._lock:
+            self._waiting.setdefault(execution_id, set()).add(woken)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="durable-listener", daemon=True
+                )
+                self._thread.start()
+        # Only a notification sent after LISTEN is heard: the first time, wait for the thread
+        # to LISTEN (or to fail; waiters then look once a second).
+        self._tried.wait(LISTEN_READY_TIMEOUT)
+        return woken
+
+    def unsubscribe(self, execution_id: str, woken: threading.Event) -> None:
+        with self._lock:
+            waiting = self._waiting.get(execution_id)
+            if waiting is not None:
+                waiting.discard(woken)
+                if not waiting:
+                    del self._waiting[execution_id]
+
+    def close(self) -> None:
+        """Stop listening; the thread ends within LISTEN_POLL seconds, on its own."""
+        self._stop.set()
+
+    def _wake(self, execution_id: str | None = None) -> None:
+        with self._lock:
+            if execution_id is None:
+                woken = [e for events in self._waiting.values() for e in events]
+            else:
+                woken = list(self._waiting.get(execution_id, ()))
+        for event in woken:
+            event.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {FINISHED_CHANNEL}")
+                    self._wake()  # whatever ended while nobody listened: look again
+                    self._tried.set()
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=LISTEN_POLL):
+                            self._wake(notice.payload)
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    logger.warning("listening for finished runs failed (%s); retrying in 1s", exc)
+            finally:
+                self._tried.set()
+                self._wake()
+            self._stop.wait(1.0)
+
+
+class Waiter:
+    """Wakes when one execution ends, through the process's Listener."""
 
     first_pause = 1.0
     max_pause = 1.0
 
-    def __init__(self, engine: Engine) -> None:
-        self._proxy = engine.raw_connection()
-        self._conn: Any = self._proxy.driver_connection
-        assert self._conn is not None
-        self._conn.autocommit = True
-        self._conn.execute(f"LISTEN {FINISHED_CHANNEL}")
+    def __init__(self, listener: Listener, execution_id: str) -> None:
+        self._listener = listener
+        self._execution_id = execution_id
+        self._woken = listener.subscribe(execution_id)
 
-    def wait(self, execution_id: str, timeout: float) -> None:
-        for notice in self._conn.notifies(timeout=timeout):
-            if notice.payload == execution_id:
-                return
+    def wait(self, timeout: float) -> None:
+        if self._woken.wait(timeout):
+            self._woken.clear()
 
     def close(self) -> None:
-        try:
-            self._conn.execute(f"UNLISTEN {FINISHED_CHANNEL}")
-            self._conn.autocommit = False
-        finally:
-            self._proxy.close()
+        self._listener.unsubscribe(self._execution_id, self._woken)
 
 
 def start(db: Database, params: dict[str, Any]) -> bool:

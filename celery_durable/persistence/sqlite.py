@@ -51,10 +51,7 @@ class Waiter:
     first_pause = 0.002
     max_pause = 0.25
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def wait(self, execution_id: str, timeout: float) -> None:
+    def wait(self, timeout: float) -> None:
         time.sleep(timeout)
 
     def close(self) -> None:

@@ -341,9 +341,9 @@ class CheckpointStore:
             return conn.execute(delete(executions)).rowcount
 
     @contextmanager
-    def waiter(self) -> Iterator[Any]:
-        """Something with ``wait(execution_id, timeout)`` that returns early when a run ends."""
-        waiter = self.db.dialect.Waiter(self.db.engine)
+    def waiter(self, execution_id: str) -> Iterator[Any]:
+        """Something with ``wait(timeout)`` that returns early when the run ends."""
+        waiter = self.db.waiter(execution_id)
         try:
             yield waiter
         finally:

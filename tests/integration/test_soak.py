@@ -1,4 +1,4 @@
-"""Soak: 1,000 five-node runs through two workers while one of them is SIGKILLed every ~3 s.
+"""Soak: 1,000 five-node runs through two workers while one of them is SIGKILLed every ~1 s.
 
 Every run must succeed with exactly five node checkpoints (five distinct nodes) and count 5,
 and no (execution, kind, node, visit) may be committed twice. Run with ``-s`` for the figures.
@@ -21,7 +21,7 @@ from tests.integration.harness import Killer, Workers, ledger_lines, settle
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUNS = int(os.environ.get("DURABLE_SOAK_RUNS", "1000"))
-KILL_EVERY = float(os.environ.get("DURABLE_SOAK_KILL_EVERY", "3.0"))
+KILL_EVERY = float(os.environ.get("DURABLE_SOAK_KILL_EVERY", "1.0"))
 DEADLINE = float(os.environ.get("DURABLE_SOAK_DEADLINE", "240"))
 # A backlog of 1,000 runs is not stale: don't let the sweep re-dispatch it needlessly.
 SOAK_ENV = {"CELERY_DURABLE_STALE_AFTER": "20"}

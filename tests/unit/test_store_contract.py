@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, inspect, make_url, text
 
 from celery_durable.errors import (
     CheckpointCorrupted,
@@ -25,7 +25,7 @@ from celery_durable.errors import (
     NotJSONSerializable,
     VersionConflict,
 )
-from celery_durable.persistence import migrate
+from celery_durable.persistence import migrate, postgres
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.records import Commit, utcnow
 from celery_durable.persistence.store import CheckpointStore
@@ -404,3 +404,31 @@ def test_latest_walks_the_primary_key(backend: Backend) -> None:
     text_plan = "\n".join(plan)
     assert pk in text_plan, text_plan
     assert "Sort" not in text_plan and "TEMP B-TREE" not in text_plan, text_plan
+
+
+def test_a_waiter_returns_once_its_execution_ends(backend: Backend) -> None:
+    _start(backend.store)
+    with backend.store.waiter(EID) as waiter:
+        backend.store.save(_commit(0, status=Status.SUCCEEDED))
+        waiter.wait(0.5)  # PostgreSQL: already woken by the commit; SQLite: a pause
+    assert backend.store.get_execution(EID).status == Status.SUCCEEDED
+
+
+def test_the_listener_wakes_only_the_waiters_of_the_run_that_ended(pg_url: str) -> None:
+    db = Database(pg_url)
+    migrate.upgrade(db)
+    store = CheckpointStore(db)
+    _start(store)
+    _start(store, "other")
+    listener = postgres.Listener(make_url(pg_url))
+    try:
+        mine, theirs = listener.subscribe(EID), listener.subscribe("other")
+        # Both were woken once when the connection was made (look again): start from clear.
+        mine.clear()
+        theirs.clear()
+        store.save(_commit(0, status=Status.SUCCEEDED))
+        assert mine.wait(10.0), "the final commit's notification did not arrive"
+        assert not theirs.is_set()
+    finally:
+        listener.close()
+        db.dispose()
