@@ -5,7 +5,7 @@ carries, commit checkpoint + execution advance (version-checked, unique per visi
 what follows. A redelivered message is the one case that reads first, to replay a visit that
 already committed instead of running it again.
 
-When exactly one node follows, on the same queue and with no time limit on either, the worker
+When exactly one node follows, on the same queue, and no time limit applies, the worker
 runs it next in the same task instead of publishing a message for it (up to ``inline_nodes``
 in a row): the commit still comes first, and the message stays unacked until the last of
 them, so a crash redelivers it and its replay walks the committed visits to what is due.
