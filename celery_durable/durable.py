@@ -303,6 +303,16 @@ class Durable:
             kwargsrepr=f"{{version={base.version}, attempt={attempt}}}",
         )
 
+    def destination(self, node: Node[..., Any], run_queue: str | None) -> tuple[str, ...]:
+        """Where a node's message goes: the node's queue, else the run's, else what the app's
+        ``task_routes`` say for its task name, else the default queue."""
+        explicit = node.queue or run_queue
+        route = self.app.amqp.router.route({"queue": explicit} if explicit else {}, node.task_name)
+        return tuple(
+            str(getattr(route.get(key), "name", route.get(key)))
+            for key in ("queue", "exchange", "routing_key")
+        )
+
     @property
     def time_limited(self) -> bool:
         """Whether the app gives every task a time limit (then no node runs inline, where

@@ -243,18 +243,21 @@ class NodeRun(Attempt):
             hooks.execution_finished(self.execution_id, self.graph.name, commit.status)
 
     def _may_inline(self, ready: list[tuple[str, int]]) -> bool:
-        """Run the one node that follows in this task rather than publish it: only when it
-        would land on the same queue and no time limit applies (a task's limit is its first
-        node's, or the app's), within ``inline_nodes`` and INLINE_SECONDS."""
+        """Run the one node that follows in this task rather than publish it: only when its
+        message would go where this one's went (node queues, the run's queue, the app's
+        task_routes) and no time limit applies (a task's limit is its first node's, or the
+        app's), within ``inline_nodes`` and INLINE_SECONDS."""
         if len(ready) != 1 or self.depth >= self.durable.settings.inline_nodes:
             return False
         here, there = self.node, self.graph.nodes[ready[0][0]]
+        run_queue = self.base.cursor.queue
         return (
             here.timeout is None
             and there.timeout is None
-            and here.queue == there.queue
             and not self.durable.time_limited
             and time.monotonic() - self.since < INLINE_SECONDS
+            and self.durable.destination(here, run_queue)
+            == self.durable.destination(there, run_queue)
         )
 
     def _clashes(self, update: dict[str, Any], since: int) -> list[str]:

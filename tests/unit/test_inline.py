@@ -111,15 +111,29 @@ def test_inline_nodes_caps_how_many_run_in_a_row(app: Celery, sqlite_url: str) -
     durable.db.dispose()
 
 
-def test_another_queue_or_a_timeout_gets_a_message_of_its_own(durable: Durable, worker) -> None:
-    g = chain(durable, c={"timeout": 30.0}, e={"queue": durable.app.conf.task_default_queue})
-    with messages(durable.app) as seen, worker():
+def test_another_queue_or_a_timeout_gets_a_message_of_its_own(durable: Durable) -> None:
+    g = chain(durable, c={"timeout": 30.0}, e={"queue": "elsewhere"})
+    queues = [durable.app.conf.task_default_queue, "elsewhere"]
+    with messages(durable.app) as seen, in_process_worker(durable, queues=queues):
         run = g.delay()
         assert run.wait(timeout=10).trail == list(NODES)
-    # b -> c: c has a time limit; c -> d: c's task has one; d -> e: e names a queue.
+    # b -> c: c has a time limit; c -> d: c's task has one; d -> e: e names another queue.
     assert seen == ["a", "c", "d", "e"]
     flags = inline_flags(run)
     assert flags == [("a", True), ("b", False), ("c", False), ("d", False), ("e", False)]
+
+
+def test_a_node_routed_elsewhere_by_task_routes_is_published(app: Celery, sqlite_url: str) -> None:
+    durable = Durable(app, database_url=sqlite_url)
+    durable.migrate()
+    g = chain(durable)
+    app.conf.task_routes = {"durable.chain.c": {"queue": "elsewhere"}}
+    queues = [app.conf.task_default_queue, "elsewhere"]
+    with messages(app) as seen, in_process_worker(durable, queues=queues):
+        assert g.delay().wait(timeout=10).trail == list(NODES)
+    # b -> c: c goes elsewhere; c -> d: d goes back to the default queue; d runs e inline.
+    assert seen == ["a", "c", "d"]
+    durable.db.dispose()
 
 
 def test_an_app_wide_time_limit_or_the_time_budget_stops_inlining(
