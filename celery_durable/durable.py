@@ -313,12 +313,19 @@ class Durable:
             for key in ("queue", "exchange", "routing_key")
         )
 
-    @property
-    def time_limited(self) -> bool:
-        """Whether the app gives every task a time limit (then no node runs inline, where
-        the limit would cover several nodes)."""
+    def unlimited(self, node: Node[..., Any]) -> bool:
+        """Whether no time or rate limit applies to the node's task (its ``timeout=``, the
+        app's ``task_time_limit``, annotations): only then may it run inline, where a limit
+        would cover several nodes or be skipped."""
+        task = self.app.tasks[node.task_name]
         conf = self.app.conf
-        return bool(conf.task_time_limit or conf.task_soft_time_limit)
+        return not (
+            task.time_limit
+            or task.soft_time_limit
+            or task.rate_limit
+            or conf.task_time_limit
+            or conf.task_soft_time_limit
+        )
 
     def state_json(self, state: dict[str, Any]) -> str:
         """The state as the store writes it (canonical JSON), refused if over max_state_bytes."""

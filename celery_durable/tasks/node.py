@@ -5,7 +5,7 @@ carries, commit checkpoint + execution advance (version-checked, unique per visi
 what follows. A redelivered message is the one case that reads first, to replay a visit that
 already committed instead of running it again.
 
-When exactly one node follows, on the same queue, and no time limit applies, the worker
+When exactly one node follows, bound for the same queue, with no time or rate limit, the worker
 runs it next in the same task instead of publishing a message for it (up to ``inline_nodes``
 in a row): the commit still comes first, and the message stays unacked until the last of
 them, so a crash redelivers it and its replay walks the committed visits to what is due.
@@ -245,16 +245,15 @@ class NodeRun(Attempt):
     def _may_inline(self, ready: list[tuple[str, int]]) -> bool:
         """Run the one node that follows in this task rather than publish it: only when its
         message would go where this one's went (node queues, the run's queue, the app's
-        task_routes) and no time limit applies (a task's limit is its first node's, or the
-        app's), within ``inline_nodes`` and INLINE_SECONDS."""
+        task_routes) and no time or rate limit applies to either task (a task's time limit
+        is its first node's), within ``inline_nodes`` and INLINE_SECONDS."""
         if len(ready) != 1 or self.depth >= self.durable.settings.inline_nodes:
             return False
         here, there = self.node, self.graph.nodes[ready[0][0]]
         run_queue = self.base.cursor.queue
         return (
-            here.timeout is None
-            and there.timeout is None
-            and not self.durable.time_limited
+            self.durable.unlimited(here)
+            and self.durable.unlimited(there)
             and time.monotonic() - self.since < INLINE_SECONDS
             and self.durable.destination(here, run_queue)
             == self.durable.destination(there, run_queue)

@@ -136,17 +136,27 @@ def test_a_node_routed_elsewhere_by_task_routes_is_published(app: Celery, sqlite
     durable.db.dispose()
 
 
-def test_an_app_wide_time_limit_or_the_time_budget_stops_inlining(
-    durable: Durable, worker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    g = chain(durable)
+def test_an_app_wide_time_limit_stops_inlining(durable: Durable, worker) -> None:
     durable.app.conf.task_soft_time_limit = 600
+    g = chain(durable)
     with messages(durable.app) as seen, worker():
         assert g.delay().wait(timeout=10).trail == list(NODES)
     assert seen == list(NODES)
 
-    durable.app.conf.task_soft_time_limit = None
+
+def test_a_rate_limited_node_gets_a_message_of_its_own(durable: Durable, worker) -> None:
+    g = chain(durable)
+    durable.app.tasks["durable.chain.c"].rate_limit = "100/s"
+    with messages(durable.app) as seen, worker():
+        assert g.delay().wait(timeout=10).trail == list(NODES)
+    assert seen == ["a", "c", "d"]  # b -> c and c -> d: c's task has a rate limit
+
+
+def test_past_the_time_budget_nodes_are_published(
+    durable: Durable, worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(node_module, "INLINE_SECONDS", 0.0)
+    g = chain(durable)
     with messages(durable.app) as seen, worker():
         assert g.delay().wait(timeout=10).trail == list(NODES)
     assert seen == list(NODES)
