@@ -28,6 +28,11 @@ READY_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
+# How a worker hands a node on: the next node inline in the same task (the default), or a
+# message per node. Crash tests run both ways: a crash must be healed the same either way.
+HAND_ON = {"inline": {}, "message": {"CELERY_DURABLE_INLINE_NODES": "0"}}
+
+
 class Worker:
     """One ``celery worker`` process group."""
 

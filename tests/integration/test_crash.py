@@ -19,6 +19,7 @@ from celery_durable.saga.coordinator import Cursor
 from celery_durable.tasks.attempt import Base
 from tests.integration.app import CHAIN_NODES, DurableApp
 from tests.integration.harness import (
+    HAND_ON,
     Workers,
     assert_one_checkpoint_per_visit,
     ledger_lines,
@@ -52,11 +53,6 @@ def check_chain(ex: Execution) -> None:
         ("start", "", 0),
         *[("node", name, 1) for name in CHAIN_NODES],
     ]
-
-
-# How a worker hands a node on: the next node inline in the same task (the default), or a
-# message per node. A crash must be healed the same either way.
-HAND_ON = {"inline": {}, "message": {"CELERY_DURABLE_INLINE_NODES": "0"}}
 
 
 def ran_inline(ex: Execution) -> bool:

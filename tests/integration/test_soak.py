@@ -1,6 +1,7 @@
 """Soak: 1,000 five-node runs through two workers while one of them is SIGKILLed every ~1 s.
 
-Every run must succeed with exactly five node checkpoints (five distinct nodes) and count 5,
+Run twice: with nodes handed on inline (the default) and with a message per node. Every run
+must succeed with exactly five node checkpoints (five distinct nodes) and count 5,
 and no (execution, kind, node, visit) may be committed twice. Run with ``-s`` for the figures.
 DURABLE_SOAK_RUNS, DURABLE_SOAK_KILL_EVERY and DURABLE_SOAK_DEADLINE change the defaults.
 """
@@ -16,7 +17,7 @@ from sqlalchemy import text
 
 from celery_durable import Status
 from tests.integration.app import CHAIN_NODES, DurableApp
-from tests.integration.harness import Killer, Workers, ledger_lines, settle
+from tests.integration.harness import HAND_ON, Killer, Workers, ledger_lines, settle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,13 +37,15 @@ SELECT execution_id, count(*), count(DISTINCT node) FROM durable_checkpoints
 """)
 
 
+@pytest.mark.parametrize("hand_on", sorted(HAND_ON))
 def test_soak_1000_runs_with_kills(
-    durable: DurableApp, workers: Workers, ledger_path: Path
+    durable: DurableApp, workers: Workers, ledger_path: Path, hand_on: str
 ) -> None:
-    live = [workers.start(concurrency=2, extra_env=SOAK_ENV, wait=False) for _ in range(2)]
+    env = {**SOAK_ENV, **HAND_ON[hand_on]}
+    live = [workers.start(concurrency=2, extra_env=env, wait=False) for _ in range(2)]
     for worker in live:
         worker.wait_ready()
-    killer = Killer(workers, live, KILL_EVERY, SOAK_ENV)
+    killer = Killer(workers, live, KILL_EVERY, env)
     store = durable.durable.store
 
     began = time.monotonic()
@@ -81,7 +84,7 @@ def test_soak_1000_runs_with_kills(
     settle(ledger_path, quiet=1.0, timeout=10.0)  # late duplicates count as re-runs too
     starts = sum(1 for line in ledger_lines(ledger_path) if line[3] == "start")
     print(
-        f"\nsoak: {RUNS} runs ({RUNS * 5} nodes) in {wall:.1f}s wall, "
+        f"\nsoak ({hand_on}): {RUNS} runs ({RUNS * 5} nodes) in {wall:.1f}s wall, "
         f"{RUNS * 5 / wall:.0f} nodes/s, {killer.kills} kills, "
         f"{starts - RUNS * 5} node re-runs"
     )
