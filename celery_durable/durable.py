@@ -187,12 +187,24 @@ class Durable:
                     # The database is down: publish this visit again, later. Nothing committed
                     # is lost, and a visit that did commit is replayed, not committed twice.
                     delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
-                    logger.warning("database unavailable (%s); %s again in %.0fs", exc, run, delay)
+                    logger.warning(
+                        "database unavailable (%s: %s); %s.%s visit %d again in %.0fs",
+                        type(exc.orig).__name__,
+                        str(exc.orig).strip(),
+                        run.graph.name,
+                        run.name,
+                        run.visit,
+                        delay,
+                    )
                     if isinstance(run, NodeRun) and run.depth > 0:
                         # Ran inline: the message is the first node's, which did commit.
                         run.redispatch(run.attempt, delay, recovered=True)
                         return "deferred"
-                    raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
+                    # The copy gets a redelivered message's checks: the commit may have landed.
+                    again = {**task.request.kwargs, "recovered": True}
+                    raise task.retry(
+                        exc=exc, countdown=delay, max_retries=None, kwargs=again
+                    ) from exc
                 run = run.successor if isinstance(run, NodeRun) else None
             return outcome
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from celery_durable import Execution, ExecutionFailed, Status
 from celery_durable.saga.coordinator import Cursor
@@ -103,6 +104,34 @@ def test_kill_after_commit_before_dispatch_does_not_rerun(
     settle(ledger_path)
     assert len(events(ledger_path, ex.id, "n2", "start")) == 1
     assert len(events(ledger_path, ex.id, "n2", "done")) == 1
+    check_chain(ex)
+
+
+TERMINATE_OTHERS = text("""
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+ WHERE datname = current_database() AND pid <> pg_backend_pid()
+""")
+
+
+@pytest.mark.parametrize("hand_on", sorted(HAND_ON))
+def test_database_connections_lost_mid_run(
+    durable: DurableApp, workers: Workers, ledger_path: Path, hand_on: str
+) -> None:
+    """(f) Every database connection is cut while n3 runs, as a database restart would: n3's
+    commit fails, n3 is published again and runs again, nothing committed is lost."""
+    workers.start(extra_env=HAND_ON[hand_on])
+    ex = durable.durable.start(durable.chain, {"sleep_at": "n3", "sleep": 2})
+    wait_for(lambda: events(ledger_path, ex.id, "n3", "start"), 30, what="n3 to start")
+    with durable.durable.db.engine.connect() as conn:
+        cut = conn.execute(TERMINATE_OTHERS).scalar_one()
+    durable.durable.db.dispose()  # this process's connections were cut too
+    assert cut >= 1, "the worker's connections must have been cut"
+    check_chain(ex)
+    assert ran_inline(ex) == (hand_on == "inline")
+    settle(ledger_path)
+    assert len(events(ledger_path, ex.id, "n3", "start")) == 2, "n3's first commit failed"
+    for node in ("n1", "n2", "n4", "n5"):
+        assert len(events(ledger_path, ex.id, node, "start")) == 1, f"{node} ran again"
     check_chain(ex)
 
 
