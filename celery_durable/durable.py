@@ -213,20 +213,21 @@ class Durable:
     def _run_one(self, run: Attempt, request: Any) -> str:
         """Execute one attempt and time it; an inline one also reports itself as task events."""
         inline = isinstance(run, NodeRun) and run.depth > 0
-        started = time.perf_counter()
         if inline:
             self.inline_events.started(run, request)
+        outcome: str | None = None
+        error: BaseException | None = None
+        started = time.perf_counter()
         try:
             outcome = run.execute()
         except BaseException as exc:
-            if inline:
-                self.inline_events.finished(run, request, started, None, exc)
+            error = exc
             raise
         finally:
             took = time.perf_counter() - started
             self.hooks.attempt_finished(run.graph.name, run.name, run.kind, took)
-        if inline:
-            self.inline_events.finished(run, request, started, outcome, None)
+            if inline:
+                self.inline_events.finished(run, request, took, outcome, error)
         return outcome
 
     def _register_task(self, name: str, fn: Any, timeout: float | None) -> None:

@@ -8,7 +8,6 @@ a child process cannot see Flower's later ``enable_events``, so start workers wi
 
 from __future__ import annotations
 
-import time
 import traceback
 from typing import Any
 
@@ -37,14 +36,14 @@ class InlineEvents:
         self,
         run: Attempt,
         request: Any,
-        started: float,
+        seconds: float,
         outcome: str | None,
         exc: BaseException | None,
     ) -> None:
         if not self.enabled:
             return
         if exc is None:
-            fields = {"result": repr(outcome), "runtime": time.perf_counter() - started}
+            fields = {"result": repr(outcome), "runtime": seconds}
             self._send(request, ("task-succeeded", {"uuid": self._id(run), **fields}))
         else:
             tb = "".join(traceback.format_exception(exc, limit=8))
