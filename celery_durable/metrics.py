@@ -204,7 +204,7 @@ class PrometheusHooks(Hooks):
     """Hooks that count what the engine reports; ``inner`` hooks are called after, unchanged.
 
     Metrics are registered in ``registry`` (the process-wide default unless given). Prefer
-    ``instrument(durable)``, which also times node tasks.
+    ``instrument(durable)``, which installs them, keeping the Durable's hooks as ``inner``.
     """
 
     def __init__(
@@ -241,11 +241,9 @@ class PrometheusHooks(Hooks):
         self.inner.attempt_finished(graph, node, kind, seconds)
 
     def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
-        """One checkpoint commit took ``seconds`` (called by the engine once it times saves)."""
+        """One checkpoint commit took ``seconds``."""
         self._observe(self.m.checkpoint_write, seconds, graph, kind)
-        inner = getattr(self.inner, "checkpoint_written", None)
-        if inner is not None:
-            inner(graph, node, kind, seconds)
+        self.inner.checkpoint_written(graph, node, kind, seconds)
 
     # -- counting, never raising ------------------------------------------------------------
 
@@ -266,7 +264,7 @@ class PrometheusHooks(Hooks):
 
 
 def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> PrometheusHooks:
-    """Count ``durable``'s events and time its node tasks; returns the hooks installed.
+    """Count ``durable``'s events and time its node attempts; returns the hooks installed.
 
     Call it where the Celery app is built (the module ``celery -A`` imports), so that the
     worker's pool children inherit it. Hooks already set on ``durable`` keep being called.
