@@ -11,9 +11,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from kombu import Connection
 
@@ -23,9 +22,6 @@ from tests.integration import app as app_module
 REPO = Path(__file__).resolve().parents[2]
 BROKER_URL = os.environ.get("CELERY_BROKER_URL") or app_module.DEFAULT_BROKER
 READY_TIMEOUT = 30.0
-
-
-T = TypeVar("T")
 
 
 # How a worker hands a node on: the next node inline in the same task (the default), or a
@@ -156,19 +152,6 @@ def settle(ledger: Path, quiet: float = 1.0, timeout: float = 30.0) -> None:
         elif time.monotonic() - since >= quiet:
             return
         time.sleep(0.05)
-
-
-def wait_for(
-    predicate: Callable[[], T], timeout: float, interval: float = 0.01, what: str = ""
-) -> T:
-    """The first truthy value ``predicate`` returns within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
 def assert_one_checkpoint_per_visit(history: list[Checkpoint]) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from tests.integration.app import CHAIN_NODES, DurableApp
-from tests.integration.harness import REPO, Workers, wait_for
+from tests.integration.harness import REPO, Workers
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -33,8 +33,8 @@ from tests.integration.harness import (
     assert_one_checkpoint_per_visit,
     ledger_lines,
     settle,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

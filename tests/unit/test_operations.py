@@ -26,6 +26,7 @@ from celery_durable import (
 )
 from celery_durable.errors import CannotSkip, CheckpointNotFound
 from celery_durable.persistence.records import utcnow
+from tests.waiting import wait_for
 
 FAST = RetryPolicy(max_attempts=2, initial_delay=0.01, backoff=1, jitter=False)
 
@@ -33,14 +34,6 @@ FAST = RetryPolicy(max_attempts=2, initial_delay=0.01, backoff=1, jitter=False)
 class Flow(BaseModel):
     n: int = 0
     path: str = ""
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def snapshot(run: Execution) -> tuple[int, Status, int, dict[str, Any]]:
@@ -123,7 +116,7 @@ def test_pause_lets_the_node_in_flight_commit_and_dispatches_nothing_until_resum
         run.pause(by="ops", reason="maintenance")
         audited(run, "pause", "ops", "maintenance", since)
         release.set()
-        wait_until(lambda: any(c.node == "a" for c in run.history()))
+        wait_for(lambda: any(c.node == "a" for c in run.history()), 5.0, what="a's commit")
         time.sleep(0.3)  # time enough for b to run, were it dispatched
         assert calls == ["a"]
         assert run.status == Status.PAUSED

@@ -18,6 +18,7 @@ from celery_durable.errors import UnknownNode
 from celery_durable.persistence.records import Commit, utcnow
 from celery_durable.saga.recovery import RecoveryReport, sweep
 from celery_durable.testing import embedded_app, in_process_worker
+from tests.waiting import wait_for
 
 STALE_AFTER = 0.2
 
@@ -53,14 +54,6 @@ def make(app: Celery, sqlite_url: str) -> Iterator[Callable[..., Durable]]:
 @pytest.fixture
 def fast(make: Callable[..., Durable]) -> Durable:
     return make()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def purge(app: Celery) -> int:
@@ -124,7 +117,7 @@ def test_a_long_retry_waits_in_the_database_until_a_sweep_dispatches_it(
             visit = fast.visits.get(run.id, "node", "flaky", 1)
             return visit is not None and visit.due_at is not None
 
-        wait_until(stored)
+        wait_for(stored, 5.0)
         visit = fast.visits.get(run.id, "node", "flaky", 1)
         assert visit is not None and visit.due_at is not None and visit.attempts == 1
         assert visit.due_at > utcnow()
@@ -147,7 +140,7 @@ def test_a_due_retry_is_dispatched_once_even_when_the_run_is_also_stale(fast: Du
     g = later_graph(fast, "later_once", attempts)
     with in_process_worker(fast):
         run = g.delay()
-        wait_until(lambda: fast.visits.get(run.id, "node", "flaky", 1) is not None)
+        wait_for(lambda: fast.visits.get(run.id, "node", "flaky", 1) is not None, 5.0)
     purge(fast.app)  # the worker's shutdown messages
     sleep_until_due(fast, run.id)  # 0.3 s after the start: past stale_after as well
     report = fast.recover()  # no worker yet, so the retry cannot commit before the stale pass
@@ -214,7 +207,9 @@ def test_a_run_whose_next_node_no_longer_exists_needs_intervention(
     v1.edge(a, legacy)
     with in_process_worker(fast):
         run = v1.delay()
-        wait_until(lambda: fast.store.get_execution(run.id).cursor["frontier"] == [["legacy", 1]])
+        wait_for(
+            lambda: fast.store.get_execution(run.id).cursor["frontier"] == [["legacy", 1]], 5.0
+        )
 
     v2 = Durable(embedded_app("deploy-v2"), database_url=sqlite_url, stale_after=STALE_AFTER)
     try:
@@ -310,11 +305,12 @@ def test_two_sweeps_at_once_claim_a_due_retry_once(fast: Durable) -> None:
     g = later_graph(fast, "due_once", attempts)
     with in_process_worker(fast):
         run = g.delay()
-        wait_until(
+        wait_for(
             lambda: (
                 (v := fast.visits.get(run.id, "node", "flaky", 1)) is not None
                 and v.due_at is not None
-            )
+            ),
+            5.0,
         )
     purge(fast.app)  # the worker's shutdown messages
     sleep_until_due(fast, run.id)
