@@ -85,15 +85,12 @@ def chain(durable: Durable, name: str, calls: list[str], **b_options: Any) -> An
     return g
 
 
-# -- pause / resume ------------------------------------------------------------------------
-
-
-def test_pause_lets_the_node_in_flight_commit_and_dispatches_nothing_until_resume(
-    durable: Durable, worker
-) -> None:
-    g = durable.graph("pausable", state=Flow)
+def held_in_a(
+    durable: Durable, name: str, calls: list[str]
+) -> tuple[Any, threading.Event, threading.Event]:
+    """a: n+1, b: n*10; a sets ``entered`` and runs until ``release`` is set."""
+    g = durable.graph(name, state=Flow)
     entered, release = threading.Event(), threading.Event()
-    calls: list[str] = []
 
     @g.node
     def a(s: Flow) -> dict[str, object]:
@@ -109,6 +106,17 @@ def test_pause_lets_the_node_in_flight_commit_and_dispatches_nothing_until_resum
 
     g.entry(a)
     g.edge(a, b)
+    return g, entered, release
+
+
+# -- pause / resume ------------------------------------------------------------------------
+
+
+def test_pause_lets_the_node_in_flight_commit_and_dispatches_nothing_until_resume(
+    durable: Durable, worker
+) -> None:
+    calls: list[str] = []
+    g, entered, release = held_in_a(durable, "pausable", calls)
     with worker():
         run = g.delay(n=1)
         assert entered.wait(5)
@@ -137,24 +145,8 @@ def test_pause_lets_the_node_in_flight_commit_and_dispatches_nothing_until_resum
 def test_resume_while_the_node_is_still_in_flight_runs_nothing_twice(
     durable: Durable, worker
 ) -> None:
-    g = durable.graph("quick_resume", state=Flow)
-    entered, release = threading.Event(), threading.Event()
     calls: list[str] = []
-
-    @g.node
-    def a(s: Flow) -> dict[str, object]:
-        calls.append("a")
-        entered.set()
-        assert release.wait(5)
-        return {"n": s.n + 1}
-
-    @g.node
-    def b(s: Flow) -> dict[str, object]:
-        calls.append("b")
-        return {"n": s.n * 10}
-
-    g.entry(a)
-    g.edge(a, b)
+    g, entered, release = held_in_a(durable, "quick_resume", calls)
     with worker():
         run = g.delay(n=1)
         assert entered.wait(5)
