@@ -119,7 +119,9 @@ def test_database_connections_lost_mid_run(
 ) -> None:
     """(f) Every database connection is cut while n3 runs, as a database restart would: n3's
     commit fails, n3 is published again and runs again, nothing committed is lost."""
-    workers.start(extra_env=HAND_ON[hand_on])
+    # One pool process: the one that runs n3 then holds the connection n1 and n2 committed
+    # on (with two, n3's process may open its first connection only after the cut).
+    workers.start(concurrency=1, extra_env=HAND_ON[hand_on])
     ex = durable.durable.start(durable.chain, {"sleep_at": "n3", "sleep": 2})
     wait_for(lambda: events(ledger_path, ex.id, "n3", "start"), 30, what="n3 to start")
     with durable.durable.db.engine.connect() as conn:
