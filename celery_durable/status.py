@@ -28,3 +28,10 @@ FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.COMPENSATED, Statu
 
 # The statuses Execution.wait() returns on: finished, or stuck until an operator acts.
 ENDS_WAIT = FINISHED | {Status.NEEDS_INTERVENTION}
+
+# Work is in flight: a node or a compensation may be running or due.
+ACTIVE = frozenset({Status.RUNNING, Status.COMPENSATING})
+
+# A node attempt already in flight may still commit (a pause holds only what comes next), and
+# a retry that falls due is dispatched.
+LIVE = ACTIVE | {Status.PAUSED}

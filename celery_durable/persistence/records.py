@@ -4,9 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
 
 from celery_durable.status import Status
+
+
+class Kind(StrEnum):
+    """What a checkpoint records. Node and compensation visits are also the kinds of the
+    visit ledger's rows (attempts, leases, due retries)."""
+
+    START = "start"
+    NODE = "node"
+    STEP = "step"
+    FAILURE = "failure"
+    COMPENSATION = "compensation"
+    INTERVENTION = "intervention"
+    MANUAL = "manual"
+
+
+class ErrorRecord(TypedDict):
+    """An error as stored on the execution and shown to operators."""
+
+    type: str
+    message: str
+    node: NotRequired[str | None]
+    attempt: NotRequired[int]
+    traceback: NotRequired[str]
+    # A compensation that failed for good keeps the error that started compensating.
+    compensating: NotRequired[bool]
+    original: NotRequired[ErrorRecord | None]
+
+
+def error_record(type_: str, message: str, node: str | None = None) -> ErrorRecord:
+    """An error the engine itself records (not an exception a node raised)."""
+    return {"type": type_, "message": message, "node": node}
 
 
 def utcnow() -> datetime:
@@ -26,7 +58,7 @@ class Checkpoint:
 
     execution_id: str
     seq: int
-    kind: str
+    kind: Kind
     node: str
     visit: int
     state: dict[str, Any]
@@ -48,7 +80,7 @@ class ExecutionRecord:
     version: int
     state: dict[str, Any]
     cursor: dict[str, Any]
-    error: dict[str, Any] | None
+    error: ErrorRecord | None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -65,7 +97,7 @@ class Commit:
 
     execution_id: str
     expected_version: int
-    kind: str
+    kind: Kind
     node: str
     visit: int
     state: dict[str, Any]
@@ -73,7 +105,7 @@ class Commit:
     status: Status
     output: Any = None
     meta: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
     lease_token: int = 0
     # ``state`` already in canonical JSON, when the caller made it (saves a second dump).
     state_json: str | None = None
@@ -88,7 +120,7 @@ class VisitRecord:
     """Attempts, redeliveries, lease and due time of one node visit (only off the happy path)."""
 
     execution_id: str
-    kind: str
+    kind: Kind
     node: str
     visit: int
     attempts: int
