@@ -6,6 +6,8 @@ never commits a node twice.
 """
 
 from celery_durable.durable import Durable
+from celery_durable.engine.execution import Execution, Progress
+from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
     CheckpointCorrupted,
     Compensated,
@@ -18,17 +20,14 @@ from celery_durable.errors import (
     NeedsIntervention,
     WaitTimeout,
 )
-from celery_durable.execution import Execution, Progress
 from celery_durable.hooks import Hooks
 from celery_durable.persistence.records import Checkpoint
 from celery_durable.saga.retry import NonRetryable, RetryPolicy
-from celery_durable.saga.saga import Saga
 from celery_durable.settings import Settings
 from celery_durable.signals import intervention_required
 from celery_durable.status import Status
 from celery_durable.tasks.context import Context
-from celery_durable.tasks.graph import Graph, Node
-from celery_durable.tasks.state import Reduce
+from celery_durable.tasks.graph import Graph, Node, Saga
 
 __version__ = "0.1.0"
 

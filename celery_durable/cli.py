@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -19,13 +17,8 @@ import click
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
-from celery_durable import render
+from celery_durable import Durable, DurableError, Execution, render
 from celery_durable.constants import DATABASE_URL_ENV
-from celery_durable.durable import Durable
-from celery_durable.errors import DurableError
-from celery_durable.execution import Execution
-from celery_durable.persistence.records import ExecutionRecord
-from celery_durable.status import ENDS_WAIT
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -82,8 +75,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _record_json(r: ExecutionRecord) -> dict[str, Any]:
-    return {**asdict(r), "status": str(r.status)}
+def _record_json(execution: Execution) -> dict[str, Any]:
+    return {**asdict(execution.record), "status": str(execution.record.status)}
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -111,13 +104,12 @@ def ls(
     """List executions, newest first."""
     durable = obj.durable
     if stuck:
-        records = [e.record for e in durable.stuck()][:limit]
+        runs = durable.stuck()[:limit]
     else:
         after = datetime.now(UTC) - parse_age(since) if since else None
-        records = durable.store.list_executions(
-            status=list(status) or None, graph=graph, since=after, limit=limit
-        )
-    _emit([_record_json(r) for r in records], as_json, lambda: render.executions(records))
+        runs = durable.list(status=list(status) or None, graph=graph, since=after, limit=limit)
+    records = [run.record for run in runs]
+    _emit([_record_json(r) for r in runs], as_json, lambda: render.executions(records))
 
 
 @click.command("show")
@@ -127,8 +119,9 @@ def ls(
 def show(obj: Obj, execution_id: str, as_json: bool) -> None:
     """One execution: status, state, error, and its graph with each node's status."""
     durable = obj.durable
-    record = durable.store.get_execution(execution_id)
-    checkpoints = durable.store.list(execution_id)
+    execution = durable.get(execution_id)
+    record = execution.record
+    checkpoints = execution.history()
     states = render.node_states(record, checkpoints)
 
     def human() -> str:
@@ -148,7 +141,7 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
             )
         return "\n".join(lines)
 
-    _emit({**_record_json(record), "nodes": states}, as_json, human)
+    _emit({**_record_json(execution), "nodes": states}, as_json, human)
 
 
 @click.command("history")
@@ -157,7 +150,7 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
 @click.pass_obj
 def history(obj: Obj, execution_id: str, as_json: bool) -> None:
     """Every checkpoint of an execution, oldest first."""
-    checkpoints = obj.durable.store.list(execution_id)
+    checkpoints = obj.durable.get(execution_id).history()
     _emit([asdict(c) for c in checkpoints], as_json, lambda: render.history(checkpoints))
 
 
@@ -173,7 +166,7 @@ def progress(obj: Obj, execution_id: str, follow: bool, as_json: bool) -> None:
         p = execution.progress()
         _emit({**asdict(p), "status": str(p.status)}, as_json, lambda: render.bar(p))
         return
-    follow_progress(execution)
+    render.follow_progress(execution)
 
 
 def _op(name: str, doc: str, call: Callable[..., None]) -> click.Command:
@@ -183,9 +176,9 @@ def _op(name: str, doc: str, call: Callable[..., None]) -> click.Command:
     @reason_option
     @click.pass_obj
     def command(obj: Obj, execution_id: str, by: str | None, reason: str | None) -> None:
-        call(obj.durable.get(execution_id), by=by, reason=reason)
-        status = obj.durable.store.get_execution(execution_id).status
-        click.echo(f"{execution_id}: {name} done; status {status}")
+        execution = obj.durable.get(execution_id)
+        call(execution, by=by, reason=reason)
+        click.echo(f"{execution_id}: {name} done; status {execution.status}")
 
     return command
 
@@ -329,27 +322,6 @@ def _json_arg(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise click.BadParameter("expected a JSON object, like '{\"field\": 1}'")
     return value
-
-
-def follow_progress(execution: Any, *, out: Any = None, interval: float = 0.1) -> None:
-    """Redraw a progress bar in place until the run ends."""
-    out = out or sys.stdout
-    live = out.isatty()
-    shown = ""
-    while True:
-        progress = execution.progress()
-        line = render.bar(progress)
-        if live:
-            out.write("\r" + line.ljust(100))
-        elif line != shown:
-            out.write(line + "\n")
-        shown = line
-        out.flush()
-        if progress.status in ENDS_WAIT:
-            if live:
-                out.write("\n")
-            return
-        time.sleep(interval)
 
 
 class _DurableGroup(click.Group):

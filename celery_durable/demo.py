@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from celery_durable import Compensated, Durable, render
+from celery_durable.persistence.records import Kind
 from celery_durable.testing import embedded_app, in_process_worker
 
 WORK_SECONDS = "0.15"
@@ -50,16 +51,13 @@ def run(database_url: str | None = None) -> None:
     with in_process_worker(durable):
         click.echo("1. Fulfilment graph: fan-out and join, a branch, a retried carrier call")
         run1 = fulfilment.delay(order_id="o-1001", amount=250)
-        from celery_durable.cli import follow_progress
-
-        follow_progress(run1)
+        render.follow_progress(run1)
         final = run1.wait(timeout=60)
         click.echo(f"   final state: {final.model_dump()}")
-        record = durable.store.get_execution(run1.id)
         checkpoints = run1.history()
-        click.echo(render.graph(fulfilment, render.node_states(record, checkpoints)))
+        click.echo(render.graph(fulfilment, render.node_states(run1.refresh(), checkpoints)))
         click.echo(render.history(checkpoints))
-        retried = durable.visits.get(run1.id, "node", final.shipping, 1)
+        retried = durable.visits.get(run1.id, Kind.NODE, final.shipping, 1)
         if retried is not None:
             click.echo(
                 f"   {final.shipping} failed {retried.attempts} time(s) "

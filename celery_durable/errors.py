@@ -40,7 +40,7 @@ Errors that enter from SQLAlchemy, psycopg or Celery are translated where they e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -262,7 +262,7 @@ class CannotSkip(DurableError):
 class ExecutionFailed(DurableError):
     """Raised by Execution.wait() when the run ended failed; carries the node and its error."""
 
-    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
         self.execution_id = execution_id
         self.node = node
         self.error = error
@@ -277,7 +277,7 @@ class ExecutionFailed(DurableError):
 class Compensated(ExecutionFailed):
     """Raised by wait() when a saga ended compensated: its steps were undone."""
 
-    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
         DurableError.__init__(
             self,
             f"Saga {execution_id!r} was compensated: its completed steps were undone after "
@@ -291,7 +291,7 @@ class Compensated(ExecutionFailed):
 class ExecutionCancelled(ExecutionFailed):
     """Raised by wait() when the run was cancelled."""
 
-    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
         DurableError.__init__(
             self, f"Execution {execution_id!r} was cancelled: {error.get('message', '')}."
         )
@@ -301,7 +301,7 @@ class ExecutionCancelled(ExecutionFailed):
 class NeedsIntervention(ExecutionFailed):
     """Raised by wait() when a compensation failed for good and the run waits for an operator."""
 
-    def __init__(self, execution_id: str, node: str | None, error: dict[str, Any]) -> None:
+    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
         DurableError.__init__(
             self,
             f"Execution {execution_id!r} needs intervention at {node!r}: "

@@ -2,16 +2,31 @@
 
 Subclass Hooks and pass an instance as ``Durable(app, hooks=...)``; the engine calls them
 after the fact they describe is committed, never inside a transaction.
+
+Hooks are guests: every hook method is isolated, so one that raises is logged and neither the
+run nor the other hooks notice. Hooks chain: set ``inner`` and every event reaches this
+object's method, then the same method of ``inner``, without the subclass forwarding anything
+by hand (``metrics.instrument()`` chains the hooks a Durable already had this way).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from celery_durable.persistence.records import Commit
 from celery_durable.status import Status
+
+logger = logging.getLogger(__name__)
 
 
 class Hooks:
     """Callbacks for metrics, alerts and audit; every method is a no-op until overridden."""
+
+    inner: Hooks | None = None
+    """Hooks called after these ones, with the same event."""
 
     def node_committed(self, graph: str, node: str, commit: Commit) -> None:
         """A node visit committed."""
@@ -34,3 +49,28 @@ class Hooks:
 
     def recovered(self, execution_id: str, node: str, reason: str) -> None:
         """The recovery sweep dispatched a node again (``reason``: 'due' or 'stale')."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in EVENTS & cls.__dict__.keys():
+            setattr(cls, name, _isolated(name, cls.__dict__[name]))
+
+
+def _isolated(name: str, method: Callable[..., None]) -> Callable[..., None]:
+    """The hook method, its exceptions logged, then the same event passed to ``inner``."""
+
+    @functools.wraps(method)
+    def call(self: Hooks, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            logger.exception("hook %s.%s failed; the run goes on", type(self).__name__, name)
+        if self.inner is not None:
+            getattr(self.inner, name)(*args, **kwargs)
+
+    return call
+
+
+EVENTS = frozenset(name for name in vars(Hooks) if not name.startswith("_") and name != "inner")
+for _name in EVENTS:
+    setattr(Hooks, _name, _isolated(_name, vars(Hooks)[_name]))

@@ -70,7 +70,6 @@ subdirectories. The Docker image's entrypoint does exactly that.
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import logging
 import os
@@ -78,11 +77,11 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import TYPE_CHECKING, ParamSpec
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -92,9 +91,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
 from celery_durable.hooks import Hooks
-from celery_durable.persistence.records import Commit, as_utc, utcnow
+from celery_durable.persistence.records import Commit, Kind, as_utc, utcnow
 from celery_durable.persistence.schema import executions
-from celery_durable.status import Status
+from celery_durable.status import ACTIVE, Status
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -105,25 +104,10 @@ PREFIX = "celery_durable"
 METRICS_DIR_ENV = "CELERY_DURABLE_METRICS_DIR"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_PORT = 9808
-ACTIVE = (Status.RUNNING, Status.COMPENSATING)
 NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 logger = logging.getLogger(__name__)
-P = ParamSpec("P")
-
-
-def _never_raises(method: Callable[P, None]) -> Callable[P, None]:
-    """A metric update must never break the run that reported it."""
-
-    @functools.wraps(method)
-    def safe(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            method(*args, **kwargs)
-        except Exception:
-            logger.exception("celery-durable metrics: %s failed", method.__name__)
-
-    return safe
 
 
 # -- in-process events --------------------------------------------------------------------------
@@ -201,7 +185,7 @@ def _instruments_for(registry: CollectorRegistry) -> _Instruments:
 
 
 class PrometheusHooks(Hooks):
-    """Hooks that count what the engine reports; ``inner`` hooks are called after, unchanged.
+    """Hooks that count what the engine reports; ``inner`` hooks get every event after them.
 
     Metrics are registered in ``registry`` (the process-wide default unless given). Prefer
     ``instrument(durable)``, which installs them, keeping the Durable's hooks as ``inner``.
@@ -211,56 +195,32 @@ class PrometheusHooks(Hooks):
         self, registry: CollectorRegistry = REGISTRY, *, inner: Hooks | None = None
     ) -> None:
         self.registry = registry
-        self.inner = inner or Hooks()
+        self.inner = inner
         self.m = _instruments_for(registry)
 
-    # -- Hooks ------------------------------------------------------------------------------
-
     def node_committed(self, graph: str, node: str, commit: Commit) -> None:
-        self._count_commit(graph, commit)
-        self.inner.node_committed(graph, node, commit)
-
-    def node_retrying(self, graph: str, node: str, error: BaseException, delay: float) -> None:
-        self._count(self.m.retries, graph, node, type(error).__name__)
-        self.inner.node_retrying(graph, node, error, delay)
-
-    def execution_finished(self, execution_id: str, graph: str, status: Status) -> None:
-        self._count(self.m.finished, graph, str(status))
-        self.inner.execution_finished(execution_id, graph, status)
-
-    def intervention_required(self, execution_id: str, graph: str, step: str) -> None:
-        self._count(self.m.interventions, graph, step)
-        self.inner.intervention_required(execution_id, graph, step)
-
-    def recovered(self, execution_id: str, node: str, reason: str) -> None:
-        self._count(self.m.recoveries, reason)
-        self.inner.recovered(execution_id, node, reason)
-
-    def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
-        self._observe(self.m.node_duration, seconds, graph, node, kind)
-        self.inner.attempt_finished(graph, node, kind, seconds)
-
-    def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
-        """One checkpoint commit took ``seconds``."""
-        self._observe(self.m.checkpoint_write, seconds, graph, kind)
-        self.inner.checkpoint_written(graph, node, kind, seconds)
-
-    # -- counting, never raising ------------------------------------------------------------
-
-    @_never_raises
-    def _count_commit(self, graph: str, commit: Commit) -> None:
-        if commit.kind == "compensation":
+        if commit.kind == Kind.COMPENSATION:
             self.m.compensations.labels(graph, commit.node).inc()
         else:
             self.m.commits.labels(graph, commit.node).inc()
 
-    @_never_raises
-    def _count(self, counter: Counter, *labels: str) -> None:
-        counter.labels(*labels).inc()
+    def node_retrying(self, graph: str, node: str, error: BaseException, delay: float) -> None:
+        self.m.retries.labels(graph, node, type(error).__name__).inc()
 
-    @_never_raises
-    def _observe(self, histogram: Histogram, value: float, *labels: str) -> None:
-        histogram.labels(*labels).observe(value)
+    def execution_finished(self, execution_id: str, graph: str, status: Status) -> None:
+        self.m.finished.labels(graph, str(status)).inc()
+
+    def intervention_required(self, execution_id: str, graph: str, step: str) -> None:
+        self.m.interventions.labels(graph, step).inc()
+
+    def recovered(self, execution_id: str, node: str, reason: str) -> None:
+        self.m.recoveries.labels(reason).inc()
+
+    def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        self.m.node_duration.labels(graph, node, kind).observe(seconds)
+
+    def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        self.m.checkpoint_write.labels(graph, kind).observe(seconds)
 
 
 def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> PrometheusHooks:

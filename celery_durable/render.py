@@ -4,15 +4,17 @@ progress bars. Plain text, no colour codes, so output can be piped and diffed.""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celery_durable.persistence.records import Checkpoint, ExecutionRecord
-from celery_durable.status import Status
+from celery_durable.status import ENDS_WAIT, Status
 
 if TYPE_CHECKING:
-    from celery_durable.execution import Progress
+    from celery_durable.engine.execution import Execution, Progress
     from celery_durable.tasks.graph import Graph
 
 MARKS = {
@@ -146,3 +148,24 @@ def graph(g: Graph, states: dict[str, str]) -> str:
 def bar(progress: Progress, width: int = 30) -> str:
     filled = round(width * progress.percent / 100)
     return f"[{'#' * filled}{'-' * (width - filled)}] {progress}"
+
+
+def follow_progress(execution: Execution, *, out: Any = None, interval: float = 0.1) -> None:
+    """Redraw a progress bar in place until the run ends."""
+    out = out or sys.stdout
+    live = out.isatty()
+    shown = ""
+    while True:
+        progress = execution.progress()
+        line = bar(progress)
+        if live:
+            out.write("\r" + line.ljust(100))
+        elif line != shown:
+            out.write(line + "\n")
+        shown = line
+        out.flush()
+        if progress.status in ENDS_WAIT:
+            if live:
+                out.write("\n")
+            return
+        time.sleep(interval)

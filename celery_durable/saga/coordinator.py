@@ -7,17 +7,18 @@ what follows a node needs no database read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
 from celery_durable.errors import UnknownNode
+from celery_durable.persistence.records import ErrorRecord, error_record
+from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
 
-if TYPE_CHECKING:
-    from celery_durable.tasks.graph import Graph
-
 Visit = tuple[str, int]
+# A committed step still to undo: (node, visit, seq of its checkpoint).
+Undo = tuple[str, int, int]
 
 
 @dataclass(slots=True)
@@ -32,7 +33,7 @@ class Cursor:
     visits: dict[str, int] = field(default_factory=dict)
     joins: dict[str, list[str]] = field(default_factory=dict)
     queue: str | None = None
-    undo: list[tuple[str, int, int]] = field(default_factory=list)
+    undo: list[Undo] = field(default_factory=list)
     held: list[Visit] = field(default_factory=list)
 
     @classmethod
@@ -82,18 +83,17 @@ class Advance:
     cursor: Cursor
     ready: list[Visit]
     status: Status
-    error: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
 
 
-def advance(graph: Graph, cursor: Cursor, node: str, visit: int, state: BaseModel) -> Advance:
+def advance(graph: GraphShape, cursor: Cursor, node: str, visit: int, state: BaseModel) -> Advance:
     """The cursor after ``node`` visit ``visit`` committed with ``state``."""
     nxt = cursor.copy()
     nxt.frontier.remove((node, visit))
     try:
         targets = successors(graph, node, state)
     except UnknownNode as exc:
-        error = {"type": "UnknownNode", "message": str(exc), "node": node}
-        return Advance(nxt, [], Status.FAILED, error)
+        return Advance(nxt, [], Status.FAILED, error_record("UnknownNode", str(exc), node))
     ready: list[Visit] = []
     for target in targets:
         inputs = graph.joins.get(target)
@@ -110,7 +110,7 @@ def advance(graph: Graph, cursor: Cursor, node: str, visit: int, state: BaseMode
     return Advance(nxt, ready, Status.RUNNING if nxt.frontier else Status.SUCCEEDED)
 
 
-def successors(graph: Graph, node: str, state: BaseModel) -> list[str]:
+def successors(graph: GraphShape, node: str, state: BaseModel) -> list[str]:
     targets = list(graph.edges.get(node, ()))
     if node in graph.branches:
         router, paths = graph.branches[node]
@@ -123,3 +123,23 @@ def successors(graph: Graph, node: str, state: BaseModel) -> list[str]:
             if name not in targets:
                 targets.append(name)
     return targets
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What a node commit handed on, kept in its checkpoint's meta: the visits it made ready
+    and whether this task ran the one that followed inline. A redelivered message replays the
+    commit from it, walking inline visits to whatever is still due."""
+
+    ready: list[Visit]
+    inline: bool = False
+
+    @classmethod
+    def of(cls, meta: dict[str, Any] | None) -> Handed:
+        meta = meta or {}
+        return cls(
+            [(name, int(visit)) for name, visit in meta.get("next", [])], bool(meta.get("inline"))
+        )
+
+    def meta(self) -> dict[str, Any]:
+        return {"next": self.ready, "inline": True} if self.inline else {"next": self.ready}

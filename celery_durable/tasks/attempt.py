@@ -6,33 +6,47 @@ the commit loop that rebases on a version conflict.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.leases import worker_id
+from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, LeaseLost, VersionConflict
-from celery_durable.persistence.records import Checkpoint, Commit, ExecutionRecord, utcnow
-from celery_durable.saga.coordinator import Cursor
+from celery_durable.persistence.records import (
+    Checkpoint,
+    Commit,
+    ErrorRecord,
+    Kind,
+    error_record,
+    utcnow,
+)
 from celery_durable.saga.retry import RetryPolicy
 from celery_durable.status import Status
 
 if TYPE_CHECKING:
-    from celery_durable.durable import Durable
     from celery_durable.tasks.graph import Graph
 
 logger = logging.getLogger(__name__)
 
-MAX_COMMIT_TRIES = 50
 
+class Outcome(StrEnum):
+    """What became of one attempt: the task's result, for logs, Flower and tests."""
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    COMMITTED = "committed"
+    REPLAYED = "replayed"
+    DUPLICATE = "duplicate"
+    DROPPED = "dropped"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    NEEDS_INTERVENTION = "needs_intervention"
+    DEFERRED = "deferred"
 
 
 class Superseded(BaseException):
@@ -43,35 +57,14 @@ class Superseded(BaseException):
 
 
 @dataclass(slots=True)
-class Base:
-    """The committed execution an attempt builds on: carried by its message, or reloaded."""
-
-    version: int
-    state: dict[str, Any]
-    cursor: Cursor
-    status: Status = Status.RUNNING
-    error: dict[str, Any] | None = None
-
-    @classmethod
-    def of(cls, record: ExecutionRecord) -> Base:
-        return cls(
-            record.version,
-            record.state,
-            Cursor.from_json(record.cursor),
-            record.status,
-            record.error,
-        )
-
-
-@dataclass(slots=True)
 class Attempt:
     """One attempt of one visit of a node or of its compensation."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[Kind]
     # Statuses in which this kind of attempt may still commit.
     live: ClassVar[frozenset[Status]]
 
-    durable: Durable
+    runtime: Runtime
     graph: Graph
     name: str
     execution_id: str
@@ -81,127 +74,146 @@ class Attempt:
     redelivered: bool = False
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
+    def key(self) -> tuple[str, Kind, str, int]:
         return (self.execution_id, self.kind, self.name, self.visit)
 
     # Subclasses decide how to run, and what "still due", "replay" and "give up" mean.
-    def execute(self) -> str:
+    def execute(self) -> Outcome:
         raise NotImplementedError
 
     def is_due(self, base: Base) -> bool:
         raise NotImplementedError
 
-    def replay(self, checkpoint: Checkpoint) -> str:
+    def replay(self, checkpoint: Checkpoint) -> Outcome:
         raise NotImplementedError
 
-    def give_up(self, error: dict[str, Any]) -> str:
+    def give_up(self, error: ErrorRecord) -> Outcome:
         raise NotImplementedError
 
     def redispatch(self, attempt: int, countdown: float, *, recovered: bool = False) -> None:
         """Publish this visit again for its next attempt."""
-        self.durable.dispatch(
-            self.graph,
+        self.runtime.dispatcher.dispatch(
+            self.graph.name,
             self.name,
             self.visit,
             self.execution_id,
             self.base,
             attempt=attempt,
             countdown=countdown,
-            compensation=self.kind != "node",
+            compensation=self.kind == Kind.COMPENSATION,
             recovered=recovered,
+        )
+
+    def commit(
+        self,
+        kind: Kind,
+        *,
+        node: str | None = None,
+        visit: int | None = None,
+        meta: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> Commit:
+        """A commit of this attempt on its base, saying which attempt and worker made it."""
+        return self.base.commit(
+            self.execution_id,
+            kind,
+            self.name if node is None else node,
+            self.visit if visit is None else visit,
+            meta={"attempt": self.attempt, "worker": worker_id(), **(meta or {})},
+            **changes,
         )
 
     # -- shared protocol --------------------------------------------------------------------
 
-    def before_rerun(self) -> str | None:
+    def before_rerun(self) -> Outcome | None:
         """A redelivered message: replay if committed, cap poison, defer to a live lease."""
-        record = self.durable.visits.record_redelivery(*self.key)
-        existing = self.durable.store.find(*self.key)
+        runtime = self.runtime
+        record = runtime.visits.record_redelivery(*self.key)
+        existing = runtime.store.find(*self.key)
         if existing is not None:
             return self.replay(existing)
-        if record.redeliveries > self.durable.settings.max_redeliveries:
-            return self.give_up(
-                {
-                    "type": "PoisonMessage",
-                    "message": f"the message of {self.kind} {self.name!r} was redelivered "
-                    f"{record.redeliveries} times (a worker died each time it ran)",
-                    "node": self.name,
-                }
+        if record.redeliveries > runtime.settings.max_redeliveries:
+            message = (
+                f"the message of {self.kind} {self.name!r} was redelivered "
+                f"{record.redeliveries} times (a worker died each time it ran)"
             )
+            return self.give_up(error_record("PoisonMessage", message, self.name))
         if record.lease_expires_at is not None and record.lease_expires_at > utcnow():
             logger.info("%s: a live attempt holds the lease; this copy steps aside", self.key)
-            return "dropped"
+            return Outcome.DROPPED
         self.attempt = max(self.attempt, record.attempts + 1)
         return self.refresh()
 
-    def refresh(self) -> str | None:
+    def refresh(self) -> Outcome | None:
         """Rebase on the execution as committed; None to go on, else why to stop."""
-        self.base = Base.of(self.durable.store.get_execution(self.execution_id))
+        self.base = Base.of(self.runtime.store.get_execution(self.execution_id))
         if self.base.status not in self.live or not self.is_due(self.base):
-            return "dropped"
+            return Outcome.DROPPED
         return None
 
-    def save(self, build: Callable[[], Commit | str]) -> Commit | str:
+    def save(self, build: Callable[[], Commit | Outcome]) -> Commit | Outcome:
         """Commit what ``build`` makes from the current base, rebasing on version conflicts.
 
-        Returns the commit, or a string saying why nothing was committed.
+        Returns the commit, or the outcome that says why nothing was committed.
         """
+        store = self.runtime.store
         for _ in range(MAX_COMMIT_TRIES):
             commit = build()
-            if isinstance(commit, str):
+            if isinstance(commit, Outcome):
                 return commit
             started = time.perf_counter()
             try:
-                self.durable.store.save(commit)
+                store.save(commit)
             except DuplicateCheckpoint:
                 # Another copy of this visit committed first and is dispatching what follows.
                 # Only a redelivered copy replays: its first run may have died before that.
-                existing = self.durable.store.find(*self.key)
-                return self.replay(existing) if self.redelivered and existing else "duplicate"
+                existing = store.find(*self.key)
+                return self.replay(existing) if self.redelivered and existing else Outcome.DUPLICATE
             except LeaseLost:
-                return "dropped"
+                return Outcome.DROPPED
             except VersionConflict:
                 if (reason := self.refresh()) is not None:
                     return reason
                 continue
-            self.durable.hooks.checkpoint_written(
+            self.runtime.hooks.checkpoint_written(
                 self.graph.name, commit.node, commit.kind, time.perf_counter() - started
             )
             return commit
         raise VersionConflict(self.execution_id, self.base.version)
 
-    def failed(self, exc: BaseException, policy: RetryPolicy, permanent: bool = False) -> str:
+    def failed(self, exc: BaseException, policy: RetryPolicy, permanent: bool = False) -> Outcome:
         """Count the failure in the database; retry per ``policy`` or give up."""
         error = describe(exc, self.name, self.attempt)
-        visits = self.durable.visits
-        if not permanent and policy.is_retryable(exc) and self.attempt < policy.max_attempts:
-            delay = policy.next_delay(self.attempt, random.Random())
-            in_db = delay > self.durable.settings.eta_threshold
-            due_at = utcnow() + timedelta(seconds=delay) if in_db else None
-            attempts = visits.record_failure(*self.key, error=error, due_at=due_at)
-            if attempts < policy.max_attempts:
-                self.durable.hooks.node_retrying(self.graph.name, self.name, exc, delay)
-                logger.warning(
-                    "%s %s.%s visit %d attempt %d failed (%s); retry in %.2fs",
-                    self.kind,
-                    self.graph.name,
-                    self.name,
-                    self.visit,
-                    attempts,
-                    error["message"],
-                    delay,
-                )
-                if not in_db:
-                    self.redispatch(attempts + 1, delay)
-                return "retrying"
+        visits = self.runtime.visits
+        if permanent or not policy.should_retry(exc, self.attempt):
+            visits.record_failure(*self.key, error=dict(error), due_at=None)
+            return self.give_up(error)
+        delay = policy.next_delay(self.attempt, random.Random())
+        in_db = delay > self.runtime.settings.eta_threshold
+        due_at = utcnow() + timedelta(seconds=delay) if in_db else None
+        attempts = visits.record_failure(*self.key, error=dict(error), due_at=due_at)
+        if attempts >= policy.max_attempts:
+            # Another copy counted attempts too: the database says this was the last one.
             if in_db:
-                visits.clear_due(*self.key)  # the database says this was the last attempt
-        else:
-            visits.record_failure(*self.key, error=error, due_at=None)
-        return self.give_up(error)
+                visits.clear_due(*self.key)
+            return self.give_up(error)
+        self.runtime.hooks.node_retrying(self.graph.name, self.name, exc, delay)
+        logger.warning(
+            "%s %s.%s visit %d attempt %d failed (%s); retry in %.2fs",
+            self.kind,
+            self.graph.name,
+            self.name,
+            self.visit,
+            attempts,
+            error["message"],
+            delay,
+        )
+        if not in_db:
+            self.redispatch(attempts + 1, delay)
+        return Outcome.RETRYING
 
 
-def describe(exc: BaseException, node: str, attempt: int) -> dict[str, Any]:
+def describe(exc: BaseException, node: str, attempt: int) -> ErrorRecord:
     """An error as stored: type, message, where, which attempt, and the end of the traceback."""
     tb = "".join(traceback.format_exception(exc, limit=8))
     return {

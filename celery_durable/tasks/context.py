@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from celery_durable.persistence import codec
 
-if TYPE_CHECKING:
-    from celery_durable.tasks.node import NodeRun
-
 T = TypeVar("T")
+# The attempt's memoized sub-step: NodeRun.step.
+StepRunner = Callable[[str, Callable[..., Any], tuple[Any, ...]], Any]
 
 
 class Context:
@@ -18,7 +17,7 @@ class Context:
 
     def __init__(
         self,
-        run: NodeRun | None,
+        steps: StepRunner | None,
         *,
         execution_id: str,
         node: str,
@@ -26,7 +25,7 @@ class Context:
         attempt: int,
         idempotency_key: str,
     ) -> None:
-        self._run = run
+        self._steps = steps
         self.execution_id = execution_id
         self.node = node
         self.visit = visit
@@ -41,12 +40,12 @@ class Context:
         committed returns its stored result instead of running: a node looping over 100 items
         killed at item 61 resumes at item 61. Names must be unique within a node.
         """
-        if self._run is None:
+        if self._steps is None:
             raise RuntimeError(
                 "ctx.step() memoizes sub-steps of a node; a compensation runs as one step, so "
                 "call the function directly."
             )
-        result: T = self._run.step(name, fn, args)
+        result: T = self._steps(name, fn, args)
         return result
 
     def __repr__(self) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
-from celery_durable.operations import task_id
-from celery_durable.tasks.attempt import Attempt
+from celery_durable.tasks.attempt import Attempt, Outcome
+from celery_durable.tasks.message import Message, task_id
 
 
 class InlineEvents:
@@ -37,13 +37,13 @@ class InlineEvents:
         run: Attempt,
         request: Any,
         seconds: float,
-        outcome: str | None,
+        outcome: Outcome | None,
         exc: BaseException | None,
     ) -> None:
         if not self.enabled:
             return
         if exc is None:
-            fields = {"result": repr(outcome), "runtime": seconds}
+            fields = {"result": repr(str(outcome)), "runtime": seconds}
             self._send(request, ("task-succeeded", {"uuid": self._id(run), **fields}))
         else:
             tb = "".join(traceback.format_exception(exc, limit=8))
@@ -55,11 +55,12 @@ class InlineEvents:
         return task_id(run.execution_id, run.name, run.visit, run.attempt, False)
 
     def _received_fields(self, run: Attempt, request: Any) -> dict[str, Any]:
+        message = Message(run.execution_id, run.visit, run.base, run.attempt)
         return {
             "uuid": self._id(run),
             "name": run.graph.nodes[run.name].task_name,
-            "args": f"({run.execution_id!r}, visit={run.visit})",
-            "kwargs": f"{{version={run.base.version}, attempt={run.attempt}, inline=True}}",
+            "args": message.argsrepr(),
+            "kwargs": message.kwargsrepr(inline=True),
             "retries": 0,
             "eta": None,
             "expires": None,

@@ -11,10 +11,12 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import BaseModel
 
+from celery_durable.engine.execution import Execution
+from celery_durable.engine.state import reducers
 from celery_durable.errors import (
     DuplicateNode,
     GraphDefinitionError,
@@ -24,11 +26,7 @@ from celery_durable.errors import (
     UnreachableNode,
 )
 from celery_durable.saga.retry import RetryPolicy
-from celery_durable.tasks.state import reducers
-
-if TYPE_CHECKING:
-    from celery_durable.durable import Durable
-    from celery_durable.execution import Execution
+from celery_durable.saga.shape import Router
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,7 +34,25 @@ OnFailure = Literal["fail", "compensate"]
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(
     max_attempts=10, initial_delay=1.0, backoff=2.0, max_delay=60.0, jitter=True
 )
-Router = Callable[[Any], "str | Sequence[str] | None"]
+
+
+class Owner(Protocol):
+    """What a graph asks of the Durable it belongs to: a task for each node as it is
+    declared, and starting runs. (Durable has these; nothing here imports it.)"""
+
+    def register(self, node: Node[..., Any]) -> None: ...
+
+    def register_compensation(self, node: Node[..., Any]) -> None: ...
+
+    def start(
+        self,
+        graph: Graph,
+        input: dict[str, Any],
+        *,
+        execution_id: str | None = None,
+        countdown: float | None = None,
+        queue: str | None = None,
+    ) -> Execution: ...
 
 
 class Node(Generic[P, R]):
@@ -87,7 +103,7 @@ class Node(Generic[P, R]):
             if retry is not None:
                 self.compensation_retry = retry
             self.compensator = func
-            self.graph.durable.register_compensation(self)
+            self.graph.owner.register_compensation(self)
             return func
 
         return decorate(fn) if fn is not None else decorate
@@ -104,7 +120,7 @@ class Graph:
 
     def __init__(
         self,
-        durable: Durable,
+        owner: Owner,
         name: str,
         state: type[BaseModel],
         on_failure: OnFailure = "fail",
@@ -117,7 +133,7 @@ class Graph:
             raise GraphDefinitionError(
                 f"Graph {name!r}: on_failure must be 'fail' or 'compensate', got {on_failure!r}."
             )
-        self.durable = durable
+        self.owner = owner
         self.name = name
         self.state = state
         self.on_failure: OnFailure = on_failure
@@ -180,7 +196,7 @@ class Graph:
             node = Node(self, func, node_name, retry or RetryPolicy(), timeout, queue)
             self.nodes[node_name] = node
             self._fingerprint = None
-            self.durable.register(node)
+            self.owner.register(node)
             if compensate is not None:
                 node.compensation(compensate, retry=compensation_retry)
             self._added(node)
@@ -301,12 +317,32 @@ class Graph:
         queue: str | None = None,
     ) -> Execution:
         """Start a run. The same ``execution_id`` twice gives one execution."""
-        return self.durable.start(
+        return self.owner.start(
             self, kwargs or {}, execution_id=execution_id, countdown=countdown, queue=queue
         )
 
     def __repr__(self) -> str:
         return f"<Graph {self.name} nodes={list(self.nodes)}>"
+
+
+class Saga(Graph):
+    """A graph whose steps run in declaration order and are undone, newest first, when one
+    fails for good or when someone asks. ``@saga.step`` adds a step after the last one;
+    ``@step.compensation`` says how to undo it."""
+
+    def __init__(self, owner: Owner, name: str, state: type[BaseModel]) -> None:
+        super().__init__(owner, name, state, on_failure="compensate")
+        self._last: str | None = None
+
+    # A step is a node; what makes it a step is _added() chaining it after the last one.
+    step = Graph.node
+
+    def _added(self, node: Node[..., Any]) -> None:
+        if self._last is None:
+            self.entry(node)
+        else:
+            self.edge(self._last, node)
+        self._last = node.name
 
 
 def _arity(fn: Callable[..., Any], name: str) -> int:

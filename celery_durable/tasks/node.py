@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from celery_durable import faults
+from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.state import apply_update, validate
 from celery_durable.errors import (
     InvalidInput,
     MergeConflict,
@@ -30,22 +32,19 @@ from celery_durable.errors import (
     StateTooLarge,
     VersionConflict,
 )
-from celery_durable.persistence.records import Checkpoint, Commit
+from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor, advance
-from celery_durable.status import Status
-from celery_durable.tasks.attempt import MAX_COMMIT_TRIES, Attempt, Base, Superseded, worker_id
+from celery_durable.saga.coordinator import Cursor, Handed, Visit, advance
+from celery_durable.status import LIVE, Status
+from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
+from celery_durable.tasks.compensate import after_failure
 from celery_durable.tasks.context import Context, json_roundtrip
-from celery_durable.tasks.state import apply_update, validate
 
 if TYPE_CHECKING:
     from celery_durable.tasks.graph import Node
 
 logger = logging.getLogger(__name__)
 
-NODE = "node"
-STEP = "step"
-FAILURE = "failure"
 # Errors no retry can fix: the node's output itself is wrong.
 PERMANENT = (InvalidInput, NotJSONSerializable, StateTooLarge, MergeConflict)
 # A message stays unacked while the nodes it runs inline run: past this many seconds, hand on
@@ -58,10 +57,8 @@ INLINE_SECONDS = 10.0
 class NodeRun(Attempt):
     """One attempt of one node visit."""
 
-    kind: ClassVar[str] = NODE
-    live: ClassVar[frozenset[Status]] = frozenset(
-        {Status.RUNNING, Status.PAUSED, Status.COMPENSATING}
-    )
+    kind: ClassVar[Kind] = Kind.NODE
+    live: ClassVar[frozenset[Status]] = LIVE
 
     # How many nodes this message ran before this one, inline; 0 for the message's own visit.
     depth: int = 0
@@ -76,8 +73,8 @@ class NodeRun(Attempt):
     def node(self) -> Node[..., Any]:
         return self.graph.nodes[self.name]
 
-    def execute(self) -> str:
-        """Run, commit, dispatch; returns what happened (for logs and tests)."""
+    def execute(self) -> Outcome:
+        """Run, commit, dispatch."""
         if self.redelivered and (outcome := self.before_rerun()) is not None:
             return outcome
         if self.base.status != Status.RUNNING and (outcome := self.refresh()) is not None:
@@ -87,80 +84,86 @@ class NodeRun(Attempt):
         self._read_at = self.base.version
         node = self.node
         ctx = Context(
-            self,
+            self.step,
             execution_id=self.execution_id,
             node=self.name,
             visit=self.visit,
             attempt=self.attempt,
             idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}",
         )
-        started = time.monotonic()
-        with self.durable.leases.watch(self.key) as lease:
+        with self.runtime.leases.watch(self.key) as lease:
             try:
-                model = validate(self.graph.name, self.graph.state, self.base.state)
-                result = node.fn(model, ctx) if node.wants_context else node.fn(model)
-                update = _as_update(result)
-                took = time.monotonic() - started
-                if node.timeout is not None and took > node.timeout:
-                    raise NodeTimeout(self.name, node.timeout)
-                if took > self.durable.settings.slow_node_after:
-                    logger.warning(
-                        "slow node: %s.%s visit %d of %s took %.1fs (slow_node_after is %gs)",
-                        self.graph.name,
-                        self.name,
-                        self.visit,
-                        self.execution_id,
-                        took,
-                        self.durable.settings.slow_node_after,
-                    )
+                update = self._call(node, ctx)
             except Superseded:
-                return "dropped"
+                return Outcome.DROPPED
             except Exception as exc:
                 return self.failed(_translate(exc, node), node.retry, isinstance(exc, PERMANENT))
         if lease.lost:
-            return "dropped"
+            return Outcome.DROPPED
         return self._commit(update, lease.token)
+
+    def _call(self, node: Node[..., Any], ctx: Context) -> dict[str, Any]:
+        """The user's function on the validated state; its result as a state update."""
+        started = time.monotonic()
+        model = validate(self.graph.name, self.graph.state, self.base.state)
+        update = _as_update(node.fn(model, ctx) if node.wants_context else node.fn(model))
+        took = time.monotonic() - started
+        if node.timeout is not None and took > node.timeout:
+            raise NodeTimeout(self.name, node.timeout)
+        slow = self.runtime.settings.slow_node_after
+        if took > slow:
+            logger.warning(
+                "slow node: %s.%s visit %d of %s took %.1fs (slow_node_after is %gs)",
+                self.graph.name,
+                self.name,
+                self.visit,
+                self.execution_id,
+                took,
+                slow,
+            )
+        return update
 
     def is_due(self, base: Base) -> bool:
         return base.cursor.holds(self.name, self.visit)
 
-    def replay(self, checkpoint: Checkpoint) -> str:
+    def replay(self, checkpoint: Checkpoint) -> Outcome:
         """The visit committed before: only dispatch what it made due and is still due."""
-        record = self.durable.store.get_execution(self.execution_id)
-        base = Base.of(record)
-        if record.status == Status.RUNNING:
+        base = Base.of(self.runtime.store.get_execution(self.execution_id))
+        if base.status == Status.RUNNING:
             self._dispatch_still_due(checkpoint, base)
-        elif record.status == Status.COMPENSATING:
-            compensation.proceed(self.durable, self.graph, self.execution_id, base)
-        return "replayed"
+        else:
+            self.runtime.dispatch_undo(self.graph.name, self.execution_id, base)
+        return Outcome.REPLAYED
 
     def _dispatch_still_due(self, checkpoint: Checkpoint, base: Base) -> None:
         """Dispatch what ``checkpoint`` made ready and the run still holds; follow the visits
         this message ran inline after it, which may have committed before the crash."""
         cp: Checkpoint | None = checkpoint
         while cp is not None:
-            meta = cp.meta or {}
-            inline = bool(meta.get("inline"))
-            ready = [(name, visit) for name, visit in meta.get("next", [])]
-            for name, visit in ready:
+            handed = Handed.of(cp.meta)
+            for name, visit in handed.ready:
                 if base.cursor.holds(name, visit):
                     # An inline successor may have died mid-run: its copy gets the checks
                     # of a redelivered message (redelivery count, live lease).
-                    self.durable.dispatch(
-                        self.graph, name, visit, self.execution_id, base, recovered=inline
+                    self.runtime.dispatcher.dispatch(
+                        self.graph.name,
+                        name,
+                        visit,
+                        self.execution_id,
+                        base,
+                        recovered=handed.inline,
                     )
-            if not inline or base.cursor.holds(*ready[0]):
+            if not handed.inline or base.cursor.holds(*handed.ready[0]):
                 return
-            cp = self.durable.store.find(self.execution_id, NODE, *ready[0])
+            cp = self.runtime.store.find(self.execution_id, Kind.NODE, *handed.ready[0])
 
     # -- commit -----------------------------------------------------------------------------
 
-    def _commit(self, update: dict[str, Any], lease_token: int) -> str:
-        ready: list[tuple[str, int]] = []
-        inline = False
+    def _commit(self, update: dict[str, Any], lease_token: int) -> Outcome:
+        handed = Handed([])
 
-        def build() -> Commit | str:
-            nonlocal ready, inline
+        def build() -> Commit | Outcome:
+            nonlocal handed
             base = self.base
             if base.version != self._read_at:
                 clash = self._clashes(update, self._read_at)
@@ -171,61 +174,56 @@ class NodeRun(Attempt):
                 merged = apply_update(base.state, update, self.graph.reducers)
                 model = validate(self.graph.name, self.graph.state, merged)
                 state = model.model_dump(mode="json")
-                state_json = self.durable.state_json(state)
+                state_json = self.runtime.state_json(state)
             except PERMANENT as exc:
                 return self.failed(exc, self.node.retry, permanent=True)
-            if base.status == Status.COMPENSATING:
-                # The saga is being undone: record this step so that it is undone too.
-                cursor = compensation.completed_while_compensating(
-                    base.cursor, self.name, self.visit, base.version + 1
-                )
-                status, ready, error = Status.COMPENSATING, [], base.error
-            else:
-                step = advance(self.graph, base.cursor, self.name, self.visit, model)
-                cursor, ready, error = step.cursor, step.ready, step.error
-                status = step.status
-                if base.status == Status.PAUSED and status == Status.RUNNING:
-                    # Paused: what this node made ready waits for resume().
-                    status = Status.PAUSED
-                    cursor.held.extend(ready)
-            inline = status == Status.RUNNING and self._may_inline(ready)
-            meta: dict[str, Any] = {"next": ready, "attempt": self.attempt, "worker": worker_id()}
-            if inline:
-                meta["inline"] = True
-            return Commit(
-                execution_id=self.execution_id,
-                expected_version=base.version,
-                kind=NODE,
-                node=self.name,
-                visit=self.visit,
+            cursor, status, handed, error = self._advance(model)
+            return self.commit(
+                Kind.NODE,
                 state=state,
-                cursor=cursor.to_json(),
+                cursor=cursor,
                 status=status,
                 output=update,
-                meta=meta,
+                meta=handed.meta(),
                 error=error,
                 lease_token=lease_token,
                 state_json=state_json,
             )
 
         commit = self.save(build)
-        if isinstance(commit, str):
+        if isinstance(commit, Outcome):
             return commit
         faults.hit(faults.AFTER_COMMIT, self.name)
-        self._proceed(commit, ready, inline)
-        return "committed"
+        self._proceed(commit, handed)
+        return Outcome.COMMITTED
 
-    def _proceed(self, commit: Commit, ready: list[tuple[str, int]], inline: bool) -> None:
+    def _advance(self, model: BaseModel) -> tuple[Cursor, Status, Handed, ErrorRecord | None]:
+        """Where this commit moves the run, and what it hands on."""
+        base = self.base
+        if base.status == Status.COMPENSATING:
+            # The saga is being undone: record this step so that it is undone too.
+            cursor = compensation.completed_while_compensating(
+                base.cursor, self.name, self.visit, base.version + 1
+            )
+            return cursor, Status.COMPENSATING, Handed([]), base.error
+        step = advance(self.graph, base.cursor, self.name, self.visit, model)
+        status = step.status
+        if base.status == Status.PAUSED and status == Status.RUNNING:
+            # Paused: what this node made ready waits for resume().
+            status = Status.PAUSED
+            step.cursor.held.extend(step.ready)
+        inline = status == Status.RUNNING and self._may_inline(step.ready)
+        return step.cursor, status, Handed(step.ready, inline), step.error
+
+    def _proceed(self, commit: Commit, handed: Handed) -> None:
         """After the commit: hand on what it made ready, or report the end."""
-        hooks = self.durable.hooks
-        hooks.node_committed(self.graph.name, self.name, commit)
-        after = Base(
-            commit.seq, commit.state, Cursor.from_json(commit.cursor), commit.status, commit.error
-        )
-        if commit.status == Status.RUNNING and inline:
-            ((name, visit),) = ready
+        runtime = self.runtime
+        runtime.hooks.node_committed(self.graph.name, self.name, commit)
+        after = Base.after(commit)
+        if commit.status == Status.RUNNING and handed.inline:
+            ((name, visit),) = handed.ready
             self.successor = NodeRun(
-                self.durable,
+                runtime,
                 self.graph,
                 name,
                 self.execution_id,
@@ -235,28 +233,22 @@ class NodeRun(Attempt):
                 since=self.since,
             )
         elif commit.status == Status.RUNNING:
-            for name, visit in ready:
-                self.durable.dispatch(self.graph, name, visit, self.execution_id, after)
+            runtime.dispatch_all(self.graph.name, self.execution_id, after, handed.ready)
         elif commit.status == Status.COMPENSATING:
-            compensation.proceed(self.durable, self.graph, self.execution_id, after)
+            runtime.dispatch_undo(self.graph.name, self.execution_id, after)
         elif commit.status.finished:
-            hooks.execution_finished(self.execution_id, self.graph.name, commit.status)
+            runtime.hooks.execution_finished(self.execution_id, self.graph.name, commit.status)
 
-    def _may_inline(self, ready: list[tuple[str, int]]) -> bool:
-        """Run the one node that follows in this task rather than publish it: only when its
-        message would go where this one's went (node queues, the run's queue, the app's
-        task_routes) and no time or rate limit applies to either task (a task's time limit
-        is its first node's), within ``inline_nodes`` and INLINE_SECONDS."""
-        if len(ready) != 1 or self.depth >= self.durable.settings.inline_nodes:
-            return False
-        here, there = self.node, self.graph.nodes[ready[0][0]]
-        run_queue = self.base.cursor.queue
+    def _may_inline(self, ready: list[Visit]) -> bool:
+        """Run the one node that follows in this task rather than publish it, where the
+        dispatcher allows it, within ``inline_nodes`` and INLINE_SECONDS."""
         return (
-            self.durable.unlimited(here)
-            and self.durable.unlimited(there)
+            len(ready) == 1
+            and self.depth < self.runtime.settings.inline_nodes
             and time.monotonic() - self.since < INLINE_SECONDS
-            and self.durable.destination(here, run_queue)
-            == self.durable.destination(there, run_queue)
+            and self.runtime.dispatcher.may_inline(
+                self.graph.name, self.name, ready[0][0], self.base.cursor.queue
+            )
         )
 
     def _clashes(self, update: dict[str, Any], since: int) -> list[str]:
@@ -265,74 +257,44 @@ class NodeRun(Attempt):
         if not mine:
             return []
         theirs: set[str] = set()
-        for cp in self.durable.store.list(self.execution_id, kinds=[NODE], after=since):
+        for cp in self.runtime.store.list(self.execution_id, kinds=[Kind.NODE], after=since):
             if isinstance(cp.output, dict):
                 theirs.update(cp.output)
         return sorted(mine & theirs)
 
     # -- failure ----------------------------------------------------------------------------
 
-    def give_up(self, error: dict[str, Any]) -> str:
+    def give_up(self, error: ErrorRecord) -> Outcome:
         """Attempts exhausted: fail the run, or for a saga start compensating."""
         if self.graph.on_failure == "compensate":
-            return compensation.after_failure(self, error)
-
-        def build() -> Commit:
-            return Commit(
-                execution_id=self.execution_id,
-                expected_version=self.base.version,
-                kind=FAILURE,
-                node=self.name,
-                visit=self.visit,
-                state=self.base.state,
-                # The failed node stays due, so that retry() can run it again.
-                cursor=self.base.cursor.to_json(),
-                status=Status.FAILED,
-                meta={"attempt": self.attempt, "worker": worker_id()},
-                error=error,
-            )
-
-        commit = self.save(build)
-        if isinstance(commit, str):
+            return after_failure(self, error)
+        # The failed node stays due, so that retry() can run it again.
+        commit = self.save(lambda: self.commit(Kind.FAILURE, status=Status.FAILED, error=error))
+        if isinstance(commit, Outcome):
             return commit
-        compensation.logger.error(
+        logger.error(
             "execution %s failed at %s.%s: %s",
             self.execution_id,
             self.graph.name,
             self.name,
             error["message"],
         )
-        self.durable.hooks.execution_finished(self.execution_id, self.graph.name, Status.FAILED)
-        return "failed"
+        self.runtime.hooks.execution_finished(self.execution_id, self.graph.name, Status.FAILED)
+        return Outcome.FAILED
 
     # -- sub-steps --------------------------------------------------------------------------
 
     def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """Context.step: run ``fn`` once per visit, its result a checkpoint of its own."""
         step_node = f"{self.name}/{name}"
-        if self._steps is None:
-            done = self.durable.store.list(self.execution_id, kinds=[STEP])
-            prefix = f"{self.name}/"
-            self._steps = {
-                cp.node: cp for cp in done if cp.visit == self.visit and cp.node.startswith(prefix)
-            }
-        if step_node in self._steps:
-            return self._steps[step_node].output
+        steps = self._committed_steps()
+        if step_node in steps:
+            return steps[step_node].output
         result = json_roundtrip(fn(*args))
         for _ in range(MAX_COMMIT_TRIES):
-            commit = Commit(
-                execution_id=self.execution_id,
-                expected_version=self.base.version,
-                kind=STEP,
-                node=step_node,
-                visit=self.visit,
-                state=self.base.state,
-                cursor=self.base.cursor.to_json(),
-                status=self.base.status,
-                output=result,
-                error=self.base.error,
-            )
+            commit = self.commit(Kind.STEP, node=step_node, output=result)
             try:
-                self._steps[step_node] = self.durable.store.save(commit)
+                steps[step_node] = self.runtime.store.save(commit)
             except VersionConflict:
                 # A sibling branch or an operator moved the run on; steps change no state,
                 # so rebase and write again (the final commit merges with what changed).
@@ -342,6 +304,16 @@ class NodeRun(Attempt):
             self.base.version = commit.seq
             return result
         raise VersionConflict(self.execution_id, self.base.version)
+
+    def _committed_steps(self) -> dict[str, Checkpoint]:
+        if self._steps is None:
+            prefix = f"{self.name}/"
+            self._steps = {
+                cp.node: cp
+                for cp in self.runtime.store.list(self.execution_id, kinds=[Kind.STEP])
+                if cp.visit == self.visit and cp.node.startswith(prefix)
+            }
+        return self._steps
 
 
 def _as_update(result: Any) -> dict[str, Any]:

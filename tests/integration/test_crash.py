@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from celery_durable import Execution, ExecutionFailed, Status
+from celery_durable.engine.base import Base
 from celery_durable.saga.coordinator import Cursor
-from celery_durable.tasks.attempt import Base
 from tests.integration.app import CHAIN_NODES, DurableApp
 from tests.integration.harness import (
     HAND_ON,
@@ -64,7 +64,9 @@ def ran_inline(ex: Execution) -> bool:
 def duplicate_entry(d: DurableApp, ex: Execution) -> None:
     """Publish the entry message again, exactly as start() published it."""
     started = d.durable.store.load(ex.id, 0)  # the start checkpoint: the state at version 0
-    d.durable.dispatch(d.chain, "n1", 1, ex.id, Base(0, started.state, Cursor.start("n1")))
+    d.durable.runtime.dispatcher.dispatch(
+        "chain", "n1", 1, ex.id, Base(0, started.state, Cursor.start("n1"))
+    )
 
 
 @pytest.mark.parametrize("hand_on", sorted(HAND_ON))

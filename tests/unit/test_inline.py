@@ -14,9 +14,9 @@ from celery.signals import task_prerun
 from pydantic import BaseModel
 
 from celery_durable import Durable, Hooks, Status
+from celery_durable.engine.base import Base
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.tasks import node as node_module
-from celery_durable.tasks.attempt import Base
 from celery_durable.tasks.graph import Graph
 from celery_durable.tasks.node import NodeRun
 from celery_durable.testing import in_process_worker
@@ -201,12 +201,12 @@ def test_a_redelivered_message_dispatches_what_its_inline_runs_left_due(
     g = chain(durable)
     run = g.delay()  # a's message waits in the in-memory queue
     base = Base(0, {"trail": []}, Cursor.start("a"))
-    first = NodeRun(durable, g, "a", run.id, 1, base)
+    first = NodeRun(durable.runtime, g, "a", run.id, 1, base)
     assert first.execute() == "committed"
     assert first.successor is not None and first.successor.name == "b"
     assert first.successor.execute() == "committed"  # then the process "dies"
 
-    redelivered = NodeRun(durable, g, "a", run.id, 1, base, redelivered=True)
+    redelivered = NodeRun(durable.runtime, g, "a", run.id, 1, base, redelivered=True)
     assert redelivered.execute() == "replayed"
     with worker():
         assert run.wait(timeout=10).trail == list(NODES)

@@ -415,7 +415,7 @@ def test_an_operation_without_by_records_the_local_user_and_host(durable: Durabl
     ],
 )  # fmt: skip
 def test_operations_on_an_unknown_id_raise_execution_not_found(durable: Durable, op: str) -> None:
-    missing = Execution(durable, "no-such-run")
+    missing = Execution(durable.runtime, "no-such-run")
     calls: dict[str, Callable[[], object]] = {
         "pause": missing.pause,
         "resume": missing.resume,

@@ -14,9 +14,9 @@ from celery import Celery
 from pydantic import BaseModel
 
 from celery_durable import Context, Durable, NeedsIntervention, RetryPolicy, Status
+from celery_durable.engine.recovery import RecoveryReport, sweep
 from celery_durable.errors import UnknownNode
 from celery_durable.persistence.records import Commit, utcnow
-from celery_durable.saga.recovery import RecoveryReport, sweep
 from celery_durable.testing import embedded_app, in_process_worker
 from tests.waiting import wait_for
 
@@ -289,7 +289,9 @@ def test_two_sweeps_at_once_redispatch_a_stale_execution_once(
 
     monkeypatch.setattr(fast.store, "list_stale", listed_together)
     reports: list[RecoveryReport] = []
-    threads = [threading.Thread(target=lambda: reports.append(sweep(fast))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: reports.append(sweep(fast.runtime))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from celery_durable import Durable, Status
+from celery_durable.engine.recovery import sweep
 from celery_durable.persistence.records import utcnow
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
-from celery_durable.saga.recovery import sweep
 
 
 class S(BaseModel):
@@ -81,7 +81,7 @@ def test_stuck_runs_are_listed_and_logged(
     _age(durable, "quiet", days=1, status=Status.RUNNING)
     assert [e.id for e in durable.stuck()] == ["quiet"]
     assert durable.stuck(threshold=timedelta(days=2)) == []
-    with caplog.at_level(logging.WARNING, logger="celery_durable.saga.recovery"):
-        report = sweep(durable)
+    with caplog.at_level(logging.WARNING, logger="celery_durable.engine.recovery"):
+        report = sweep(durable.runtime)
     assert report.stuck == 1
     assert any("stuck executions" in r.message and "quiet" in r.message for r in caplog.records)

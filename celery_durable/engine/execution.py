@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
+from celery_durable.engine.operations import Operations
+from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import (
     Compensated,
     ExecutionCancelled,
@@ -15,12 +17,14 @@ from celery_durable.errors import (
     NeedsIntervention,
     WaitTimeout,
 )
-from celery_durable.persistence.records import Checkpoint, ExecutionRecord
+from celery_durable.persistence.records import (
+    Checkpoint,
+    ErrorRecord,
+    ExecutionRecord,
+    Kind,
+    error_record,
+)
 from celery_durable.status import ENDS_WAIT, Status
-
-if TYPE_CHECKING:
-    from celery_durable.durable import Durable
-    from celery_durable.tasks.graph import Graph
 
 ENDINGS: dict[Status, type[ExecutionFailed]] = {
     Status.COMPENSATED: Compensated,
@@ -47,22 +51,20 @@ class Progress:
 class Execution:
     """A run of a graph. Every property reads the database: it is always the committed truth."""
 
-    def __init__(self, durable: Durable, execution_id: str, record: ExecutionRecord | None = None):
-        self.durable = durable
+    def __init__(self, runtime: Runtime, execution_id: str, record: ExecutionRecord | None = None):
+        self.runtime = runtime
         self.id = execution_id
         self._record = record
+        self._operations = Operations(runtime)
 
     def refresh(self) -> ExecutionRecord:
-        self._record = self.durable.store.get_execution(self.id)
+        self._record = self.runtime.store.get_execution(self.id)
         return self._record
 
     @property
     def record(self) -> ExecutionRecord:
+        """The execution row as last read: what the CLI shows."""
         return self._record or self.refresh()
-
-    @property
-    def graph(self) -> Graph:
-        return self.durable.graph_of(self.record.graph)
 
     @property
     def status(self) -> Status:
@@ -71,10 +73,10 @@ class Execution:
     @property
     def state(self) -> BaseModel:
         record = self.refresh()
-        return self.durable.graph_of(record.graph).state.model_validate(record.state)
+        return self.runtime.graph(record.graph).state.model_validate(record.state)
 
     @property
-    def error(self) -> dict[str, Any] | None:
+    def error(self) -> ErrorRecord | None:
         return self.refresh().error
 
     def wait(self, timeout: float | None = None) -> BaseModel:
@@ -84,7 +86,7 @@ class Execution:
         from every 2 ms backing off to every 250 ms.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.durable.store.waiter(self.id) as waiter:
+        with self.runtime.store.waiter(self.id) as waiter:
             pause = waiter.first_pause
             while True:
                 record = self.refresh()
@@ -96,20 +98,20 @@ class Execution:
                 waiter.wait(pause if left is None else min(pause, left))
                 pause = min(pause * 1.5, waiter.max_pause)
         if record.status != Status.SUCCEEDED:
-            error = record.error or {"type": str(record.status), "message": "run did not succeed"}
+            error = record.error or error_record(str(record.status), "run did not succeed")
             raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)
-        return self.durable.graph_of(record.graph).state.model_validate(record.state)
+        return self.runtime.graph(record.graph).state.model_validate(record.state)
 
     def history(self) -> list[Checkpoint]:
         """Every checkpoint, oldest first: the start, node visits, steps, failures."""
-        return self.durable.store.list(self.id)
+        return self.runtime.store.list(self.id)
 
     def progress(self) -> Progress:
         """Done and total nodes, the node(s) due now, percent, and an ETA from mean node time."""
         record = self.refresh()
-        nodes = self.durable.store.list(self.id, kinds=["start", "node"])
-        done_names = {cp.node for cp in nodes if cp.kind == "node"}
-        graph = self.durable.graphs.get(record.graph)
+        nodes = self.runtime.store.list(self.id, kinds=[Kind.START, Kind.NODE])
+        done_names = {cp.node for cp in nodes if cp.kind == Kind.NODE}
+        graph = self.runtime.graphs.get(record.graph)
         current = [name for name, _ in record.cursor.get("frontier", [])]
         if record.status == Status.SUCCEEDED or graph is None:
             total = len(done_names) + len(set(current) - done_names)
@@ -128,25 +130,25 @@ class Execution:
 
     def pause(self, *, by: str | None = None, reason: str | None = None) -> None:
         """The running node commits; nothing new is dispatched until resume()."""
-        self.durable.operations.pause(self.id, by=by, reason=reason)
+        self._operations.pause(self.id, by=by, reason=reason)
 
     def resume(self, *, by: str | None = None, reason: str | None = None) -> None:
-        self.durable.operations.resume(self.id, by=by, reason=reason)
+        self._operations.resume(self.id, by=by, reason=reason)
 
     def cancel(self, *, by: str | None = None, reason: str | None = None) -> None:
         """Stop for good: nothing new is dispatched and the tasks in flight are revoked."""
-        self.durable.operations.cancel(self.id, by=by, reason=reason)
+        self._operations.cancel(self.id, by=by, reason=reason)
 
     def retry(self, *, by: str | None = None, reason: str | None = None) -> None:
         """Run a failed execution again from its failure point, with fresh attempts; or resume
         a compensation that needs intervention where it stopped."""
-        self.durable.operations.retry(self.id, by=by, reason=reason)
+        self._operations.retry(self.id, by=by, reason=reason)
 
     def restart_from(
         self, checkpoint: Checkpoint | int, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Time travel: continue this execution from an earlier checkpoint; history is kept."""
-        self.durable.operations.restart_from(self.id, _seq(checkpoint), by=by, reason=reason)
+        self._operations.restart_from(self.id, _seq(checkpoint), by=by, reason=reason)
 
     def fork(
         self,
@@ -157,10 +159,10 @@ class Execution:
         reason: str | None = None,
     ) -> Execution:
         """A new execution that starts from a checkpoint of this one."""
-        new_id = self.durable.operations.fork(
+        new_id = self._operations.fork(
             self.id, _seq(checkpoint), new_id=execution_id, by=by, reason=reason
         )
-        return Execution(self.durable, new_id)
+        return Execution(self.runtime, new_id)
 
     def skip(
         self,
@@ -171,17 +173,17 @@ class Execution:
         reason: str | None = None,
     ) -> None:
         """Mark the failed node done with ``output``, or a stuck compensation done by hand."""
-        self.durable.operations.skip(self.id, node, output, by=by, reason=reason)
+        self._operations.skip(self.id, node, output, by=by, reason=reason)
 
     def update_state(
         self, patch: dict[str, Any], *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Fix the state by hand; validated by the state model."""
-        self.durable.operations.update_state(self.id, patch, by=by, reason=reason)
+        self._operations.update_state(self.id, patch, by=by, reason=reason)
 
     def compensate(self, reason: str | None = None, *, by: str | None = None) -> None:
         """Undo a running, failed or succeeded saga's completed steps, newest first."""
-        self.durable.operations.compensate(self.id, by=by, reason=reason)
+        self._operations.compensate(self.id, by=by, reason=reason)
 
     def __repr__(self) -> str:
         status = self._record.status if self._record else "?"

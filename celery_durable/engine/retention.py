@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
+from celery_durable.engine.runtime import Runtime
 from celery_durable.persistence.records import utcnow
 from celery_durable.status import Status
-
-if TYPE_CHECKING:
-    from celery_durable.durable import Durable
 
 KEEP_FAILED = (Status.FAILED, Status.COMPENSATED, Status.CANCELLED)
 
@@ -30,7 +27,7 @@ class PruneReport:
 
 
 def prune(
-    durable: Durable,
+    runtime: Runtime,
     older_than: timedelta | None = None,
     *,
     succeeded: timedelta | None = None,
@@ -39,7 +36,7 @@ def prune(
     dry_run: bool = False,
 ) -> PruneReport:
     """Remove finished runs; ``older_than`` sets one age for every finished status."""
-    settings = durable.settings
+    settings, store = runtime.settings, runtime.store
     keep = {
         Status.SUCCEEDED: older_than
         or succeeded
@@ -52,10 +49,10 @@ def prune(
     for status, age in keep.items():
         cutoff = now - age
         if dry_run:
-            report.removed[str(status)] = durable.store.count_prunable(status, cutoff)
+            report.removed[str(status)] = store.count_prunable(status, cutoff)
             continue
         removed = 0
-        while (done := durable.store.prune_batch(status, cutoff, batch)) > 0:
+        while (done := store.prune_batch(status, cutoff, batch)) > 0:
             removed += done
             if done < batch:
                 break

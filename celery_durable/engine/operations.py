@@ -10,8 +10,11 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.runtime import Runtime
+from celery_durable.engine.state import apply_update, validate
 from celery_durable.errors import (
     CannotSkip,
     InvalidInput,
@@ -20,19 +23,18 @@ from celery_durable.errors import (
     UnknownNode,
     VersionConflict,
 )
-from celery_durable.persistence.records import Commit, ExecutionRecord
+from celery_durable.persistence.records import (
+    Commit,
+    ErrorRecord,
+    ExecutionRecord,
+    Kind,
+    error_record,
+)
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor, advance
+from celery_durable.saga.coordinator import Cursor, Handed, advance
+from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
-from celery_durable.tasks.attempt import MAX_COMMIT_TRIES, Base
-from celery_durable.tasks.node import NODE
-from celery_durable.tasks.state import apply_update, validate
 
-if TYPE_CHECKING:
-    from celery_durable.durable import Durable
-    from celery_durable.tasks.graph import Graph
-
-MANUAL = "manual"
 S = Status
 FINAL = frozenset({S.SUCCEEDED, S.COMPENSATED, S.CANCELLED})
 
@@ -48,8 +50,8 @@ class Change:
     state: dict[str, Any]
     cursor: Cursor
     status: Status
-    error: dict[str, Any] | None
-    kind: str = MANUAL
+    error: ErrorRecord | None
+    kind: Kind = Kind.MANUAL
     node: str | None = None
     visit: int | None = None
     output: Any = None
@@ -59,8 +61,8 @@ class Change:
 class Operations:
     """The operations behind Execution's methods and the CLI."""
 
-    def __init__(self, durable: Durable) -> None:
-        self.durable = durable
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     # -- the one way an operation commits ---------------------------------------------------
 
@@ -75,20 +77,19 @@ class Operations:
         reason: str | None,
     ) -> tuple[ExecutionRecord, Commit]:
         allowed = frozenset(allowed)
-        store = self.durable.store
+        store = self.runtime.store
         for _ in range(MAX_COMMIT_TRIES):
             record = store.get_execution(execution_id)
             if record.status not in allowed:
                 raise InvalidTransition(execution_id, op, record.status, allowed)
             c = change(record)
-            commit = Commit(
-                execution_id=execution_id,
-                expected_version=record.version,
-                kind=c.kind,
-                node=c.node if c.node is not None else op,
-                visit=c.visit if c.visit is not None else record.version + 1,
+            commit = Base.of(record).commit(
+                execution_id,
+                c.kind,
+                c.node if c.node is not None else op,
+                c.visit if c.visit is not None else record.version + 1,
                 state=c.state,
-                cursor=c.cursor.to_json(),
+                cursor=c.cursor,
                 status=c.status,
                 output=c.output,
                 meta={"op": op, "by": actor(by), "reason": reason, **(c.meta or {})},
@@ -99,17 +100,16 @@ class Operations:
             except VersionConflict:
                 continue
             if c.status.finished and c.status != record.status:
-                self.durable.hooks.execution_finished(execution_id, record.graph, c.status)
+                self.runtime.hooks.execution_finished(execution_id, record.graph, c.status)
             return record, commit
         raise VersionConflict(execution_id, -1)
 
-    def _graph(self, record: ExecutionRecord) -> Graph:
-        return self.durable.graph_of(record.graph)
+    def _graph(self, record: ExecutionRecord) -> GraphShape:
+        return self.runtime.graph(record.graph)
 
-    def _dispatch_frontier(self, graph: Graph, execution_id: str, commit: Commit) -> None:
-        base = _base(commit)
-        for name, visit in base.cursor.frontier:
-            self.durable.dispatch(graph, name, visit, execution_id, base)
+    def _dispatch_frontier(self, graph: GraphShape, execution_id: str, commit: Commit) -> None:
+        base = Base.after(commit)
+        self.runtime.dispatch_all(graph.name, execution_id, base, base.cursor.frontier)
 
     # -- operations -------------------------------------------------------------------------
 
@@ -137,15 +137,14 @@ class Operations:
         record, commit = self.apply(
             execution_id, "resume", {S.PAUSED}, change, by=by, reason=reason
         )
-        graph, base = self._graph(record), _base(commit)
-        for name, visit in Cursor.from_json(record.cursor).held:
-            self.durable.dispatch(graph, name, visit, execution_id, base)
+        held = Cursor.from_json(record.cursor).held
+        self.runtime.dispatch_all(record.graph, execution_id, Base.after(commit), held)
 
     def cancel(
         self, execution_id: str, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Nothing new is dispatched, the tasks in flight are revoked, status cancelled."""
-        error = {"type": "Cancelled", "message": reason or "cancelled by an operator"}
+        error = error_record("Cancelled", reason or "cancelled by an operator")
         record, _ = self.apply(
             execution_id,
             "cancel",
@@ -154,17 +153,15 @@ class Operations:
             by=by,
             reason=reason,
         )
-        ids = [
-            task_id(execution_id, name, visit, attempt)
+        in_flight = [
+            (name, visit, self._attempts(execution_id, Kind.NODE, name, visit))
             for name, visit in Cursor.from_json(record.cursor).frontier
-            for attempt in range(1, self._attempts(execution_id, NODE, name, visit) + 2)
         ]
-        if ids:
-            self.durable.app.control.revoke(ids)
+        self.runtime.dispatcher.revoke(execution_id, in_flight)
 
     def retry(self, execution_id: str, *, by: str | None = None, reason: str | None = None) -> None:
         """A failed run from its failure point, or a stuck compensation from where it stopped."""
-        record = self.durable.store.get_execution(execution_id)
+        record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
         cursor = Cursor.from_json(record.cursor)
         missing = [name for name, _ in cursor.frontier if name not in graph.nodes]
@@ -174,29 +171,30 @@ class Operations:
         def change(r: ExecutionRecord) -> Change:
             c = Cursor.from_json(r.cursor)
             if r.status == S.NEEDS_INTERVENTION and c.undo:
-                original = (r.error or {}).get("original")
+                original = r.error.get("original") if r.error else None
                 return Change(r.state, c, compensation.status_of(c), original)
             return Change(r.state, c, _running(r), None)
 
         record, commit = self.apply(
             execution_id, "retry", {S.FAILED, S.NEEDS_INTERVENTION}, change, by=by, reason=reason
         )
-        base = _base(commit)
+        base = Base.after(commit)
         for name, visit in base.cursor.frontier:
-            self.durable.visits.reset(execution_id, NODE, name, visit)
-        if base.status == S.COMPENSATING:
-            name, visit, _ = base.cursor.undo[0]
-            self.durable.visits.reset(execution_id, compensation.COMPENSATION, name, visit)
-            compensation.proceed(self.durable, graph, execution_id, base)
-        else:
+            self.runtime.visits.reset(execution_id, Kind.NODE, name, visit)
+        if base.status != S.COMPENSATING:
             self._dispatch_frontier(graph, execution_id, commit)
+            return
+        undo = compensation.due(base.status, base.cursor)
+        if undo is not None:
+            self.runtime.visits.reset(execution_id, Kind.COMPENSATION, undo[0], undo[1])
+        self.runtime.dispatch_undo(graph.name, execution_id, base)
 
     def restart_from(
         self, execution_id: str, seq: int, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Time travel: the run goes on from checkpoint ``seq``; its history stays."""
-        self.durable.store.get_execution(execution_id)  # ExecutionNotFound before anything
-        checkpoint = self.durable.store.load(execution_id, seq)
+        self.runtime.store.get_execution(execution_id)  # ExecutionNotFound before anything
+        checkpoint = self.runtime.store.load(execution_id, seq)
 
         def change(r: ExecutionRecord) -> Change:
             cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor.from_json(r.cursor))
@@ -223,8 +221,8 @@ class Operations:
         reason: str | None = None,
     ) -> str:
         """A new execution that starts from checkpoint ``seq`` of this one."""
-        record = self.durable.store.get_execution(execution_id)
-        checkpoint = self.durable.store.load(execution_id, seq)
+        record = self.runtime.store.get_execution(execution_id)
+        checkpoint = self.runtime.store.load(execution_id, seq)
         graph = self._graph(record)
         cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor())
         new_id = new_id or uuid.uuid4().hex
@@ -235,7 +233,7 @@ class Operations:
             "from": execution_id,
             "from_seq": seq,
         }
-        created, made = self.durable.store.create_execution(
+        created, made = self.runtime.store.create_execution(
             execution_id=new_id,
             graph=graph.name,
             fingerprint=graph.validate(),
@@ -246,8 +244,7 @@ class Operations:
         )
         if made:
             base = Base(0, created.state, cursor)
-            for name, visit in cursor.frontier:
-                self.durable.dispatch(graph, name, visit, new_id, base)
+            self.runtime.dispatch_all(graph.name, new_id, base, cursor.frontier)
         return new_id
 
     def skip(
@@ -261,7 +258,7 @@ class Operations:
     ) -> None:
         """Mark the failed node done with ``output`` (a state update), or the compensation
         waiting for intervention done by hand."""
-        record = self.durable.store.get_execution(execution_id)
+        record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
         cursor = Cursor.from_json(record.cursor)
         if record.status == S.NEEDS_INTERVENTION and cursor.undo:
@@ -275,7 +272,7 @@ class Operations:
     def _skip_node(
         self,
         record: ExecutionRecord,
-        graph: Graph,
+        graph: GraphShape,
         node: str,
         output: dict[str, Any],
         by: str | None,
@@ -295,22 +292,26 @@ class Operations:
                 step.cursor,
                 step.status,
                 step.error,
-                kind=NODE,
+                kind=Kind.NODE,
                 node=node,
                 visit=visit,
                 output=output,
-                meta={"next": step.ready, "skipped": True},
+                meta={**Handed(step.ready).meta(), "skipped": True},
             )
 
         _, commit = self.apply(
             record.id, "skip", {S.FAILED, S.NEEDS_INTERVENTION}, change, by=by, reason=reason
         )
-        base = _base(commit)
-        for name, v in (commit.meta or {}).get("next", []):
-            self.durable.dispatch(graph, name, v, record.id, base)
+        ready = Handed.of(commit.meta).ready
+        self.runtime.dispatch_all(graph.name, record.id, Base.after(commit), ready)
 
     def _skip_compensation(
-        self, record: ExecutionRecord, graph: Graph, node: str, by: str | None, reason: str | None
+        self,
+        record: ExecutionRecord,
+        graph: GraphShape,
+        node: str,
+        by: str | None,
+        reason: str | None,
     ) -> None:
         head, visit, seq = Cursor.from_json(record.cursor).undo[0]
         if head != node:
@@ -319,13 +320,13 @@ class Operations:
         def change(r: ExecutionRecord) -> Change:
             cursor = Cursor.from_json(r.cursor)
             cursor.undo.pop(0)
-            original = (r.error or {}).get("original")
+            original = r.error.get("original") if r.error else None
             return Change(
                 r.state,
                 cursor,
                 compensation.status_of(cursor),
                 original,
-                kind=compensation.COMPENSATION,
+                kind=Kind.COMPENSATION,
                 node=node,
                 visit=visit,
                 meta={"step_seq": seq, "skipped": True},
@@ -334,7 +335,7 @@ class Operations:
         _, commit = self.apply(
             record.id, "skip", {S.NEEDS_INTERVENTION}, change, by=by, reason=reason
         )
-        compensation.proceed(self.durable, graph, record.id, _base(commit))
+        self.runtime.dispatch_undo(graph.name, record.id, Base.after(commit))
 
     def update_state(
         self,
@@ -345,14 +346,14 @@ class Operations:
         reason: str | None = None,
     ) -> None:
         """Patch fields of the state by hand; the patch is validated by the state model."""
-        record = self.durable.store.get_execution(execution_id)
+        record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
         _check_fields(graph, patch)
 
         def change(r: ExecutionRecord) -> Change:
             model = validate(graph.name, graph.state, apply_update(r.state, patch, {}))
             state = model.model_dump(mode="json")
-            self.durable.state_json(state)  # refuses an oversized patch before it is stored
+            self.runtime.state_json(state)  # refuses an oversized patch before it is stored
             return Change(state, Cursor.from_json(r.cursor), r.status, r.error, output=patch)
 
         self.apply(execution_id, "patch", set(S) - FINAL, change, by=by, reason=reason)
@@ -361,13 +362,13 @@ class Operations:
         self, execution_id: str, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Undo the completed steps newest first; steps in flight commit or fail first."""
-        record = self.durable.store.get_execution(execution_id)
+        record = self.runtime.store.get_execution(execution_id)
         if record.status in (S.COMPENSATED, S.COMPENSATING):
             return
         graph = self._graph(record)
         if not any(node.compensator is not None for node in graph.nodes.values()):
             raise NothingToCompensate(execution_id, graph.name)
-        error = {"type": "CompensationRequested", "message": reason or "requested by an operator"}
+        error = error_record("CompensationRequested", reason or "requested by an operator")
 
         def change(r: ExecutionRecord) -> Change:
             cursor = Cursor.from_json(r.cursor)
@@ -375,7 +376,7 @@ class Operations:
             # steps held by a pause never start; a failed step committed nothing to undo.
             in_flight = cursor.in_flight if r.status in (S.RUNNING, S.PAUSED) else []
             cursor.frontier, cursor.held = in_flight, []
-            cursor.undo = compensation.plan(self.durable, graph, execution_id)
+            cursor.undo = compensation.plan(graph, self.runtime.store.list(execution_id))
             keep = r.error if r.status == S.FAILED else error
             return Change(r.state, cursor, compensation.status_of(cursor), keep)
 
@@ -388,27 +389,12 @@ class Operations:
             reason=reason,
         )
         if commit.status == S.COMPENSATED:
-            self.durable.hooks.execution_finished(execution_id, graph.name, S.COMPENSATED)
-        compensation.proceed(self.durable, graph, execution_id, _base(commit))
+            self.runtime.hooks.execution_finished(execution_id, graph.name, S.COMPENSATED)
+        self.runtime.dispatch_undo(graph.name, execution_id, Base.after(commit))
 
-    def _attempts(self, execution_id: str, kind: str, node: str, visit: int) -> int:
-        found = self.durable.visits.get(execution_id, kind, node, visit)
+    def _attempts(self, execution_id: str, kind: Kind, node: str, visit: int) -> int:
+        found = self.runtime.visits.get(execution_id, kind, node, visit)
         return found.attempts if found else 0
-
-
-def task_id(
-    execution_id: str, node: str, visit: int, attempt: int, compensation: bool = False
-) -> str:
-    """Task ids say what they run, so Flower can be searched by execution id and cancel()
-    can revoke what is in flight without having stored anything."""
-    suffix = ".compensate" if compensation else ""
-    return f"{execution_id}.{node}{suffix}.{visit}.{attempt}"
-
-
-def _base(commit: Commit) -> Base:
-    return Base(
-        commit.seq, commit.state, Cursor.from_json(commit.cursor), commit.status, commit.error
-    )
 
 
 def _running(record: ExecutionRecord) -> Status:
@@ -425,7 +411,7 @@ def _renumbered(target: Cursor, current: Cursor) -> Cursor:
     return Cursor(frontier=frontier, visits=visits, joins=dict(target.joins), queue=target.queue)
 
 
-def _check_fields(graph: Graph, patch: dict[str, Any]) -> None:
+def _check_fields(graph: GraphShape, patch: dict[str, Any]) -> None:
     unknown = sorted(set(patch) - set(graph.state.model_fields))
     if unknown:
         raise InvalidInput(

@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str, str, int]
 
 
+def worker_id() -> str:
+    """Who holds a lease or made a commit: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Lease:
     """One attempt's claim on its node visit; token 0 until the keeper takes it."""
 
@@ -95,9 +100,7 @@ class LeaseKeeper:
             if lease.done or lease.lost or now - lease.started < self.after:
                 return
             if lease.token == 0:
-                lease.token = self.ledger.take_lease(
-                    *lease.key, owner=f"{socket.gethostname()}:{os.getpid()}", ttl=self.ttl
-                )
+                lease.token = self.ledger.take_lease(*lease.key, owner=worker_id(), ttl=self.ttl)
                 lease.renewed = now
             elif now - lease.renewed >= self.ttl / 3:
                 if self.ledger.renew_lease(*lease.key, token=lease.token, ttl=self.ttl):

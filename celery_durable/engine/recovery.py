@@ -1,0 +1,192 @@
+"""The recovery sweep: what heals a crash that redelivery alone cannot.
+
+It dispatches retries whose due time has come (long delays wait in the database, not in the
+broker), and re-dispatches running executions that made no progress for ``stale_after`` and
+hold no live lease: a commit whose publish was lost, a message the broker dropped. Duplicate
+dispatches are harmless: a node visit commits once. Runs of an older graph definition whose
+next node no longer exists are stopped as needs_intervention, never silently stranded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from celery_durable.engine.base import Base
+from celery_durable.engine.runtime import Runtime
+from celery_durable.errors import DuplicateCheckpoint, VersionConflict
+from celery_durable.persistence.records import (
+    ExecutionRecord,
+    Kind,
+    VisitRecord,
+    error_record,
+    utcnow,
+)
+from celery_durable.saga import compensation
+from celery_durable.status import LIVE, Status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    retries: int = 0
+    redispatched: int = 0
+    stranded: int = 0
+    stuck: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> RecoveryReport:
+    """One pass; safe to run from every worker at once."""
+    now = now or utcnow()
+    report = RecoveryReport()
+    dispatched: set[str] = set()
+    for due in runtime.visits.claim_due(now, limit):
+        if _retry(runtime, due, now):
+            report.retries += 1
+            dispatched.add(due.execution_id)
+    cutoff = now - timedelta(seconds=runtime.settings.stale_after)
+    for record in runtime.store.list_stale(cutoff, limit):
+        if record.id not in dispatched:  # a retry sent just now is progress enough
+            _heal(runtime, record, now, report)
+    stuck_cutoff = now - timedelta(seconds=runtime.settings.stuck_after)
+    stuck = runtime.store.list_stale(stuck_cutoff, 6, include_swept=True)
+    report.stuck = len(stuck)
+    if stuck:
+        logger.warning(
+            "stuck executions (no commit for over %gs): %s%s",
+            runtime.settings.stuck_after,
+            ", ".join(r.id for r in stuck[:5]),
+            " and more" if len(stuck) > 5 else "",
+        )
+    if report.retries or report.redispatched or report.stranded:
+        logger.info("recovery sweep: %s", report.as_dict())
+    return report
+
+
+def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:
+    """Dispatch a retry whose time has come, if its visit is still due."""
+    record = _live(runtime, due.execution_id)
+    graph = runtime.graphs.get(record.graph) if record else None
+    if record is None or graph is None or due.node not in graph.nodes:
+        return False
+    base = Base.of(record)
+    if due.kind == Kind.NODE:
+        # A retry is the node in flight going on: it runs paused or compensating too
+        # (its commit then waits, or joins the undo list).
+        is_due = base.cursor.holds(due.node, due.visit)
+    else:
+        undo = compensation.due(base.status, base.cursor)
+        is_due = undo is not None and undo[:2] == (due.node, due.visit)
+    if not is_due:
+        return False
+    runtime.dispatcher.dispatch(
+        graph.name,
+        due.node,
+        due.visit,
+        record.id,
+        base,
+        attempt=due.attempts + 1,
+        compensation=due.kind == Kind.COMPENSATION,
+        recovered=True,
+    )
+    runtime.hooks.recovered(record.id, due.node, "due")
+    # A dispatched retry is progress: not stale until stale_after from now.
+    runtime.store.touch(record, now)
+    return True
+
+
+def _live(runtime: Runtime, execution_id: str) -> ExecutionRecord | None:
+    try:
+        record = runtime.store.get_execution(execution_id)
+    except Exception:
+        logger.exception("recovery: cannot load execution %s", execution_id)
+        return None
+    return record if record.status in LIVE else None
+
+
+def _heal(runtime: Runtime, record: ExecutionRecord, now: datetime, report: RecoveryReport) -> None:
+    graph = runtime.graphs.get(record.graph)
+    if graph is None:
+        return  # Another deployment's graph: its own workers will sweep it.
+    base = Base.of(record)
+    missing = sorted({name for name, _ in base.cursor.frontier if name not in graph.nodes})
+    if missing:
+        _strand(runtime, record, missing)
+        report.stranded += 1
+        return
+    busy = runtime.visits.busy(record.id, now)
+    if not runtime.store.touch(record, now):
+        return  # Another sweeper, or a commit, got there first.
+    for name, visit in base.cursor.in_flight:
+        if (Kind.NODE, name, visit) not in busy:
+            found = runtime.visits.get(record.id, Kind.NODE, name, visit)
+            attempt = (found.attempts if found else 0) + 1
+            runtime.dispatcher.dispatch(
+                graph.name, name, visit, record.id, base, attempt=attempt, recovered=True
+            )
+            runtime.hooks.recovered(record.id, name, "stale")
+            report.redispatched += 1
+    undo = compensation.due(base.status, base.cursor)
+    if undo is not None and (Kind.COMPENSATION, undo[0], undo[1]) not in busy:
+        runtime.dispatch_undo(graph.name, record.id, base, recovered=True)
+        runtime.hooks.recovered(record.id, undo[0], "stale")
+        report.redispatched += 1
+
+
+def _strand(runtime: Runtime, record: ExecutionRecord, missing: list[str]) -> None:
+    message = (
+        f"this run's next node(s) {', '.join(missing)} no longer exist in graph "
+        f"{record.graph!r} (its definition changed since the run started); deploy a "
+        "definition that has them, or skip them by hand"
+    )
+    commit = Base.of(record).commit(
+        record.id,
+        Kind.INTERVENTION,
+        missing[0],
+        record.version + 1,
+        status=Status.NEEDS_INTERVENTION,
+        meta={"reason": message, "by": "recovery"},
+        error=error_record("MissingNode", message, missing[0]),
+    )
+    try:
+        runtime.store.save(commit)
+    except (VersionConflict, DuplicateCheckpoint):
+        return
+    logger.error("execution %s needs intervention: %s", record.id, message)
+
+
+class RecoveryLoop:
+    """Sweeps on worker start and every ``sweep_interval`` seconds after, in a daemon thread."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="durable-recovery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                sweep(self.runtime)
+            except Exception:
+                logger.exception(
+                    "recovery sweep failed; trying again in %ss",
+                    self.runtime.settings.sweep_interval,
+                )
+            if self._stop.wait(self.runtime.settings.sweep_interval):
+                return

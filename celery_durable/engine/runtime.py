@@ -1,0 +1,98 @@
+"""The runtime: what attempts, the recovery sweep, retention and the control operations
+share, handed to each of them explicitly by the composition root (``durable.py``).
+
+Nothing here knows Celery: sending a visit's message is the ``Dispatcher``'s job, which the
+Celery side (``tasks.dispatch``) implements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery_durable.engine.base import Base
+from celery_durable.engine.leases import LeaseKeeper
+from celery_durable.errors import StateTooLarge, UnknownGraph
+from celery_durable.hooks import Hooks
+from celery_durable.persistence import codec
+from celery_durable.persistence.store import CheckpointStore
+from celery_durable.persistence.visits import VisitLedger
+from celery_durable.saga import compensation
+from celery_durable.saga.coordinator import Visit
+from celery_durable.saga.shape import GraphShape
+from celery_durable.settings import Settings
+
+
+class Dispatcher(Protocol):
+    """How node and compensation visits are handed on."""
+
+    def dispatch(
+        self,
+        graph: str,
+        node: str,
+        visit: int,
+        execution_id: str,
+        base: Base,
+        *,
+        attempt: int = 1,
+        countdown: float | None = None,
+        compensation: bool = False,
+        recovered: bool = False,
+    ) -> None:
+        """Publish one visit's message, carrying ``base``: the state it runs on."""
+        ...
+
+    def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:
+        """Whether ``there`` may run in the task that ran ``here``, instead of a message."""
+        ...
+
+    def revoke(self, execution_id: str, visits: Iterable[tuple[str, int, int]]) -> None:
+        """Stop the tasks in flight for (node, visit, attempts so far)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    store: CheckpointStore
+    visits: VisitLedger
+    leases: LeaseKeeper
+    dispatcher: Dispatcher
+    hooks: Hooks
+    settings: Settings
+    graphs: Mapping[str, GraphShape]
+    # Who sends the Celery signals of this runtime (the Durable), so receivers can tell apps apart.
+    signal_sender: object = None
+
+    def graph(self, name: str) -> GraphShape:
+        try:
+            return self.graphs[name]
+        except KeyError:
+            raise UnknownGraph(name, sorted(self.graphs)) from None
+
+    def state_json(self, state: dict[str, Any]) -> str:
+        """The state as the store writes it (canonical JSON), refused if over max_state_bytes."""
+        text = codec.dumps(state, "The state")
+        size = len(text.encode())
+        if size > self.settings.max_state_bytes:
+            raise StateTooLarge(size, self.settings.max_state_bytes)
+        return text
+
+    def dispatch_all(
+        self, graph: str, execution_id: str, base: Base, visits: Iterable[Visit]
+    ) -> None:
+        for node, visit in visits:
+            self.dispatcher.dispatch(graph, node, visit, execution_id, base)
+
+    def dispatch_undo(
+        self, graph: str, execution_id: str, base: Base, *, recovered: bool = False
+    ) -> bool:
+        """Dispatch the compensation that is due, if one is; returns whether one was."""
+        undo = compensation.due(base.status, base.cursor)
+        if undo is None:
+            return False
+        node, visit, _ = undo
+        self.dispatcher.dispatch(
+            graph, node, visit, execution_id, base, compensation=True, recovered=recovered
+        )
+        return True

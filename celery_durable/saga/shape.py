@@ -1,0 +1,43 @@
+"""What the decisions need to know of a graph: its shape, not how its nodes run.
+
+``tasks.graph.Graph`` has all of this; saga/ and engine/ are written against these protocols
+so that they never import the Celery side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+Router = Callable[[Any], "str | Sequence[str] | None"]
+
+
+class NodeShape(Protocol):
+    @property
+    def compensator(self) -> Callable[..., Any] | None: ...
+
+
+class GraphShape(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> type[BaseModel]: ...
+
+    @property
+    def nodes(self) -> Mapping[str, NodeShape]: ...
+
+    @property
+    def edges(self) -> Mapping[str, Sequence[str]]: ...
+
+    @property
+    def joins(self) -> Mapping[str, frozenset[str]]: ...
+
+    @property
+    def branches(self) -> Mapping[str, tuple[Router, tuple[str, ...] | None]]: ...
+
+    def validate(self) -> str:
+        """The graph's fingerprint, once the whole definition checks out."""
+        ...

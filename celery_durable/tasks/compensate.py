@@ -1,0 +1,171 @@
+"""Compensation attempts: undo a saga's committed steps, newest first, one at a time, each a
+Celery task whose commit is a checkpoint, so a crash resumes at the next step still to undo and
+never undoes one twice. Which step is due is decided in ``saga.compensation``.
+
+A compensation that fails for good stops the run in ``needs_intervention`` (an ERROR log
+line, the ``intervention_required`` signal, a hook) until an operator retries or skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from celery_durable.engine.base import Base
+from celery_durable.engine.state import validate
+from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
+from celery_durable.saga import compensation
+from celery_durable.signals import intervention_required
+from celery_durable.status import Status
+from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
+from celery_durable.tasks.context import Context
+
+if TYPE_CHECKING:
+    from celery_durable.tasks.node import NodeRun
+
+logger = logging.getLogger("celery_durable.saga")
+
+
+def after_failure(run: NodeRun, error: ErrorRecord) -> Outcome:
+    """A saga step failed for good: keep the error, start undoing what committed."""
+
+    def build() -> Commit:
+        base = run.base
+        cursor = base.cursor.copy()
+        if (run.name, run.visit) in cursor.frontier:
+            cursor.frontier.remove((run.name, run.visit))
+        if base.status != Status.COMPENSATING:
+            history = run.runtime.store.list(run.execution_id, kinds=[Kind.NODE, Kind.COMPENSATION])
+            cursor.undo = compensation.plan(run.graph, history)
+        return run.commit(
+            Kind.FAILURE,
+            cursor=cursor,
+            status=compensation.status_of(cursor),
+            # A compensation requested earlier keeps its reason as the run's error.
+            error=base.error if base.status == Status.COMPENSATING else error,
+        )
+
+    commit = run.save(build)
+    if isinstance(commit, Outcome):
+        return commit
+    logger.warning(
+        "saga %s %s: step %s failed (%s); compensating",
+        run.graph.name,
+        run.execution_id,
+        run.name,
+        error["message"],
+    )
+    _after(run, commit)
+    return Outcome.FAILED
+
+
+def _after(run: Attempt, commit: Commit) -> None:
+    if commit.status == Status.COMPENSATED:
+        run.runtime.hooks.execution_finished(run.execution_id, run.graph.name, commit.status)
+    else:
+        run.runtime.dispatch_undo(run.graph.name, run.execution_id, Base.after(commit))
+
+
+@dataclass(slots=True)
+class CompensationRun(Attempt):
+    """One attempt at undoing one committed step."""
+
+    kind: ClassVar[Kind] = Kind.COMPENSATION
+    live: ClassVar[frozenset[Status]] = frozenset({Status.COMPENSATING})
+
+    def execute(self) -> Outcome:
+        # Off the hot path, so always start from the row: it carries the run's error, which
+        # the message does not, and says whether this undo is still due.
+        if self.redelivered and (outcome := self.before_rerun()) is not None:
+            return outcome
+        if (outcome := self.refresh()) is not None:
+            return outcome
+        node = self.graph.nodes[self.name]
+        assert node.compensator is not None
+        _, _, seq = self.base.cursor.undo[0]
+        ctx = Context(
+            None,
+            execution_id=self.execution_id,
+            node=self.name,
+            visit=self.visit,
+            attempt=self.attempt,
+            idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}:compensate",
+        )
+        # A long undo holds a lease like a long node: the sweep leaves it alone, and a
+        # superseded attempt cannot commit.
+        with self.runtime.leases.watch(self.key) as lease:
+            try:
+                as_committed = self.runtime.store.load(self.execution_id, seq).state
+                model = validate(self.graph.name, self.graph.state, as_committed)
+                if node.compensator_wants_context:
+                    node.compensator(model, ctx)
+                else:
+                    node.compensator(model)
+            except Superseded:
+                return Outcome.DROPPED
+            except Exception as exc:
+                return self.failed(exc, node.compensation_retry)
+        if lease.lost:
+            return Outcome.DROPPED
+        return self._commit(seq, lease_token=lease.token)
+
+    def is_due(self, base: Base) -> bool:
+        undo = compensation.due(base.status, base.cursor)
+        return undo is not None and undo[:2] == (self.name, self.visit)
+
+    def replay(self, checkpoint: Checkpoint) -> Outcome:
+        base = Base.of(self.runtime.store.get_execution(self.execution_id))
+        self.runtime.dispatch_undo(self.graph.name, self.execution_id, base)
+        return Outcome.REPLAYED
+
+    def _commit(self, seq: int, lease_token: int = 0) -> Outcome:
+        def build() -> Commit:
+            cursor = self.base.cursor.copy()
+            cursor.undo.pop(0)
+            return self.commit(
+                Kind.COMPENSATION,
+                cursor=cursor,
+                status=compensation.status_of(cursor),
+                meta={"step_seq": seq},
+                lease_token=lease_token,
+            )
+
+        commit = self.save(build)
+        if isinstance(commit, Outcome):
+            return commit
+        self.runtime.hooks.node_committed(self.graph.name, f"{self.name}.compensate", commit)
+        _after(self, commit)
+        return Outcome.COMMITTED
+
+    def give_up(self, error: ErrorRecord) -> Outcome:
+        """The undo failed for good: wait for an operator, loudly."""
+        stuck: ErrorRecord = {**error, "compensating": True, "original": self.base.error}
+        commit = self.save(
+            lambda: self.commit(
+                Kind.INTERVENTION,
+                visit=self.base.version + 1,
+                status=Status.NEEDS_INTERVENTION,
+                meta={"step": self.name},
+                error=stuck,
+            )
+        )
+        if isinstance(commit, Outcome):
+            return commit
+        logger.error(
+            "saga %s %s needs intervention: compensation of step %s failed for good: %s. "
+            "Fix the cause, then Execution.retry(), or Execution.skip(%r) to mark it done.",
+            self.graph.name,
+            self.execution_id,
+            self.name,
+            error["message"],
+            self.name,
+        )
+        intervention_required.send(
+            sender=self.runtime.signal_sender,
+            execution_id=self.execution_id,
+            step=self.name,
+            error=stuck,
+        )
+        self.runtime.hooks.intervention_required(self.execution_id, self.graph.name, self.name)
+        return Outcome.NEEDS_INTERVENTION

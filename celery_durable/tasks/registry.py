@@ -1,0 +1,155 @@
+"""A Celery task per node and per compensation, and the body that runs their messages.
+
+Every durable task is acks late, requeued if its worker dies, JSON only: the broker holds a
+visit's message until the visit committed. A body runs the message's visit, then the visits
+it hands on inline, each timed and, when inline, reported as task events of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from celery_durable.engine.runtime import Runtime
+from celery_durable.errors import UnsafeSerializer
+from celery_durable.tasks.attempt import Attempt, Outcome
+from celery_durable.tasks.compensate import CompensationRun
+from celery_durable.tasks.events import InlineEvents
+from celery_durable.tasks.graph import Node
+from celery_durable.tasks.message import Message
+from celery_durable.tasks.node import NodeRun
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPES = {"json", "application/json"}
+HARD_LIMIT_GRACE = 5.0
+DB_RETRY_MAX_DELAY = 30.0
+
+
+class NodeTasks:
+    """Registers the tasks of nodes and compensations on one app, for one runtime."""
+
+    def __init__(self, app: Celery, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.events = InlineEvents(app)
+
+    def register(self, node: Node[..., Any]) -> None:
+        body = self._body(NodeRun, node)
+        body.__name__ = body.__qualname__ = node.name
+        body.__doc__ = node.fn.__doc__
+        self._register(node.task_name, body, node.timeout)
+
+    def register_compensation(self, node: Node[..., Any]) -> None:
+        body = self._body(CompensationRun, node)
+        body.__name__ = body.__qualname__ = f"{node.name}_compensate"
+        self._register(node.compensation_task_name, body, node.timeout)
+
+    def _body(
+        self, kind: type[NodeRun] | type[CompensationRun], node: Node[..., Any]
+    ) -> Callable[..., str]:
+        def body(task: Any, execution_id: str, visit: int, **kwargs: Any) -> str:
+            message = Message.read(execution_id, visit, kwargs)
+            delivery = task.request.delivery_info or {}
+            run: Attempt | None = kind(
+                self.runtime,
+                node.graph,
+                node.name,
+                execution_id,
+                visit,
+                message.base,
+                attempt=message.attempt,
+                # A copy the recovery sweep sent gets the checks of a redelivered one: its
+                # visit may have committed, be poison, or be leased by a live attempt.
+                redelivered=message.recovered or bool(delivery.get("redelivered")),
+            )
+            outcome = Outcome.DROPPED
+            while run is not None:
+                try:
+                    outcome = self._run_one(run, task.request)
+                except (OperationalError, InterfaceError) as exc:
+                    return self._database_down(task, run, exc)
+                run = run.successor if isinstance(run, NodeRun) else None
+            return str(outcome)
+
+        return body
+
+    def _database_down(
+        self, task: Any, run: Attempt, exc: OperationalError | InterfaceError
+    ) -> str:
+        """Publish this visit again, later. Nothing committed is lost, and a visit that did
+        commit is replayed, not committed twice."""
+        delay = min(2.0**task.request.retries, DB_RETRY_MAX_DELAY)
+        logger.warning(
+            "database unavailable (%s: %s); %s.%s visit %d again in %.0fs",
+            type(exc.orig).__name__,
+            str(exc.orig).strip(),
+            run.graph.name,
+            run.name,
+            run.visit,
+            delay,
+        )
+        if isinstance(run, NodeRun) and run.depth > 0:
+            # Ran inline: the message is the first node's, which did commit.
+            run.redispatch(run.attempt, delay, recovered=True)
+            return str(Outcome.DEFERRED)
+        # The copy gets a redelivered message's checks: the commit may have landed.
+        again = {**task.request.kwargs, "recovered": True}
+        raise task.retry(exc=exc, countdown=delay, max_retries=None, kwargs=again) from exc
+
+    def _run_one(self, run: Attempt, request: Any) -> Outcome:
+        """Execute one attempt and time it; an inline one also reports itself as task events."""
+        inline = isinstance(run, NodeRun) and run.depth > 0
+        if inline:
+            self.events.started(run, request)
+        outcome: Outcome | None = None
+        error: BaseException | None = None
+        started = time.perf_counter()
+        try:
+            outcome = run.execute()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            took = time.perf_counter() - started
+            self.runtime.hooks.attempt_finished(run.graph.name, run.name, run.kind, took)
+            if inline:
+                self.events.finished(run, request, took, outcome, error)
+        return outcome
+
+    def _register(self, name: str, fn: Callable[..., str], timeout: float | None) -> None:
+        options: dict[str, Any] = {}
+        if timeout is not None:
+            options = {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_GRACE}
+        self.app.task(
+            name=name,
+            bind=True,
+            shared=False,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            serializer="json",
+            ignore_result=True,
+            typing=False,
+            **options,
+        )(fn)
+
+
+def require_json(app: Celery) -> None:
+    """Refuse an app that would send or accept anything but JSON, then pin JSON."""
+    conf = app.conf
+    for setting in ("task_serializer", "result_serializer"):
+        value = conf.get(setting)
+        if value not in (None, *JSON_TYPES):
+            raise UnsafeSerializer(setting, value)
+    for setting in ("accept_content", "result_accept_content"):
+        value = conf.get(setting)
+        if value is not None and set(value) - JSON_TYPES:
+            raise UnsafeSerializer(setting, list(value))
+    conf.task_serializer = "json"
+    conf.result_serializer = "json"
+    conf.accept_content = ["json"]
