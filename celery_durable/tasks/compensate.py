@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import validate
@@ -21,13 +21,10 @@ from celery_durable.status import Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
 from celery_durable.tasks.context import Context
 
-if TYPE_CHECKING:
-    from celery_durable.tasks.node import NodeRun
-
 logger = logging.getLogger("celery_durable.saga")
 
 
-def after_failure(run: NodeRun, error: ErrorRecord) -> Outcome:
+def after_failure(run: Attempt, error: ErrorRecord) -> Outcome:
     """A saga step failed for good: keep the error, start undoing what committed."""
 
     def build() -> Commit:
