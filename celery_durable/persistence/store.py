@@ -26,6 +26,7 @@ from celery_durable.errors import (
 )
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
+from celery_durable.persistence.dialect import Advance, Start, Waiter
 from celery_durable.persistence.records import (
     Checkpoint,
     Commit,
@@ -67,7 +68,7 @@ class CheckpointStore:
         meta_text = codec.dumps(meta) if meta is not None else None
         cursor_text = codec.dumps(cursor)
         now = utcnow()
-        params = {
+        start: Start = {
             "execution_id": execution_id,
             "graph": graph,
             "fingerprint": fingerprint,
@@ -82,7 +83,7 @@ class CheckpointStore:
             ),
             "now": now,
         }
-        if not self.db.dialect.start(self.db, params):
+        if not self.db.dialect.start(self.db.engines, start):
             return self.get_execution(execution_id), False
         record = ExecutionRecord(
             id=execution_id,
@@ -201,47 +202,15 @@ class CheckpointStore:
 
     def save(self, commit: Commit) -> Checkpoint:
         """Append a checkpoint and advance its execution, atomically, in one round trip."""
-        state_text = commit.state_json or codec.dumps(commit.state, "The state")
-        output_text = (
-            codec.dumps(commit.output, "The node's output") if commit.output is not None else None
-        )
-        meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
-        cursor_text = codec.dumps(commit.cursor)
-        seq = commit.seq
         now = utcnow()
-        digest = codec.checksum(
-            commit.execution_id,
-            seq,
-            commit.kind,
-            commit.node,
-            commit.visit,
-            state_text,
-            cursor_text,
-            output_text,
-            meta_text,
-        )
-        params = {
-            "execution_id": commit.execution_id,
-            "expected_version": commit.expected_version,
-            "seq": seq,
-            "kind": commit.kind,
-            "node": commit.node,
-            "visit": commit.visit,
-            "state": state_text,
-            "output": output_text,
-            "meta": meta_text,
-            "checksum": digest,
-            "cursor": cursor_text,
-            "status": str(commit.status),
-            "error": codec.dumps(commit.error) if commit.error is not None else None,
-            "finished_at": now if commit.status in FINISHED else None,
-            "lease_token": commit.lease_token,
-            "now": now,
-        }
-        fenced = commit.lease_token > 0
-        finished = commit.status in ENDS_WAIT
+        advance = _advance(commit, now)
         try:
-            written = self.db.dialect.save(self.db, params, fenced, finished)
+            written = self.db.dialect.save(
+                self.db.engines,
+                advance,
+                fenced=commit.lease_token > 0,
+                wakes=commit.status in ENDS_WAIT,
+            )
         except IntegrityError as exc:
             raise DuplicateCheckpoint(
                 commit.execution_id, commit.kind, commit.node, commit.visit
@@ -250,7 +219,7 @@ class CheckpointStore:
             raise self._why_refused(commit)
         return Checkpoint(
             execution_id=commit.execution_id,
-            seq=seq,
+            seq=advance["seq"],
             kind=commit.kind,
             node=commit.node,
             visit=commit.visit,
@@ -258,7 +227,7 @@ class CheckpointStore:
             cursor=commit.cursor,
             output=commit.output,
             meta=commit.meta,
-            checksum=digest,
+            checksum=advance["checksum"],
             created_at=now,
         )
 
@@ -341,13 +310,52 @@ class CheckpointStore:
             return conn.execute(delete(executions)).rowcount
 
     @contextmanager
-    def waiter(self, execution_id: str) -> Iterator[Any]:
+    def waiter(self, execution_id: str) -> Iterator[Waiter]:
         """Something with ``wait(timeout)`` that returns early when the run ends."""
-        waiter = self.db.waiter(execution_id)
+        waiter = self.db.dialect.waiter(execution_id)
         try:
             yield waiter
         finally:
             waiter.close()
+
+
+def _advance(commit: Commit, now: datetime) -> Advance:
+    """The commit as stored: canonical JSON, its checksum, and the row's new status."""
+    state_text = commit.state_json or codec.dumps(commit.state, "The state")
+    output_text = (
+        codec.dumps(commit.output, "The node's output") if commit.output is not None else None
+    )
+    meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
+    cursor_text = codec.dumps(commit.cursor)
+    seq = commit.seq
+    return {
+        "execution_id": commit.execution_id,
+        "expected_version": commit.expected_version,
+        "seq": seq,
+        "kind": commit.kind,
+        "node": commit.node,
+        "visit": commit.visit,
+        "state": state_text,
+        "output": output_text,
+        "meta": meta_text,
+        "checksum": codec.checksum(
+            commit.execution_id,
+            seq,
+            commit.kind,
+            commit.node,
+            commit.visit,
+            state_text,
+            cursor_text,
+            output_text,
+            meta_text,
+        ),
+        "cursor": cursor_text,
+        "status": str(commit.status),
+        "error": codec.dumps(commit.error) if commit.error is not None else None,
+        "finished_at": now if commit.status in FINISHED else None,
+        "lease_token": commit.lease_token,
+        "now": now,
+    }
 
 
 def _execution(row: Row[Any]) -> ExecutionRecord:

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
@@ -145,7 +144,6 @@ class VisitLedger:
     ) -> Row[Any]:
         values = values or {}
         now = utcnow()
-        insert = postgresql.insert if self.db.is_postgres else sqlite.insert
         row = {
             "execution_id": execution_id,
             "kind": kind,
@@ -163,14 +161,9 @@ class VisitLedger:
             **values,
             "updated_at": now,
         }
-        statement = (
-            insert(node_visits)
-            .values(row)
-            .on_conflict_do_update(
-                index_elements=["execution_id", "kind", "node", "visit"], set_=on_conflict
-            )
-            .returning(*node_visits.c)
-        )
+        statement = self.db.dialect.upsert(
+            node_visits, row, ["execution_id", "kind", "node", "visit"], on_conflict
+        ).returning(*node_visits.c)
         with self.db.engine.begin() as conn:
             return conn.execute(statement).one()
 

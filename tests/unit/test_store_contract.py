@@ -375,7 +375,9 @@ def test_claim_due_hands_out_each_retry_once(backend: Backend) -> None:
 
 
 def test_latest_walks_the_primary_key(backend: Backend) -> None:
-    store, engine = backend.store, backend.db.read_engine
+    store = backend.store
+    with backend.db.read() as conn:
+        engine = conn.engine  # where latest()'s connection comes from
     for e in range(20):
         _start(store, f"exec-{e}")
         for v in range(3):
@@ -392,7 +394,7 @@ def test_latest_walks_the_primary_key(backend: Backend) -> None:
         event.remove(engine, "before_cursor_execute", capture)
     statement, params = captured[-1]  # the query latest() really sends
     with engine.connect() as conn:
-        if backend.db.is_postgres:
+        if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("ANALYZE durable_checkpoints")
             conn.exec_driver_sql("SET enable_seqscan = off")
             plan = conn.exec_driver_sql("EXPLAIN " + statement, params).scalars().all()
