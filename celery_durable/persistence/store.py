@@ -31,13 +31,14 @@ from celery_durable.persistence.records import (
     Checkpoint,
     Commit,
     ExecutionRecord,
+    Kind,
     as_utc,
     utcnow,
 )
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
-from celery_durable.status import ENDS_WAIT, FINISHED, Status
+from celery_durable.status import ACTIVE, ENDS_WAIT, FINISHED, Status
 
-START_KIND = "start"
+_ACTIVE = sorted(str(status) for status in ACTIVE)
 
 
 class CheckpointStore:
@@ -68,6 +69,7 @@ class CheckpointStore:
         meta_text = codec.dumps(meta) if meta is not None else None
         cursor_text = codec.dumps(cursor)
         now = utcnow()
+        kind = str(Kind.START)
         start: Start = {
             "execution_id": execution_id,
             "graph": graph,
@@ -75,11 +77,11 @@ class CheckpointStore:
             "status": str(status),
             "state": state_text,
             "cursor": cursor_text,
-            "kind": START_KIND,
+            "kind": kind,
             "node": "",
             "meta": meta_text,
             "checksum": codec.checksum(
-                execution_id, 0, START_KIND, "", 0, state_text, cursor_text, None, meta_text
+                execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
             ),
             "now": now,
         }
@@ -132,10 +134,9 @@ class CheckpointStore:
     ) -> builtins.list[ExecutionRecord]:
         """Running or compensating executions with no commit since ``older_than`` (and, unless
         ``include_swept``, not re-dispatched by a sweep since then either)."""
-        active = [str(Status.RUNNING), str(Status.COMPENSATING)]
         query = (
             select(executions)
-            .where(executions.c.status.in_(active), executions.c.updated_at < older_than)
+            .where(executions.c.status.in_(_ACTIVE), executions.c.updated_at < older_than)
             .order_by(executions.c.updated_at)
             .limit(limit)
         )
@@ -328,11 +329,12 @@ def _advance(commit: Commit, now: datetime) -> Advance:
     meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
     cursor_text = codec.dumps(commit.cursor)
     seq = commit.seq
+    kind = str(commit.kind)
     return {
         "execution_id": commit.execution_id,
         "expected_version": commit.expected_version,
         "seq": seq,
-        "kind": commit.kind,
+        "kind": kind,
         "node": commit.node,
         "visit": commit.visit,
         "state": state_text,
@@ -341,7 +343,7 @@ def _advance(commit: Commit, now: datetime) -> Advance:
         "checksum": codec.checksum(
             commit.execution_id,
             seq,
-            commit.kind,
+            kind,
             commit.node,
             commit.visit,
             state_text,
@@ -394,7 +396,7 @@ def _checkpoint(row: Row[Any]) -> Checkpoint:
     return Checkpoint(
         execution_id=m["execution_id"],
         seq=m["seq"],
-        kind=m["kind"],
+        kind=Kind(m["kind"]),
         node=m["node"],
         visit=m["visit"],
         state=codec.loads(m["state"]),

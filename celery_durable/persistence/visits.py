@@ -13,7 +13,7 @@ from sqlalchemy import Row, and_, delete, or_, select, update
 
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import VisitRecord, as_utc, utcnow
+from celery_durable.persistence.records import Kind, VisitRecord, as_utc, utcnow
 from celery_durable.persistence.schema import node_visits
 
 
@@ -146,7 +146,7 @@ class VisitLedger:
         now = utcnow()
         row = {
             "execution_id": execution_id,
-            "kind": kind,
+            "kind": str(kind),
             "node": node,
             "visit": visit,
             "attempts": 0,
@@ -171,7 +171,7 @@ class VisitLedger:
 def _key(execution_id: str, kind: str, node: str, visit: int) -> Any:
     return and_(
         node_visits.c.execution_id == execution_id,
-        node_visits.c.kind == kind,
+        node_visits.c.kind == str(kind),
         node_visits.c.node == node,
         node_visits.c.visit == visit,
     )
@@ -181,7 +181,7 @@ def _visit(row: Row[Any]) -> VisitRecord:
     m = row._mapping
     return VisitRecord(
         execution_id=m["execution_id"],
-        kind=m["kind"],
+        kind=Kind(m["kind"]),
         node=m["node"],
         visit=m["visit"],
         attempts=m["attempts"],
