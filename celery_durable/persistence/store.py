@@ -42,7 +42,7 @@ _ACTIVE = sorted(str(status) for status in ACTIVE)
 
 
 class CheckpointStore:
-    """save / load / latest / list / find / delete / clear, plus the execution rows."""
+    """save / load / latest / list / find, plus the execution rows."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -294,21 +294,6 @@ class CheckpointStore:
         with self.db.read() as conn:
             row = conn.execute(query).first()
         return None if row is None else _checkpoint(row)
-
-    def delete(self, execution_id: str) -> bool:
-        """Remove an execution with its checkpoints and visits; False if it did not exist."""
-        with self.db.engine.begin() as conn:
-            conn.execute(delete(node_visits).where(node_visits.c.execution_id == execution_id))
-            conn.execute(delete(checkpoints).where(checkpoints.c.execution_id == execution_id))
-            removed = conn.execute(delete(executions).where(executions.c.id == execution_id))
-        return removed.rowcount > 0
-
-    def clear(self) -> int:
-        """Remove every execution; returns how many there were."""
-        with self.db.engine.begin() as conn:
-            conn.execute(delete(node_visits))
-            conn.execute(delete(checkpoints))
-            return conn.execute(delete(executions)).rowcount
 
     @contextmanager
     def waiter(self, execution_id: str) -> Iterator[Waiter]:

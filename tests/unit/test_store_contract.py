@@ -172,19 +172,21 @@ def test_save_advances_the_execution_row(backend: Backend) -> None:
     assert store.latest(EID).seq == done.version  # type: ignore[union-attr]
 
 
-def test_delete_and_clear(backend: Backend) -> None:
+def test_pruning_removes_a_run_with_its_checkpoints_and_visits(backend: Backend) -> None:
     store, ledger = backend.store, backend.ledger
-    for eid in (EID, "exec-2", "exec-3"):
+    for eid in (EID, "exec-2"):
         _start(store, eid)
-    store.save(_commit(0))
+    store.save(_commit(0, status=Status.SUCCEEDED))
     ledger.record_failure(EID, "node", "b", 1, {"type": "E"}, None)
-    assert store.delete(EID) is True
+    # When the succeeded runs are pruned
+    cutoff = utcnow() + timedelta(seconds=1)
+    assert store.prune_batch(Status.SUCCEEDED, cutoff, batch=10) == 1
+    # Then the run is gone with all it held, and the running one is untouched
     with pytest.raises(ExecutionNotFound):
         store.get_execution(EID)
     assert store.list(EID) == [] and ledger.get(EID, "node", "b", 1) is None
-    assert store.delete(EID) is False
-    assert store.clear() == 2
-    assert store.list_executions() == [] and store.list("exec-2") == []
+    assert [record.id for record in store.list_executions()] == ["exec-2"]
+    assert store.prune_batch(Status.SUCCEEDED, cutoff, batch=10) == 0
 
 
 def test_a_committed_visit_is_refused_a_second_time(backend: Backend) -> None:
