@@ -8,11 +8,14 @@ upsert, the migration lock, waking a waiting caller) are a ``Dialect``'s methods
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, TypedDict
+from typing import NamedTuple, Protocol, TypeAlias, TypedDict
 
-from sqlalchemy import Connection, Engine, Insert, Table
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+# The INSERT constructs of the two dialects: both have on_conflict_do_update().
+Upsert: TypeAlias = postgresql.Insert | sqlite.Insert
 
 
 class Engines(NamedTuple):
@@ -100,14 +103,8 @@ class Dialect(ABC):
         """Insert the execution and its start checkpoint; False when the id already exists."""
 
     @abstractmethod
-    def upsert(
-        self,
-        table: Table,
-        values: Mapping[str, Any],
-        key: Sequence[str],
-        changes: Mapping[str, Any],
-    ) -> Insert:
-        """Insert ``values``, or on a conflict over ``key`` apply ``changes`` to the row."""
+    def insert(self, table: Table) -> Upsert:
+        """An INSERT that can say what to do ON CONFLICT (the visit ledger's upsert)."""
 
     @abstractmethod
     def lock_migrations(self, conn: Connection) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import URL, Connection, Insert, Table, create_engine, make_url, text
+from sqlalchemy import URL, Connection, Table, create_engine, make_url, text
 from sqlalchemy.dialects import postgresql
 
 from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
@@ -106,18 +105,8 @@ class PostgresDialect(Dialect):
             row = conn.execute(START, start).first()
         return row is not None
 
-    def upsert(
-        self,
-        table: Table,
-        values: Mapping[str, Any],
-        key: Sequence[str],
-        changes: Mapping[str, Any],
-    ) -> Insert:
-        return (
-            postgresql.insert(table)
-            .values(values)
-            .on_conflict_do_update(index_elements=key, set_=changes)
-        )
+    def insert(self, table: Table) -> postgresql.Insert:
+        return postgresql.insert(table)
 
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})

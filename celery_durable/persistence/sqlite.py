@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    Insert,
     Table,
     and_,
     create_engine,
@@ -101,18 +99,8 @@ class SQLiteDialect(Dialect):
             conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))
         return True
 
-    def upsert(
-        self,
-        table: Table,
-        values: Mapping[str, Any],
-        key: Sequence[str],
-        changes: Mapping[str, Any],
-    ) -> Insert:
-        return (
-            sqlite.insert(table)
-            .values(values)
-            .on_conflict_do_update(index_elements=key, set_=changes)
-        )
+    def insert(self, table: Table) -> sqlite.Insert:
+        return sqlite.insert(table)
 
     def lock_migrations(self, conn: Connection) -> None:
         """Nothing to take: the migration's BEGIN IMMEDIATE already holds the write lock."""

@@ -161,9 +161,14 @@ class VisitLedger:
             **values,
             "updated_at": now,
         }
-        statement = self.db.dialect.upsert(
-            node_visits, row, ["execution_id", "kind", "node", "visit"], on_conflict
-        ).returning(*node_visits.c)
+        statement = (
+            self.db.dialect.insert(node_visits)
+            .values(row)
+            .on_conflict_do_update(
+                index_elements=["execution_id", "kind", "node", "visit"], set_=on_conflict
+            )
+            .returning(*node_visits.c)
+        )
         with self.db.engine.begin() as conn:
             return conn.execute(statement).one()
 
