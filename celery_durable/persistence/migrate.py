@@ -8,14 +8,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
 
 from celery_durable.constants import ALEMBIC_VERSION_TABLE
 from celery_durable.persistence.database import Database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# Any constant works; it only has to be the same in every process that migrates.
-ADVISORY_LOCK_KEY = 0x0D0AB1E
 
 
 def _config() -> Config:
@@ -39,13 +36,12 @@ def current(db: Database) -> str | None:
 def upgrade(db: Database) -> tuple[str | None, str]:
     """Bring the schema to the newest revision; returns (revision before, revision after).
 
-    On PostgreSQL an advisory lock serializes workers that start at the same moment.
+    The dialect's migration lock serializes workers that start at the same moment.
     """
     config = _config()
     before = current(db)
     with db.engine.begin() as conn:
-        if db.is_postgres:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        db.dialect.lock_migrations(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
     return before, head()

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
-from sqlalchemy import URL, Engine, text
+from sqlalchemy import URL, Connection, Table, create_engine, make_url, text
+from sqlalchemy.dialects import postgresql
 
 from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
-
-if TYPE_CHECKING:
-    from celery_durable.persistence.database import Database
-
+from celery_durable.persistence.dialect import Advance, Dialect, Engines, Start
 
 logger = logging.getLogger(__name__)
 LISTEN_READY_TIMEOUT = 5.0
 LISTEN_POLL = 1.0
-
-
-def engine_options(db: Database) -> dict[str, Any]:
-    return {"pool_size": db.pool_size, "max_overflow": db.pool_size * 2, "pool_recycle": 1800}
-
-
-def configure(engine: Engine) -> None:
-    """Nothing to set: PostgreSQL's defaults are what the store relies on."""
+# Any constant works; it only has to be the same in every process that migrates.
+ADVISORY_LOCK_KEY = 0x0D0AB1E
 
 
 _ADVANCE = f"""
@@ -56,11 +49,11 @@ FINISHED_CHANNEL = "durable_finished"
 _NOTIFY = f"CROSS JOIN LATERAL (SELECT pg_notify('{FINISHED_CHANNEL}', advanced.id)) AS notified"
 
 SAVE = {
-    (fenced, finished): text(
-        _ADVANCE.format(fence=_FENCE if fenced else "", notify=_NOTIFY if finished else "")
+    (fenced, wakes): text(
+        _ADVANCE.format(fence=_FENCE if fenced else "", notify=_NOTIFY if wakes else "")
     )
     for fenced in (False, True)
-    for finished in (False, True)
+    for wakes in (False, True)
 }
 
 START = text(f"""
@@ -80,11 +73,60 @@ RETURNING seq
 """)
 
 
-def save(db: Database, params: dict[str, Any], fenced: bool, finished: bool) -> bool:
-    """Checkpoint + execution advance in one autocommitted statement; False if version is stale."""
-    with db.autocommit() as conn:
-        row = conn.execute(SAVE[fenced, finished], params).first()
-    return row is not None
+class PostgresDialect(Dialect):
+    """Node commits in one autocommitted statement; waiters woken by NOTIFY; migrations
+    serialized by an advisory lock."""
+
+    def __init__(self, url: str, pool_size: int) -> None:
+        super().__init__(url, pool_size)
+        self._listener: Listener | None = None
+        self._listener_pid = 0
+        self._lock = threading.Lock()
+
+    def create_engines(self) -> Engines:
+        # PostgreSQL's defaults are what the store relies on: no session settings to make.
+        options: dict[str, Any] = {
+            "pool_size": self.pool_size,
+            "max_overflow": self.pool_size * 2,
+            "pool_recycle": 1800,
+        }
+        autocommit = create_engine(
+            self.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
+        )
+        return Engines(engine=create_engine(self.url, **options), reader=autocommit)
+
+    def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
+        with engines.reader.connect() as conn:
+            row = conn.execute(SAVE[fenced, wakes], advance).first()
+        return row is not None
+
+    def start(self, engines: Engines, start: Start) -> bool:
+        with engines.reader.connect() as conn:
+            row = conn.execute(START, start).first()
+        return row is not None
+
+    def insert(self, table: Table) -> postgresql.Insert:
+        return postgresql.insert(table)
+
+    def lock_migrations(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+
+    def waiter(self, execution_id: str) -> Waiter:
+        pid = os.getpid()
+        with self._lock:
+            if self._listener is None or self._listener_pid != pid:
+                # A forked child starts its own thread and connection; the parent's are not
+                # usable here.
+                self._listener = Listener(make_url(self.url))
+                self._listener_pid = pid
+            listener = self._listener
+        return Waiter(listener, execution_id)
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None and self._listener_pid == os.getpid():
+            listener.close()
 
 
 class Listener:
@@ -176,10 +218,3 @@ class Waiter:
 
     def close(self) -> None:
         self._listener.unsubscribe(self._execution_id, self._woken)
-
-
-def start(db: Database, params: dict[str, Any]) -> bool:
-    """Insert the execution and its start checkpoint; False when the id already exists."""
-    with db.autocommit() as conn:
-        row = conn.execute(START, params).first()
-    return row is not None

@@ -3,46 +3,113 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Engine, and_, event, exists, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    create_engine,
+    event,
+    exists,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import StaticPool
 
+from celery_durable.persistence.dialect import Advance, CheckpointRow, Dialect, Engines, Start
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
-
-if TYPE_CHECKING:
-    from celery_durable.persistence.database import Database
 
 BUSY_TIMEOUT_MS = 30_000
 
 
-def engine_options(db: Database) -> dict[str, Any]:
-    options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    if db.url in ("sqlite://", "sqlite:///:memory:"):
-        # One connection for everyone, or every connection would see its own empty database.
-        options["poolclass"] = StaticPool
-    return options
+class SQLiteDialect(Dialect):
+    """One pool for writes and reads; a commit is a short BEGIN IMMEDIATE transaction."""
 
+    def create_engines(self) -> Engines:
+        options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if self.url in ("sqlite://", "sqlite:///:memory:"):
+            # One connection for everyone, or every connection would see its own empty database.
+            options["poolclass"] = StaticPool
+        engine = create_engine(self.url, **options)
+        _configure(engine)
+        return Engines(engine=engine, reader=engine.execution_options(durable_read=True))
 
-def configure(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's BEGIN.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cursor.close()
+    def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
+        """Two statements in one transaction; nobody to wake: waiters poll."""
+        condition = and_(
+            executions.c.id == advance["execution_id"],
+            executions.c.version == advance["expected_version"],
+        )
+        if fenced:
+            condition = and_(
+                condition,
+                ~exists().where(
+                    node_visits.c.execution_id == advance["execution_id"],
+                    node_visits.c.kind == advance["kind"],
+                    node_visits.c.node == advance["node"],
+                    node_visits.c.visit == advance["visit"],
+                    node_visits.c.lease_token != advance["lease_token"],
+                ),
+            )
+        with engines.engine.begin() as conn:
+            advanced = conn.execute(
+                update(executions)
+                .where(condition)
+                .values(
+                    state=advance["state"],
+                    cursor=advance["cursor"],
+                    status=advance["status"],
+                    error=advance["error"],
+                    version=advance["seq"],
+                    updated_at=advance["now"],
+                    finished_at=advance["finished_at"],
+                )
+            )
+            if advanced.rowcount != 1:
+                return False
+            row = _checkpoint(advance, advance["seq"], advance["visit"], advance["output"])
+            conn.execute(insert(checkpoints).values(row))
+        return True
 
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        # Writers take the write lock up front, so two never deadlock upgrading a read lock;
-        # readers (Database.read) begin deferred and never wait for a writer under WAL.
-        if connection.get_execution_options().get("durable_read"):
-            connection.exec_driver_sql("BEGIN")
-        else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def start(self, engines: Engines, start: Start) -> bool:
+        with engines.engine.begin() as conn:
+            if conn.execute(
+                select(executions.c.id).where(executions.c.id == start["execution_id"])
+            ).first():
+                return False
+            conn.execute(
+                insert(executions).values(
+                    id=start["execution_id"],
+                    graph=start["graph"],
+                    fingerprint=start["fingerprint"],
+                    status=start["status"],
+                    version=0,
+                    state=start["state"],
+                    cursor=start["cursor"],
+                    error=None,
+                    created_at=start["now"],
+                    updated_at=start["now"],
+                    finished_at=None,
+                )
+            )
+            conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))
+        return True
+
+    def insert(self, table: Table) -> sqlite.Insert:
+        return sqlite.insert(table)
+
+    def lock_migrations(self, conn: Connection) -> None:
+        """Nothing to take: the migration's BEGIN IMMEDIATE already holds the write lock."""
+
+    def waiter(self, execution_id: str) -> Waiter:
+        return Waiter()
+
+    def close(self) -> None:
+        """Nothing runs beside the pool."""
 
 
 class Waiter:
@@ -58,80 +125,38 @@ class Waiter:
         """Nothing to release."""
 
 
-def save(db: Database, params: dict[str, Any], fenced: bool, finished: bool) -> bool:
-    """Checkpoint plus execution advance in one transaction; False on a stale version."""
-    condition = and_(
-        executions.c.id == params["execution_id"],
-        executions.c.version == params["expected_version"],
-    )
-    if fenced:
-        condition = and_(
-            condition,
-            ~exists().where(
-                node_visits.c.execution_id == params["execution_id"],
-                node_visits.c.kind == params["kind"],
-                node_visits.c.node == params["node"],
-                node_visits.c.visit == params["visit"],
-                node_visits.c.lease_token != params["lease_token"],
-            ),
-        )
-    with db.engine.begin() as conn:
-        advanced = conn.execute(
-            update(executions)
-            .where(condition)
-            .values(
-                state=params["state"],
-                cursor=params["cursor"],
-                status=params["status"],
-                error=params["error"],
-                version=params["seq"],
-                updated_at=params["now"],
-                finished_at=params["finished_at"],
-            )
-        )
-        if advanced.rowcount != 1:
-            return False
-        conn.execute(insert(checkpoints).values(_checkpoint_row(params, params["seq"])))
-    return True
+def _configure(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # Writers take the write lock up front, so two never deadlock upgrading a read lock;
+        # readers (Engines.reader) begin deferred and never wait for a writer under WAL.
+        if connection.get_execution_options().get("durable_read"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def start(db: Database, params: dict[str, Any]) -> bool:
-    """Insert the execution and its start checkpoint; False when the id already exists."""
-    with db.engine.begin() as conn:
-        if conn.execute(
-            select(executions.c.id).where(executions.c.id == params["execution_id"])
-        ).first():
-            return False
-        conn.execute(
-            insert(executions).values(
-                id=params["execution_id"],
-                graph=params["graph"],
-                fingerprint=params["fingerprint"],
-                status=params["status"],
-                version=0,
-                state=params["state"],
-                cursor=params["cursor"],
-                error=None,
-                created_at=params["now"],
-                updated_at=params["now"],
-                finished_at=None,
-            )
-        )
-        conn.execute(insert(checkpoints).values(_checkpoint_row(params, 0)))
-    return True
-
-
-def _checkpoint_row(params: dict[str, Any], seq: int) -> dict[str, Any]:
+def _checkpoint(row: CheckpointRow, seq: int, visit: int, output: str | None) -> dict[str, Any]:
     return {
-        "execution_id": params["execution_id"],
+        "execution_id": row["execution_id"],
         "seq": seq,
-        "kind": params["kind"],
-        "node": params["node"],
-        "visit": params.get("visit", 0),
-        "state": params["state"],
-        "cursor": params["cursor"],
-        "output": params.get("output"),
-        "meta": params.get("meta"),
-        "checksum": params["checksum"],
-        "created_at": params["now"],
+        "kind": row["kind"],
+        "node": row["node"],
+        "visit": visit,
+        "state": row["state"],
+        "cursor": row["cursor"],
+        "output": output,
+        "meta": row["meta"],
+        "checksum": row["checksum"],
+        "created_at": row["now"],
     }

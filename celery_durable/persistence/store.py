@@ -8,12 +8,13 @@ committed (DuplicateCheckpoint). Everything read back is checked against its che
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, or_, select, update
+from sqlalchemy import Row, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
@@ -26,21 +27,41 @@ from celery_durable.errors import (
 )
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
+from celery_durable.persistence.dialect import Advance, Start, Waiter
 from celery_durable.persistence.records import (
     Checkpoint,
     Commit,
     ExecutionRecord,
+    Kind,
     as_utc,
     utcnow,
 )
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
-from celery_durable.status import ENDS_WAIT, FINISHED, Status
+from celery_durable.status import ACTIVE, ENDS_WAIT, FINISHED, Status
 
-START_KIND = "start"
+_ACTIVE = sorted(str(status) for status in ACTIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRuns:
+    """A graph's running or compensating executions, aged by their last commit: how long the
+    quietest has been idle, and how many have been idle since before the stuck cutoff."""
+
+    oldest_update: datetime
+    stuck: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionGauges:
+    """What a metrics scrape reads, as plain values: executions by (graph, status), and the
+    active runs of each graph that has any."""
+
+    counts: Mapping[tuple[str, Status], int]
+    active: Mapping[str, ActiveRuns]
 
 
 class CheckpointStore:
-    """save / load / latest / list / find / delete / clear, plus the execution rows."""
+    """save / load / latest / list / find, plus the execution rows."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -67,22 +88,23 @@ class CheckpointStore:
         meta_text = codec.dumps(meta) if meta is not None else None
         cursor_text = codec.dumps(cursor)
         now = utcnow()
-        params = {
+        kind = str(Kind.START)
+        start: Start = {
             "execution_id": execution_id,
             "graph": graph,
             "fingerprint": fingerprint,
             "status": str(status),
             "state": state_text,
             "cursor": cursor_text,
-            "kind": START_KIND,
+            "kind": kind,
             "node": "",
             "meta": meta_text,
             "checksum": codec.checksum(
-                execution_id, 0, START_KIND, "", 0, state_text, cursor_text, None, meta_text
+                execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
             ),
             "now": now,
         }
-        if not self.db.dialect.start(self.db, params):
+        if not self.db.dialect.start(self.db.engines, start):
             return self.get_execution(execution_id), False
         record = ExecutionRecord(
             id=execution_id,
@@ -131,10 +153,9 @@ class CheckpointStore:
     ) -> builtins.list[ExecutionRecord]:
         """Running or compensating executions with no commit since ``older_than`` (and, unless
         ``include_swept``, not re-dispatched by a sweep since then either)."""
-        active = [str(Status.RUNNING), str(Status.COMPENSATING)]
         query = (
             select(executions)
-            .where(executions.c.status.in_(active), executions.c.updated_at < older_than)
+            .where(executions.c.status.in_(_ACTIVE), executions.c.updated_at < older_than)
             .order_by(executions.c.updated_at)
             .limit(limit)
         )
@@ -197,51 +218,42 @@ class CheckpointStore:
         with self.db.read() as conn:
             return {row[0]: row[1] for row in conn.execute(query)}
 
+    def execution_gauges(self, stuck_before: datetime) -> ExecutionGauges:
+        """Everything the database metrics show, in two grouped queries over one connection,
+        so a scrape costs the same whatever the number of graphs."""
+        by_status = select(executions.c.graph, executions.c.status, func.count()).group_by(
+            executions.c.graph, executions.c.status
+        )
+        active = (
+            select(
+                executions.c.graph,
+                func.min(executions.c.updated_at),
+                func.sum(case((executions.c.updated_at < stuck_before, 1), else_=0)),
+            )
+            .where(executions.c.status.in_(_ACTIVE))
+            .group_by(executions.c.graph)
+        )
+        with self.db.read() as conn:
+            counts = {(g, Status(s)): int(n) for g, s, n in conn.execute(by_status)}
+            runs = {
+                g: ActiveRuns(oldest_update=as_utc(t), stuck=int(n))  # type: ignore[arg-type]
+                for g, t, n in conn.execute(active)
+            }
+        return ExecutionGauges(counts=counts, active=runs)
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def save(self, commit: Commit) -> Checkpoint:
         """Append a checkpoint and advance its execution, atomically, in one round trip."""
-        state_text = commit.state_json or codec.dumps(commit.state, "The state")
-        output_text = (
-            codec.dumps(commit.output, "The node's output") if commit.output is not None else None
-        )
-        meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
-        cursor_text = codec.dumps(commit.cursor)
-        seq = commit.seq
         now = utcnow()
-        digest = codec.checksum(
-            commit.execution_id,
-            seq,
-            commit.kind,
-            commit.node,
-            commit.visit,
-            state_text,
-            cursor_text,
-            output_text,
-            meta_text,
-        )
-        params = {
-            "execution_id": commit.execution_id,
-            "expected_version": commit.expected_version,
-            "seq": seq,
-            "kind": commit.kind,
-            "node": commit.node,
-            "visit": commit.visit,
-            "state": state_text,
-            "output": output_text,
-            "meta": meta_text,
-            "checksum": digest,
-            "cursor": cursor_text,
-            "status": str(commit.status),
-            "error": codec.dumps(commit.error) if commit.error is not None else None,
-            "finished_at": now if commit.status in FINISHED else None,
-            "lease_token": commit.lease_token,
-            "now": now,
-        }
-        fenced = commit.lease_token > 0
-        finished = commit.status in ENDS_WAIT
+        advance = _advance(commit, now)
         try:
-            written = self.db.dialect.save(self.db, params, fenced, finished)
+            written = self.db.dialect.save(
+                self.db.engines,
+                advance,
+                fenced=commit.lease_token > 0,
+                wakes=commit.status in ENDS_WAIT,
+            )
         except IntegrityError as exc:
             raise DuplicateCheckpoint(
                 commit.execution_id, commit.kind, commit.node, commit.visit
@@ -250,7 +262,7 @@ class CheckpointStore:
             raise self._why_refused(commit)
         return Checkpoint(
             execution_id=commit.execution_id,
-            seq=seq,
+            seq=advance["seq"],
             kind=commit.kind,
             node=commit.node,
             visit=commit.visit,
@@ -258,7 +270,7 @@ class CheckpointStore:
             cursor=commit.cursor,
             output=commit.output,
             meta=commit.meta,
-            checksum=digest,
+            checksum=advance["checksum"],
             created_at=now,
         )
 
@@ -325,29 +337,54 @@ class CheckpointStore:
             row = conn.execute(query).first()
         return None if row is None else _checkpoint(row)
 
-    def delete(self, execution_id: str) -> bool:
-        """Remove an execution with its checkpoints and visits; False if it did not exist."""
-        with self.db.engine.begin() as conn:
-            conn.execute(delete(node_visits).where(node_visits.c.execution_id == execution_id))
-            conn.execute(delete(checkpoints).where(checkpoints.c.execution_id == execution_id))
-            removed = conn.execute(delete(executions).where(executions.c.id == execution_id))
-        return removed.rowcount > 0
-
-    def clear(self) -> int:
-        """Remove every execution; returns how many there were."""
-        with self.db.engine.begin() as conn:
-            conn.execute(delete(node_visits))
-            conn.execute(delete(checkpoints))
-            return conn.execute(delete(executions)).rowcount
-
     @contextmanager
-    def waiter(self, execution_id: str) -> Iterator[Any]:
+    def waiter(self, execution_id: str) -> Iterator[Waiter]:
         """Something with ``wait(timeout)`` that returns early when the run ends."""
-        waiter = self.db.waiter(execution_id)
+        waiter = self.db.dialect.waiter(execution_id)
         try:
             yield waiter
         finally:
             waiter.close()
+
+
+def _advance(commit: Commit, now: datetime) -> Advance:
+    """The commit as stored: canonical JSON, its checksum, and the row's new status."""
+    state_text = commit.state_json or codec.dumps(commit.state, "The state")
+    output_text = (
+        codec.dumps(commit.output, "The node's output") if commit.output is not None else None
+    )
+    meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
+    cursor_text = codec.dumps(commit.cursor)
+    seq = commit.seq
+    kind = str(commit.kind)
+    return {
+        "execution_id": commit.execution_id,
+        "expected_version": commit.expected_version,
+        "seq": seq,
+        "kind": kind,
+        "node": commit.node,
+        "visit": commit.visit,
+        "state": state_text,
+        "output": output_text,
+        "meta": meta_text,
+        "checksum": codec.checksum(
+            commit.execution_id,
+            seq,
+            kind,
+            commit.node,
+            commit.visit,
+            state_text,
+            cursor_text,
+            output_text,
+            meta_text,
+        ),
+        "cursor": cursor_text,
+        "status": str(commit.status),
+        "error": codec.dumps(commit.error) if commit.error is not None else None,
+        "finished_at": now if commit.status in FINISHED else None,
+        "lease_token": commit.lease_token,
+        "now": now,
+    }
 
 
 def _execution(row: Row[Any]) -> ExecutionRecord:
@@ -386,7 +423,7 @@ def _checkpoint(row: Row[Any]) -> Checkpoint:
     return Checkpoint(
         execution_id=m["execution_id"],
         seq=m["seq"],
-        kind=m["kind"],
+        kind=Kind(m["kind"]),
         node=m["node"],
         visit=m["visit"],
         state=codec.loads(m["state"]),

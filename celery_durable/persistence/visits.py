@@ -10,11 +10,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import VisitRecord, as_utc, utcnow
+from celery_durable.persistence.records import Kind, VisitRecord, as_utc, utcnow
 from celery_durable.persistence.schema import node_visits
 
 
@@ -145,10 +144,9 @@ class VisitLedger:
     ) -> Row[Any]:
         values = values or {}
         now = utcnow()
-        insert = postgresql.insert if self.db.is_postgres else sqlite.insert
         row = {
             "execution_id": execution_id,
-            "kind": kind,
+            "kind": str(kind),
             "node": node,
             "visit": visit,
             "attempts": 0,
@@ -164,7 +162,7 @@ class VisitLedger:
             "updated_at": now,
         }
         statement = (
-            insert(node_visits)
+            self.db.dialect.insert(node_visits)
             .values(row)
             .on_conflict_do_update(
                 index_elements=["execution_id", "kind", "node", "visit"], set_=on_conflict
@@ -178,7 +176,7 @@ class VisitLedger:
 def _key(execution_id: str, kind: str, node: str, visit: int) -> Any:
     return and_(
         node_visits.c.execution_id == execution_id,
-        node_visits.c.kind == kind,
+        node_visits.c.kind == str(kind),
         node_visits.c.node == node,
         node_visits.c.visit == visit,
     )
@@ -188,7 +186,7 @@ def _visit(row: Row[Any]) -> VisitRecord:
     m = row._mapping
     return VisitRecord(
         execution_id=m["execution_id"],
-        kind=m["kind"],
+        kind=Kind(m["kind"]),
         node=m["node"],
         visit=m["visit"],
         attempts=m["attempts"],

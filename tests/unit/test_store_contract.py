@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, make_url, text
+from sqlalchemy import event, inspect, make_url, text, update
 
 from celery_durable.errors import (
     CheckpointCorrupted,
@@ -28,7 +28,8 @@ from celery_durable.errors import (
 from celery_durable.persistence import migrate, postgres
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.records import Commit, utcnow
-from celery_durable.persistence.store import CheckpointStore
+from celery_durable.persistence.schema import executions
+from celery_durable.persistence.store import ActiveRuns, CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.status import Status
 
@@ -172,19 +173,60 @@ def test_save_advances_the_execution_row(backend: Backend) -> None:
     assert store.latest(EID).seq == done.version  # type: ignore[union-attr]
 
 
-def test_delete_and_clear(backend: Backend) -> None:
+def test_pruning_removes_a_run_with_its_checkpoints_and_visits(backend: Backend) -> None:
     store, ledger = backend.store, backend.ledger
-    for eid in (EID, "exec-2", "exec-3"):
+    for eid in (EID, "exec-2"):
         _start(store, eid)
-    store.save(_commit(0))
+    store.save(_commit(0, status=Status.SUCCEEDED))
     ledger.record_failure(EID, "node", "b", 1, {"type": "E"}, None)
-    assert store.delete(EID) is True
+    # When the succeeded runs are pruned
+    cutoff = utcnow() + timedelta(seconds=1)
+    assert store.prune_batch(Status.SUCCEEDED, cutoff, batch=10) == 1
+    # Then the run is gone with all it held, and the running one is untouched
     with pytest.raises(ExecutionNotFound):
         store.get_execution(EID)
     assert store.list(EID) == [] and ledger.get(EID, "node", "b", 1) is None
-    assert store.delete(EID) is False
-    assert store.clear() == 2
-    assert store.list_executions() == [] and store.list("exec-2") == []
+    assert [record.id for record in store.list_executions()] == ["exec-2"]
+    assert store.prune_batch(Status.SUCCEEDED, cutoff, batch=10) == 0
+
+
+def test_execution_gauges_count_runs_and_age_the_active_ones(backend: Backend) -> None:
+    store = backend.store
+    # Given runs of three graphs, one of them running without a commit for an hour
+    runs = {
+        "a1": ("alpha", Status.RUNNING),
+        "a2": ("alpha", Status.RUNNING),
+        "a3": ("alpha", Status.RUNNING),
+        "b1": ("beta", Status.COMPENSATING),
+        "b2": ("beta", Status.NEEDS_INTERVENTION),
+        "c1": ("gamma", Status.CANCELLED),
+    }
+    created = {
+        eid: store.create_execution(
+            execution_id=eid, graph=graph, fingerprint="f", state={}, cursor={}, status=status
+        )[0]
+        for eid, (graph, status) in runs.items()
+    }
+    store.save(_commit(0, execution_id="a3", status=Status.SUCCEEDED))
+    an_hour_ago = utcnow() - timedelta(hours=1)
+    with backend.db.engine.begin() as conn:
+        conn.execute(
+            update(executions).where(executions.c.id == "a1").values(updated_at=an_hour_ago)
+        )
+    # When the gauges are read with a cutoff half an hour ago
+    gauges = store.execution_gauges(stuck_before=utcnow() - timedelta(minutes=30))
+    # Then every run is counted, and only the graphs with active runs are aged
+    assert gauges.counts == {
+        ("alpha", Status.RUNNING): 2,
+        ("alpha", Status.SUCCEEDED): 1,
+        ("beta", Status.COMPENSATING): 1,
+        ("beta", Status.NEEDS_INTERVENTION): 1,
+        ("gamma", Status.CANCELLED): 1,
+    }
+    assert gauges.active == {
+        "alpha": ActiveRuns(oldest_update=an_hour_ago, stuck=1),
+        "beta": ActiveRuns(oldest_update=created["b1"].updated_at, stuck=0),
+    }
 
 
 def test_a_committed_visit_is_refused_a_second_time(backend: Backend) -> None:
@@ -375,7 +417,9 @@ def test_claim_due_hands_out_each_retry_once(backend: Backend) -> None:
 
 
 def test_latest_walks_the_primary_key(backend: Backend) -> None:
-    store, engine = backend.store, backend.db.read_engine
+    store = backend.store
+    with backend.db.read() as conn:
+        engine = conn.engine  # where latest()'s connection comes from
     for e in range(20):
         _start(store, f"exec-{e}")
         for v in range(3):
@@ -392,7 +436,7 @@ def test_latest_walks_the_primary_key(backend: Backend) -> None:
         event.remove(engine, "before_cursor_execute", capture)
     statement, params = captured[-1]  # the query latest() really sends
     with engine.connect() as conn:
-        if backend.db.is_postgres:
+        if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("ANALYZE durable_checkpoints")
             conn.exec_driver_sql("SET enable_seqscan = off")
             plan = conn.exec_driver_sql("EXPLAIN " + statement, params).scalars().all()

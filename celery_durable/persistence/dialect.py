@@ -1,0 +1,119 @@
+"""What PostgreSQL and SQLite do differently, behind one interface.
+
+The store, the visit ledger and the migrations speak SQLAlchemy Core to either database; the
+few things that cannot be said the same way on both (the one-statement node commit, the
+upsert, the migration lock, waking a waiting caller) are a ``Dialect``'s methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import NamedTuple, Protocol, TypeAlias, TypedDict
+
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+# The INSERT constructs of the two dialects: both have on_conflict_do_update().
+Upsert: TypeAlias = postgresql.Insert | sqlite.Insert
+
+
+class Engines(NamedTuple):
+    """The pools of one process (a forked child builds its own).
+
+    ``engine`` runs transactions. ``reader`` serves reads: on PostgreSQL its connections
+    autocommit, so a one-statement commit goes there too (no BEGIN, no ROLLBACK on return);
+    on SQLite it is the same pool, whose reads begin deferred so they never wait for a writer.
+    """
+
+    engine: Engine
+    reader: Engine
+
+
+class CheckpointRow(TypedDict):
+    """What every checkpoint insert writes, as stored (JSON columns already canonical text).
+
+    A dict at run time, so PostgreSQL binds it as it is: a commit builds its parameters once.
+    """
+
+    execution_id: str
+    kind: str
+    node: str
+    state: str
+    cursor: str
+    meta: str | None
+    checksum: str
+    now: datetime
+
+
+class Advance(CheckpointRow):
+    """A node commit: its checkpoint, and the execution moving from ``expected_version`` to
+    ``seq``. ``lease_token`` is compared only when the dialect is told to fence."""
+
+    expected_version: int
+    seq: int
+    visit: int
+    output: str | None
+    status: str
+    error: str | None
+    finished_at: datetime | None
+    lease_token: int
+
+
+class Start(CheckpointRow):
+    """A new execution at version 0, with its start checkpoint (seq 0, visit 0)."""
+
+    graph: str
+    fingerprint: str
+    status: str
+
+
+class Waiter(Protocol):
+    """What Execution.wait() blocks on between two looks at the execution row."""
+
+    first_pause: float
+    max_pause: float
+
+    def wait(self, timeout: float) -> None:
+        """Return after ``timeout`` seconds at most, earlier if the run may have ended."""
+
+    def close(self) -> None:
+        """Stop being woken."""
+
+
+class Dialect(ABC):
+    """One database's way of doing the operations the store cannot write portably."""
+
+    def __init__(self, url: str, pool_size: int) -> None:
+        self.url = url
+        self.pool_size = pool_size
+
+    @abstractmethod
+    def create_engines(self) -> Engines:
+        """This process's pools, configured; called once per process."""
+
+    @abstractmethod
+    def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
+        """Insert the checkpoint and advance the execution, atomically; False when the
+        execution is not at ``expected_version`` or, if ``fenced``, a newer lease holds the
+        visit. ``wakes``: the run ends here, so its waiters must be woken."""
+
+    @abstractmethod
+    def start(self, engines: Engines, start: Start) -> bool:
+        """Insert the execution and its start checkpoint; False when the id already exists."""
+
+    @abstractmethod
+    def insert(self, table: Table) -> Upsert:
+        """An INSERT that can say what to do ON CONFLICT (the visit ledger's upsert)."""
+
+    @abstractmethod
+    def lock_migrations(self, conn: Connection) -> None:
+        """Hold, until ``conn``'s transaction ends, the lock that lets one process migrate."""
+
+    @abstractmethod
+    def waiter(self, execution_id: str) -> Waiter:
+        """Something to wait on until ``execution_id`` ends (or it is time to look again)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what this process started besides its pools (a listener thread)."""
