@@ -2,15 +2,15 @@
 
 from typing import Final
 
-TABLE_PREFIX: Final = "durable_"
 EXECUTIONS_TABLE: Final = "durable_executions"
 CHECKPOINTS_TABLE: Final = "durable_checkpoints"
 NODE_VISITS_TABLE: Final = "durable_node_visits"
 ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
+# A node's task is <TASK_PREFIX>.<graph>.<node>; the engine's own tasks share the prefix.
 TASK_PREFIX: Final = "durable"
-RECOVERY_TASK: Final = "durable.recover"
-PRUNE_TASK: Final = "durable.prune"
+RECOVERY_TASK: Final = f"{TASK_PREFIX}.recover"
+PRUNE_TASK: Final = f"{TASK_PREFIX}.prune"
 
 ENV_PREFIX: Final = "CELERY_DURABLE_"
 DATABASE_URL_ENV: Final = "CELERY_DURABLE_DATABASE_URL"

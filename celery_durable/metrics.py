@@ -88,12 +88,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 
 from celery_durable.hooks import Hooks
-from celery_durable.persistence.records import Commit, Kind, as_utc, utcnow
-from celery_durable.persistence.schema import executions
-from celery_durable.status import ACTIVE, Status
+from celery_durable.persistence.records import Commit, Kind, utcnow
+from celery_durable.status import Status
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -272,26 +270,8 @@ class DatabaseCollector(Collector):
 
     def _read(self) -> list[Metric]:
         now = utcnow()
-        cutoff = now - timedelta(seconds=self.stuck_after)
-        by_status = select(executions.c.graph, executions.c.status, func.count()).group_by(
-            executions.c.graph, executions.c.status
-        )
-        active = [str(s) for s in ACTIVE]
-        idle = (
-            select(
-                executions.c.graph,
-                func.min(executions.c.updated_at),
-                func.sum(case((executions.c.updated_at < cutoff, 1), else_=0)),
-            )
-            .where(executions.c.status.in_(active))
-            .group_by(executions.c.graph)
-        )
-        with self.durable.db.engine.connect() as conn:
-            counts = [(str(g), str(s), int(n)) for g, s, n in conn.execute(by_status)]
-            oldest = [(str(g), as_utc(t), int(n)) for g, t, n in conn.execute(idle)]
-
-        graphs = sorted({g for g, _, _ in counts} | set(self.durable.graphs))
-        table = {(g, s): n for g, s, n in counts}
+        gauges = self.durable.store.execution_gauges(now - timedelta(seconds=self.stuck_after))
+        graphs = sorted({g for g, _ in gauges.counts} | set(self.durable.graphs))
         total = GaugeMetricFamily(
             f"{PREFIX}_executions",
             "Executions stored, by graph and status.",
@@ -314,13 +294,12 @@ class DatabaseCollector(Collector):
         )
         for graph in graphs:
             for status in Status:
-                total.add_metric([graph, str(status)], table.get((graph, str(status)), 0))
-            needs.add_metric([graph], table.get((graph, str(Status.NEEDS_INTERVENTION)), 0))
-        idle_of = {g: (t, n) for g, t, n in oldest}
-        for graph in graphs:
-            since, count = idle_of.get(graph, (None, 0))
-            stuck.add_metric([graph], count)
-            longest.add_metric([graph], max((now - since).total_seconds(), 0.0) if since else 0)
+                total.add_metric([graph, str(status)], gauges.counts.get((graph, status), 0))
+            needs.add_metric([graph], gauges.counts.get((graph, Status.NEEDS_INTERVENTION), 0))
+            active = gauges.active.get(graph)
+            stuck.add_metric([graph], active.stuck if active else 0)
+            idle = (now - active.oldest_update).total_seconds() if active else 0.0
+            longest.add_metric([graph], max(idle, 0.0))
         threshold = GaugeMetricFamily(
             f"{PREFIX}_stuck_threshold_seconds", "The no-commit age that counts as stuck."
         )

@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import BaseModel
 
+from celery_durable.constants import TASK_PREFIX
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.state import reducers
 from celery_durable.errors import (
@@ -137,7 +138,7 @@ class Graph:
         self.name = name
         self.state = state
         self.on_failure: OnFailure = on_failure
-        self.task_prefix = f"durable.{name}"
+        self.task_prefix = f"{TASK_PREFIX}.{name}"
         self.nodes: dict[str, Node[..., Any]] = {}
         self.edges: dict[str, list[str]] = {}
         self.joins: dict[str, frozenset[str]] = {}
