@@ -29,6 +29,7 @@ from celery_durable.persistence.records import (
 )
 from celery_durable.saga.retry import RetryPolicy
 from celery_durable.status import Status
+from celery_durable.tasks.context import Context, StepRunner
 
 if TYPE_CHECKING:
     from celery_durable.tasks.graph import Graph
@@ -121,6 +122,19 @@ class Attempt:
             self.visit if visit is None else visit,
             meta={"attempt": self.attempt, "worker": worker_id(), **(meta or {})},
             **changes,
+        )
+
+    def context(self, steps: StepRunner | None) -> Context:
+        """What the user's function sees besides the state. The idempotency key names the
+        visit, not the attempt: retries and redeliveries pass the same one on."""
+        suffix = ":compensate" if self.kind == Kind.COMPENSATION else ""
+        return Context(
+            steps,
+            execution_id=self.execution_id,
+            node=self.name,
+            visit=self.visit,
+            attempt=self.attempt,
+            idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}{suffix}",
         )
 
     # -- shared protocol --------------------------------------------------------------------

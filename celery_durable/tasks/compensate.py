@@ -19,7 +19,6 @@ from celery_durable.saga import compensation
 from celery_durable.signals import intervention_required
 from celery_durable.status import Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
-from celery_durable.tasks.context import Context
 
 logger = logging.getLogger("celery_durable.saga")
 
@@ -81,14 +80,7 @@ class CompensationRun(Attempt):
         node = self.graph.nodes[self.name]
         assert node.compensator is not None
         _, _, seq = self.base.cursor.undo[0]
-        ctx = Context(
-            None,
-            execution_id=self.execution_id,
-            node=self.name,
-            visit=self.visit,
-            attempt=self.attempt,
-            idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}:compensate",
-        )
+        ctx = self.context(None)
         # A long undo holds a lease like a long node: the sweep leaves it alone, and a
         # superseded attempt cannot commit.
         with self.runtime.leases.watch(self.key) as lease:

@@ -83,14 +83,7 @@ class NodeRun(Attempt):
             return outcome
         self._read_at = self.base.version
         node = self.node
-        ctx = Context(
-            self.step,
-            execution_id=self.execution_id,
-            node=self.name,
-            visit=self.visit,
-            attempt=self.attempt,
-            idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}",
-        )
+        ctx = self.context(self.step)
         with self.runtime.leases.watch(self.key) as lease:
             try:
                 update = self._call(node, ctx)
