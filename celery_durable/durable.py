@@ -16,7 +16,6 @@ from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 
-from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
 from celery_durable.engine.base import Base
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.leases import LeaseKeeper
@@ -81,7 +80,9 @@ class Durable:
         )
         self._tasks = NodeTasks(app, self.runtime)
         self._recovery = RecoveryLoop(self.runtime)
-        self._add_beat_tasks()
+        self._tasks.register_maintenance(
+            lambda: self.recover().as_dict(), lambda: self.prune().removed
+        )
         _instances[app] = self
         worker_init.connect(self._on_worker_init, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
@@ -225,23 +226,6 @@ class Durable:
         )
 
     # -- the worker -------------------------------------------------------------------------
-
-    def _add_beat_tasks(self) -> None:
-        """durable.recover and durable.prune as tasks, on beat's schedule unless the app has
-        entries of those names. Plain functions, not bound methods: Celery derives a task's
-        call signature from its function, and would count ``self`` as an argument."""
-
-        def recover_task() -> dict[str, int]:
-            return self.recover().as_dict()
-
-        def prune_task() -> dict[str, int]:
-            return self.prune().removed
-
-        self.app.task(name=RECOVERY_TASK, shared=False, ignore_result=True)(recover_task)
-        self.app.task(name=PRUNE_TASK, shared=False, ignore_result=True)(prune_task)
-        schedule = self.app.conf.beat_schedule
-        schedule.setdefault(RECOVERY_TASK, {"task": RECOVERY_TASK, "schedule": 60.0})
-        schedule.setdefault(PRUNE_TASK, {"task": PRUNE_TASK, "schedule": 3600.0})
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         """The worker has imported the app's modules: refuse to start on a broken graph (a

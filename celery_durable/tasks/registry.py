@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import UnsafeSerializer
 from celery_durable.tasks.attempt import Attempt, Outcome
@@ -49,6 +50,26 @@ class NodeTasks:
         body = self._body(CompensationRun, node)
         body.__name__ = body.__qualname__ = f"{node.name}_compensate"
         self._register(node.compensation_task_name, body, node.timeout)
+
+    def register_maintenance(
+        self, recover: Callable[[], dict[str, int]], prune: Callable[[], dict[str, int]]
+    ) -> None:
+        """durable.recover and durable.prune as tasks, on beat's schedule unless the app has
+        entries of those names."""
+
+        # Plain functions, not bound methods or lambdas with arguments: Celery derives a
+        # task's call signature from its function, and beat's apply_async() checks it.
+        def recover_task() -> dict[str, int]:
+            return recover()
+
+        def prune_task() -> dict[str, int]:
+            return prune()
+
+        self.app.task(name=RECOVERY_TASK, shared=False, ignore_result=True)(recover_task)
+        self.app.task(name=PRUNE_TASK, shared=False, ignore_result=True)(prune_task)
+        schedule = self.app.conf.beat_schedule
+        schedule.setdefault(RECOVERY_TASK, {"task": RECOVERY_TASK, "schedule": 60.0})
+        schedule.setdefault(PRUNE_TASK, {"task": PRUNE_TASK, "schedule": 3600.0})
 
     def _body(
         self, kind: type[NodeRun] | type[CompensationRun], node: Node[..., Any]
