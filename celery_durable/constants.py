@@ -5,6 +5,7 @@ from typing import Final
 EXECUTIONS_TABLE: Final = "durable_executions"
 CHECKPOINTS_TABLE: Final = "durable_checkpoints"
 NODE_VISITS_TABLE: Final = "durable_node_visits"
+EVENTS_TABLE: Final = "durable_events"
 ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
 # A node's task is <TASK_PREFIX>.<graph>.<node>; the engine's own tasks share the prefix.

@@ -23,11 +23,13 @@ from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
 from celery_durable.engine.retention import PruneReport, prune
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.state import validate
+from celery_durable.engine.waits import send_event
 from celery_durable.errors import ConfigurationError, ExecutionIdInUse, GraphDefinitionError
 from celery_durable.hooks import Hooks
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import utcnow
+from celery_durable.persistence.events import EventLog
+from celery_durable.persistence.records import EventRecord, utcnow
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.saga.coordinator import Cursor
@@ -71,6 +73,7 @@ class Durable:
         self.runtime = Runtime(
             store=self.store,
             visits=self.visits,
+            events=EventLog(self.db),
             leases=LeaseKeeper(self.visits, self.settings.lease_after, self.settings.lease_ttl),
             dispatcher=CeleryDispatcher(app, self.graphs),
             hooks=self._hooks,
@@ -154,25 +157,23 @@ class Durable:
         execution_id = execution_id or uuid.uuid4().hex
         assert graph.entry_node is not None
         cursor = Cursor.start(graph.entry_node, queue)
+        go = cursor.interrupt(graph, cursor.frontier)
         record, created = self.store.create_execution(
             execution_id=execution_id,
             graph=graph.name,
             fingerprint=fingerprint,
             state=state,
             cursor=cursor.to_json(),
+            status=cursor.settled(),
             state_json=state_json,
         )
         if record.graph != graph.name:
             raise ExecutionIdInUse(execution_id, record.graph, graph.name)
         if created:
-            self.runtime.dispatcher.dispatch(
-                graph.name,
-                graph.entry_node,
-                1,
-                execution_id,
-                Base(0, state, cursor),
-                countdown=countdown,
-            )
+            base = Base(0, state, cursor, record.status)
+            dispatch = self.runtime.dispatcher.dispatch
+            for node, visit in go:
+                dispatch(graph.name, node, visit, execution_id, base, countdown=countdown)
         return Execution(self.runtime, execution_id, record)
 
     def get(self, execution_id: str) -> Execution:
@@ -195,6 +196,16 @@ class Durable:
         age = threshold or timedelta(seconds=self.settings.stuck_after)
         records = self.store.list_stale(utcnow() - age, limit=1000, include_swept=True)
         return [Execution(self.runtime, r.id, r) for r in records]
+
+    def send_event(
+        self,
+        execution_id: str,
+        name: str,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+    ) -> EventRecord:
+        """Send an event to a run without loading its handle (see Execution.send_event)."""
+        return send_event(self.runtime, execution_id, name, payload, idempotency_key)
 
     # -- maintenance ------------------------------------------------------------------------
 

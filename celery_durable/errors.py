@@ -14,6 +14,7 @@
     ├── UnknownGraph
     ├── InvalidInput
     ├── StateTooLarge
+    ├── PayloadTooLarge
     ├── NotJSONSerializable
     ├── MergeConflict
     ├── ExecutionNotFound
@@ -32,7 +33,9 @@
     │   ├── ExecutionCancelled
     │   └── NeedsIntervention
     ├── WaitTimeout (also a TimeoutError)
-    └── NodeTimeout
+    ├── NodeTimeout
+    ├── EventTimeout
+    └── NotWaiting
 
 Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
 ``raise ... from exc``, so callers only need to know this tree.
@@ -129,6 +132,15 @@ class StateTooLarge(DurableError):
         super().__init__(
             f"The serialized state is {size} bytes, over the limit of {limit} bytes. Keep large "
             "payloads in object storage and put their keys in the state, or raise "
+            "max_state_bytes (CELERY_DURABLE_MAX_STATE_BYTES)."
+        )
+
+
+class PayloadTooLarge(DurableError):
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} is {size} bytes, over the limit of {limit} bytes; nothing was stored. "
+            "Keep large payloads in object storage and send their keys, or raise "
             "max_state_bytes (CELERY_DURABLE_MAX_STATE_BYTES)."
         )
 
@@ -326,4 +338,27 @@ class NodeTimeout(DurableError):
         super().__init__(
             f"Node {node!r} ran past its timeout of {timeout:g} s; it is retried per its "
             "RetryPolicy. Raise timeout= on the node if the work needs longer."
+        )
+
+
+class EventTimeout(DurableError):
+    """ctx.wait_for_event() waited ``timeout`` seconds and no event came. Not retried unless the
+    node's RetryPolicy says so: a retry of the same visit would time out again."""
+
+    def __init__(self, node: str, event: str, timeout: float) -> None:
+        self.node, self.event, self.timeout = node, event, timeout
+        super().__init__(
+            f"Node {node!r} waited {timeout:g} s for event {event!r} and none came. Catch "
+            "EventTimeout in the node to go on without it, or send the event sooner."
+        )
+
+
+class NotWaiting(DurableError):
+    """An operation meant for a waiting run (resume an interrupt) found it waiting for nothing
+    of the kind; nothing was changed."""
+
+    def __init__(self, execution_id: str, what: str, status: str) -> None:
+        super().__init__(
+            f"Execution {execution_id!r} ({status}) is not waiting for {what}; nothing was "
+            "changed. Execution.waiting_on says what it waits for, if anything."
         )

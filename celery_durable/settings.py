@@ -49,6 +49,12 @@ class Settings(BaseModel):
     sweep_interval: float = Field(
         10.0, gt=0, description="Seconds between recovery sweeps in each worker."
     )
+    timer_interval: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between each worker's looks for retries and waits that came due "
+        "(sleeps ending, event waits timing out): what bounds their lag.",
+    )
     stale_after: float = Field(
         60.0,
         gt=0,

@@ -8,7 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from celery_durable.engine import waits
 from celery_durable.engine.operations import Operations
+from celery_durable.engine.repairs import Repairs
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import (
     Compensated,
@@ -20,10 +22,12 @@ from celery_durable.errors import (
 from celery_durable.persistence.records import (
     Checkpoint,
     ErrorRecord,
+    EventRecord,
     ExecutionRecord,
     Kind,
     error_record,
 )
+from celery_durable.saga.coordinator import Cursor
 from celery_durable.status import ENDS_WAIT, Status
 
 ENDINGS: dict[Status, type[ExecutionFailed]] = {
@@ -56,6 +60,7 @@ class Execution:
         self.id = execution_id
         self._record = record
         self._operations = Operations(runtime)
+        self._repairs = Repairs(runtime)
 
     def refresh(self) -> ExecutionRecord:
         self._record = self.runtime.store.get_execution(self.id)
@@ -132,8 +137,33 @@ class Execution:
         """The running node commits; nothing new is dispatched until resume()."""
         self._operations.pause(self.id, by=by, reason=reason)
 
-    def resume(self, *, by: str | None = None, reason: str | None = None) -> None:
-        self._operations.resume(self.id, by=by, reason=reason)
+    def resume(
+        self,
+        update: dict[str, Any] | None = None,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Continue a paused run, or approve the interrupt the run waits at: ``update``
+        (validated by the state model, refused changing nothing) is applied as it goes on."""
+        self._operations.resume(self.id, update, by=by, reason=reason)
+
+    def send_event(
+        self, name: str, payload: Any = None, idempotency_key: str | None = None
+    ) -> EventRecord:
+        """Send an event: the run's next ``ctx.wait_for_event(name)`` gets ``payload``. Kept
+        until consumed; the same ``idempotency_key`` twice stores one event."""
+        return waits.send_event(self.runtime, self.id, name, payload, idempotency_key)
+
+    @property
+    def waiting_on(self) -> dict[str, Any] | None:
+        """What the run waits for (``kind``: sleep, event or interrupt; ``node``; ``until``,
+        ``event`` or ``when``), or None."""
+        record = self.refresh()
+        if record.status.finished:
+            return None
+        open_waits = Cursor.from_json(record.cursor).waits.values()
+        return next((wait.public() for wait in open_waits), None)
 
     def cancel(self, *, by: str | None = None, reason: str | None = None) -> None:
         """Stop for good: nothing new is dispatched and the tasks in flight are revoked."""
@@ -148,7 +178,7 @@ class Execution:
         self, checkpoint: Checkpoint | int, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Time travel: continue this execution from an earlier checkpoint; history is kept."""
-        self._operations.restart_from(self.id, _seq(checkpoint), by=by, reason=reason)
+        self._repairs.restart_from(self.id, _seq(checkpoint), by=by, reason=reason)
 
     def fork(
         self,
@@ -159,7 +189,7 @@ class Execution:
         reason: str | None = None,
     ) -> Execution:
         """A new execution that starts from a checkpoint of this one."""
-        new_id = self._operations.fork(
+        new_id = self._repairs.fork(
             self.id, _seq(checkpoint), new_id=execution_id, by=by, reason=reason
         )
         return Execution(self.runtime, new_id)
@@ -173,7 +203,7 @@ class Execution:
         reason: str | None = None,
     ) -> None:
         """Mark the failed node done with ``output``, or a stuck compensation done by hand."""
-        self._operations.skip(self.id, node, output, by=by, reason=reason)
+        self._repairs.skip(self.id, node, output, by=by, reason=reason)
 
     def update_state(
         self, patch: dict[str, Any], *, by: str | None = None, reason: str | None = None

@@ -5,33 +5,25 @@ does not allow it.
 
 from __future__ import annotations
 
-import getpass
-import socket
-import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
-from celery_durable.engine.runtime import Runtime
+from celery_durable.engine import waits
+from celery_durable.engine.audit import Audited, Change, actor, check_fields
+from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, validate
 from celery_durable.errors import (
-    CannotSkip,
-    InvalidInput,
     InvalidTransition,
     NothingToCompensate,
+    NotWaiting,
     UnknownNode,
-    VersionConflict,
 )
 from celery_durable.persistence.records import (
-    Commit,
-    ErrorRecord,
     ExecutionRecord,
     Kind,
     error_record,
 )
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor, Handed, advance
+from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
 
@@ -39,106 +31,80 @@ S = Status
 FINAL = frozenset({S.SUCCEEDED, S.COMPENSATED, S.CANCELLED})
 
 
-def actor(by: str | None) -> str:
-    return by or f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What an operation does to the execution row, besides appending its checkpoint."""
-
-    state: dict[str, Any]
-    cursor: Cursor
-    status: Status
-    error: ErrorRecord | None
-    kind: Kind = Kind.MANUAL
-    node: str | None = None
-    visit: int | None = None
-    output: Any = None
-    meta: dict[str, Any] | None = None
-
-
-class Operations:
+class Operations(Audited):
     """The operations behind Execution's methods and the CLI."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    # -- the one way an operation commits ---------------------------------------------------
-
-    def apply(
-        self,
-        execution_id: str,
-        op: str,
-        allowed: Iterable[Status],
-        change: Callable[[ExecutionRecord], Change],
-        *,
-        by: str | None,
-        reason: str | None,
-    ) -> tuple[ExecutionRecord, Commit]:
-        allowed = frozenset(allowed)
-        store = self.runtime.store
-        for _ in range(MAX_COMMIT_TRIES):
-            record = store.get_execution(execution_id)
-            if record.status not in allowed:
-                raise InvalidTransition(execution_id, op, record.status, allowed)
-            c = change(record)
-            commit = Base.of(record).commit(
-                execution_id,
-                c.kind,
-                c.node if c.node is not None else op,
-                c.visit if c.visit is not None else record.version + 1,
-                state=c.state,
-                cursor=c.cursor,
-                status=c.status,
-                output=c.output,
-                meta={"op": op, "by": actor(by), "reason": reason, **(c.meta or {})},
-                error=c.error,
-            )
-            try:
-                store.save(commit)
-            except VersionConflict:
-                continue
-            if c.status.finished and c.status != record.status:
-                self.runtime.hooks.execution_finished(execution_id, record.graph, c.status)
-            return record, commit
-        raise VersionConflict(execution_id, -1)
-
-    def _graph(self, record: ExecutionRecord) -> GraphShape:
-        return self.runtime.graph(record.graph)
-
-    def _dispatch_frontier(self, graph: GraphShape, execution_id: str, commit: Commit) -> None:
-        base = Base.after(commit)
-        self.runtime.dispatch_all(graph.name, execution_id, base, base.cursor.frontier)
-
-    # -- operations -------------------------------------------------------------------------
 
     def pause(self, execution_id: str, *, by: str | None = None, reason: str | None = None) -> None:
         """The running node commits; nothing new is dispatched until resume()."""
         self.apply(
             execution_id,
             "pause",
-            {S.RUNNING},
+            {S.RUNNING, S.WAITING},
             lambda r: Change(r.state, Cursor.from_json(r.cursor), S.PAUSED, r.error),
             by=by,
             reason=reason,
         )
 
     def resume(
-        self, execution_id: str, *, by: str | None = None, reason: str | None = None
+        self,
+        execution_id: str,
+        update: dict[str, Any] | None = None,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> None:
-        """Dispatch what became due while paused; what was in flight then has run already."""
+        """Unpause: dispatch what became due while paused. Or approve the run's interrupt:
+        ``update`` (validated by the state model) is applied in the same audited commit."""
+        record = self.runtime.store.get_execution(execution_id)
+        patch = self._patcher(self._graph(record), update) if update else None
+        if record.status != S.PAUSED:
+            self._approve(record, patch, by, reason)
+            return
 
         def change(r: ExecutionRecord) -> Change:
             cursor = Cursor.from_json(r.cursor)
             cursor.held = []
-            return Change(r.state, cursor, _running(r), r.error)
+            state = patch(r.state) if patch else r.state
+            return Change(state, cursor, cursor.settled(), r.error, output=update)
 
         record, commit = self.apply(
             execution_id, "resume", {S.PAUSED}, change, by=by, reason=reason
         )
         held = Cursor.from_json(record.cursor).held
         self.runtime.dispatch_all(record.graph, execution_id, Base.after(commit), held)
+
+    def _approve(
+        self, record: ExecutionRecord, patch: waits.Patch | None, by: str | None, reason: str | None
+    ) -> None:
+        interrupts = [k for k, w in Base.of(record).cursor.waits.items() if w.kind == "interrupt"]
+        if record.status not in (S.WAITING, S.RUNNING):
+            raise InvalidTransition(record.id, "resume", record.status, {S.PAUSED, S.WAITING})
+        if not interrupts:
+            raise NotWaiting(record.id, "an approval (interrupt_before/after)", record.status)
+        meta = {"op": "resume", "by": actor(by), "reason": reason}
+        approved = waits.wake(
+            self.runtime,
+            record.id,
+            interrupts[0],
+            lambda r, w: {"approved": True},
+            patch=patch,
+            meta=meta,
+        )
+        if not approved:
+            raise NotWaiting(record.id, "this approval any more", record.status)
+
+    def _patcher(self, graph: GraphShape, patch: dict[str, Any]) -> waits.Patch:
+        """The state with ``patch`` applied, refused (before anything is stored) if a field is
+        unknown, the model rejects a value, or the state grows too large."""
+        check_fields(graph, patch)
+
+        def patched(state: dict[str, Any]) -> dict[str, Any]:
+            model = validate(graph.name, graph.state, apply_update(state, patch, {}))
+            dumped = model.model_dump(mode="json")
+            self.runtime.state_json(dumped)
+            return dumped
+
+        return patched
 
     def cancel(
         self, execution_id: str, *, by: str | None = None, reason: str | None = None
@@ -189,154 +155,6 @@ class Operations:
             self.runtime.visits.reset(execution_id, Kind.COMPENSATION, undo[0], undo[1])
         self.runtime.dispatch_undo(graph.name, execution_id, base)
 
-    def restart_from(
-        self, execution_id: str, seq: int, *, by: str | None = None, reason: str | None = None
-    ) -> None:
-        """Time travel: the run goes on from checkpoint ``seq``; its history stays."""
-        self.runtime.store.get_execution(execution_id)  # ExecutionNotFound before anything
-        checkpoint = self.runtime.store.load(execution_id, seq)
-
-        def change(r: ExecutionRecord) -> Change:
-            cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor.from_json(r.cursor))
-            status = S.RUNNING if cursor.frontier else S.SUCCEEDED
-            return Change(checkpoint.state, cursor, status, None, meta={"from_seq": seq})
-
-        record, commit = self.apply(
-            execution_id,
-            "restart",
-            set(S) - {S.RUNNING, S.COMPENSATING, S.PENDING},
-            change,
-            by=by,
-            reason=reason,
-        )
-        self._dispatch_frontier(self._graph(record), execution_id, commit)
-
-    def fork(
-        self,
-        execution_id: str,
-        seq: int,
-        *,
-        new_id: str | None = None,
-        by: str | None = None,
-        reason: str | None = None,
-    ) -> str:
-        """A new execution that starts from checkpoint ``seq`` of this one."""
-        record = self.runtime.store.get_execution(execution_id)
-        checkpoint = self.runtime.store.load(execution_id, seq)
-        graph = self._graph(record)
-        cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor())
-        new_id = new_id or uuid.uuid4().hex
-        meta = {
-            "op": "fork",
-            "by": actor(by),
-            "reason": reason,
-            "from": execution_id,
-            "from_seq": seq,
-        }
-        created, made = self.runtime.store.create_execution(
-            execution_id=new_id,
-            graph=graph.name,
-            fingerprint=graph.validate(),
-            state=checkpoint.state,
-            cursor=cursor.to_json(),
-            status=S.RUNNING if cursor.frontier else S.SUCCEEDED,
-            meta=meta,
-        )
-        if made:
-            base = Base(0, created.state, cursor)
-            self.runtime.dispatch_all(graph.name, new_id, base, cursor.frontier)
-        return new_id
-
-    def skip(
-        self,
-        execution_id: str,
-        node: str,
-        output: dict[str, Any] | None = None,
-        *,
-        by: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """Mark the failed node done with ``output`` (a state update), or the compensation
-        waiting for intervention done by hand."""
-        record = self.runtime.store.get_execution(execution_id)
-        graph = self._graph(record)
-        cursor = Cursor.from_json(record.cursor)
-        if record.status == S.NEEDS_INTERVENTION and cursor.undo:
-            self._skip_compensation(record, graph, node, by, reason)
-        elif record.status in (S.FAILED, S.NEEDS_INTERVENTION):
-            # A failed node, or a node a changed definition no longer has.
-            self._skip_node(record, graph, node, output or {}, by, reason)
-        else:
-            raise CannotSkip(execution_id, node, f"the run is {record.status}")
-
-    def _skip_node(
-        self,
-        record: ExecutionRecord,
-        graph: GraphShape,
-        node: str,
-        output: dict[str, Any],
-        by: str | None,
-        reason: str | None,
-    ) -> None:
-        due = [v for n, v in Cursor.from_json(record.cursor).frontier if n == node]
-        if not due:
-            raise CannotSkip(record.id, node, "it is not the node the run failed at")
-        visit = due[0]
-        _check_fields(graph, output)
-
-        def change(r: ExecutionRecord) -> Change:
-            model = validate(graph.name, graph.state, apply_update(r.state, output, {}))
-            step = advance(graph, Cursor.from_json(r.cursor), node, visit, model)
-            return Change(
-                model.model_dump(mode="json"),
-                step.cursor,
-                step.status,
-                step.error,
-                kind=Kind.NODE,
-                node=node,
-                visit=visit,
-                output=output,
-                meta={**Handed(step.ready).meta(), "skipped": True},
-            )
-
-        _, commit = self.apply(
-            record.id, "skip", {S.FAILED, S.NEEDS_INTERVENTION}, change, by=by, reason=reason
-        )
-        ready = Handed.of(commit.meta).ready
-        self.runtime.dispatch_all(graph.name, record.id, Base.after(commit), ready)
-
-    def _skip_compensation(
-        self,
-        record: ExecutionRecord,
-        graph: GraphShape,
-        node: str,
-        by: str | None,
-        reason: str | None,
-    ) -> None:
-        head, visit, seq = Cursor.from_json(record.cursor).undo[0]
-        if head != node:
-            raise CannotSkip(record.id, node, f"the compensation waiting is {head!r}'s")
-
-        def change(r: ExecutionRecord) -> Change:
-            cursor = Cursor.from_json(r.cursor)
-            cursor.undo.pop(0)
-            original = r.error.get("original") if r.error else None
-            return Change(
-                r.state,
-                cursor,
-                compensation.status_of(cursor),
-                original,
-                kind=Kind.COMPENSATION,
-                node=node,
-                visit=visit,
-                meta={"step_seq": seq, "skipped": True},
-            )
-
-        _, commit = self.apply(
-            record.id, "skip", {S.NEEDS_INTERVENTION}, change, by=by, reason=reason
-        )
-        self.runtime.dispatch_undo(graph.name, record.id, Base.after(commit))
-
     def update_state(
         self,
         execution_id: str,
@@ -346,15 +164,11 @@ class Operations:
         reason: str | None = None,
     ) -> None:
         """Patch fields of the state by hand; the patch is validated by the state model."""
-        record = self.runtime.store.get_execution(execution_id)
-        graph = self._graph(record)
-        _check_fields(graph, patch)
+        patched = self._patcher(self._graph(self.runtime.store.get_execution(execution_id)), patch)
 
         def change(r: ExecutionRecord) -> Change:
-            model = validate(graph.name, graph.state, apply_update(r.state, patch, {}))
-            state = model.model_dump(mode="json")
-            self.runtime.state_json(state)  # refuses an oversized patch before it is stored
-            return Change(state, Cursor.from_json(r.cursor), r.status, r.error, output=patch)
+            cursor = Cursor.from_json(r.cursor)
+            return Change(patched(r.state), cursor, r.status, r.error, output=patch)
 
         self.apply(execution_id, "patch", set(S) - FINAL, change, by=by, reason=reason)
 
@@ -374,8 +188,10 @@ class Operations:
             cursor = Cursor.from_json(r.cursor)
             # Steps in flight commit (and join the undo list) or fail before undoing starts;
             # steps held by a pause never start; a failed step committed nothing to undo.
-            in_flight = cursor.in_flight if r.status in (S.RUNNING, S.PAUSED) else []
-            cursor.frontier, cursor.held = in_flight, []
+            live = (S.RUNNING, S.PAUSED, S.WAITING)
+            in_flight = cursor.in_flight if r.status in live else []
+            # Waits end: nothing that waits has started, so nothing of it is undone.
+            cursor.frontier, cursor.held, cursor.waits = in_flight, [], {}
             cursor.undo = compensation.plan(graph, self.runtime.store.list(execution_id))
             keep = r.error if r.status == S.FAILED else error
             return Change(r.state, cursor, compensation.status_of(cursor), keep)
@@ -383,7 +199,7 @@ class Operations:
         _, commit = self.apply(
             execution_id,
             "compensate",
-            {S.RUNNING, S.PAUSED, S.FAILED, S.SUCCEEDED},
+            {S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.SUCCEEDED},
             change,
             by=by,
             reason=reason,
@@ -398,23 +214,4 @@ class Operations:
 
 
 def _running(record: ExecutionRecord) -> Status:
-    return S.RUNNING if Cursor.from_json(record.cursor).frontier else S.SUCCEEDED
-
-
-def _renumbered(target: Cursor, current: Cursor) -> Cursor:
-    """``target``'s position with visit numbers past every visit made so far."""
-    visits = dict(current.visits)
-    frontier = []
-    for name, _ in target.frontier:
-        visits[name] = visits.get(name, 0) + 1
-        frontier.append((name, visits[name]))
-    return Cursor(frontier=frontier, visits=visits, joins=dict(target.joins), queue=target.queue)
-
-
-def _check_fields(graph: GraphShape, patch: dict[str, Any]) -> None:
-    unknown = sorted(set(patch) - set(graph.state.model_fields))
-    if unknown:
-        raise InvalidInput(
-            graph.name,
-            f"the state model {graph.state.__name__} has no field(s) {', '.join(unknown)}",
-        )
+    return Cursor.from_json(record.cursor).settled()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+from celery_durable.engine import waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, VersionConflict
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class RecoveryReport:
     retries: int = 0
+    woken: int = 0
     redispatched: int = 0
     stranded: int = 0
     stuck: int = 0
@@ -41,15 +44,32 @@ class RecoveryReport:
         return asdict(self)
 
 
+def fire_timers(
+    runtime: Runtime, now: datetime, limit: int = 500, report: RecoveryReport | None = None
+) -> set[str]:
+    """Dispatch the retries and wake the waits whose time has come; returns their runs. Each
+    due row is claimed by one caller, however many workers fire timers at once."""
+    report = report or RecoveryReport()
+    fired: set[str] = set()
+    for due in runtime.visits.claim_due(now, limit):
+        if due.kind == Kind.WAIT:
+            node, _, slot = due.node.rpartition("@")
+            if waits.wake(
+                runtime, due.execution_id, f"{node}:{due.visit}:{slot}", waits.timer_result
+            ):
+                report.woken += 1
+                fired.add(due.execution_id)
+        elif _retry(runtime, due, now):
+            report.retries += 1
+            fired.add(due.execution_id)
+    return fired
+
+
 def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> RecoveryReport:
     """One pass; safe to run from every worker at once."""
     now = now or utcnow()
     report = RecoveryReport()
-    dispatched: set[str] = set()
-    for due in runtime.visits.claim_due(now, limit):
-        if _retry(runtime, due, now):
-            report.retries += 1
-            dispatched.add(due.execution_id)
+    dispatched = fire_timers(runtime, now, limit, report)
     cutoff = now - timedelta(seconds=runtime.settings.stale_after)
     for record in runtime.store.list_stale(cutoff, limit):
         if record.id not in dispatched:  # a retry sent just now is progress enough
@@ -64,7 +84,7 @@ def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> Re
             ", ".join(r.id for r in stuck[:5]),
             " and more" if len(stuck) > 5 else "",
         )
-    if report.retries or report.redispatched or report.stranded:
+    if report.retries or report.woken or report.redispatched or report.stranded:
         logger.info("recovery sweep: %s", report.as_dict())
     return report
 
@@ -162,7 +182,8 @@ def _strand(runtime: Runtime, record: ExecutionRecord, missing: list[str]) -> No
 
 
 class RecoveryLoop:
-    """Sweeps on worker start and every ``sweep_interval`` seconds after, in a daemon thread."""
+    """In a daemon thread of each worker: timers every ``timer_interval`` seconds (retries and
+    waits come due on time), a full sweep on start and every ``sweep_interval`` after."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -180,13 +201,21 @@ class RecoveryLoop:
         self._stop.set()
 
     def _run(self) -> None:
-        while True:
+        settings = self.runtime.settings
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            full = time.monotonic() >= next_sweep
             try:
-                sweep(self.runtime)
+                if full:
+                    sweep(self.runtime)
+                else:
+                    fire_timers(self.runtime, utcnow())
             except Exception:
-                logger.exception(
-                    "recovery sweep failed; trying again in %ss",
-                    self.runtime.settings.sweep_interval,
-                )
-            if self._stop.wait(self.runtime.settings.sweep_interval):
-                return
+                # Timers run twice a second: log a failure at the pace of full sweeps.
+                if full:
+                    logger.exception("recovery sweep failed; trying again shortly")
+                else:
+                    logger.debug("firing timers failed", exc_info=True)
+            if full:
+                next_sweep = time.monotonic() + settings.sweep_interval
+            self._stop.wait(min(settings.timer_interval, settings.sweep_interval))

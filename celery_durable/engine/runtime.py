@@ -16,11 +16,12 @@ from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.errors import StateTooLarge, UnknownGraph
 from celery_durable.hooks import Hooks
 from celery_durable.persistence import codec
+from celery_durable.persistence.events import EventLog
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Visit
 from celery_durable.saga.shape import GraphShape
+from celery_durable.saga.waits import Visit
 from celery_durable.settings import Settings
 
 
@@ -56,6 +57,7 @@ class Dispatcher(Protocol):
 class Runtime:
     store: CheckpointStore
     visits: VisitLedger
+    events: EventLog
     leases: LeaseKeeper
     dispatcher: Dispatcher
     hooks: Hooks

@@ -21,6 +21,9 @@ class Kind(StrEnum):
     COMPENSATION = "compensation"
     INTERVENTION = "intervention"
     MANUAL = "manual"
+    # A node visit began waiting (its function asked to, or an interrupt), and what woke it.
+    WAIT = "wait"
+    WAKE = "wake"
 
 
 class ErrorRecord(TypedDict):
@@ -130,3 +133,16 @@ class VisitRecord:
     lease_expires_at: datetime | None
     due_at: datetime | None
     last_error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event sent to a run, kept until a wait consumes it (consumption is recorded by the
+    wait's wake checkpoint, so it commits with the run's advance)."""
+
+    id: int
+    execution_id: str
+    name: str
+    payload: Any
+    idempotency_key: str | None
+    created_at: datetime

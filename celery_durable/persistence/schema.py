@@ -23,7 +23,12 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
+from celery_durable.constants import (
+    CHECKPOINTS_TABLE,
+    EVENTS_TABLE,
+    EXECUTIONS_TABLE,
+    NODE_VISITS_TABLE,
+)
 
 metadata = MetaData(
     naming_convention={
@@ -113,4 +118,23 @@ node_visits = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("execution_id", "kind", "node", "visit"),
     Index(None, "due_at"),
+)
+
+# Events sent to a run, in the order sent (id); one per idempotency key and run.
+events = Table(
+    EVENTS_TABLE,
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column(
+        "execution_id",
+        String(ID_LENGTH),
+        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("payload", Text, nullable=True),
+    Column("idempotency_key", String(ID_LENGTH), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("execution_id", "idempotency_key"),
+    Index(None, "execution_id", "name", "id"),
 )

@@ -36,7 +36,7 @@ from celery_durable.persistence.records import (
     as_utc,
     utcnow,
 )
-from celery_durable.persistence.schema import checkpoints, executions, node_visits
+from celery_durable.persistence.schema import checkpoints, events, executions, node_visits
 from celery_durable.status import ACTIVE, ENDS_WAIT, FINISHED, Status
 
 _ACTIVE = sorted(str(status) for status in ACTIVE)
@@ -200,8 +200,8 @@ class CheckpointStore:
             )
             if not ids:
                 return 0
-            conn.execute(delete(node_visits).where(node_visits.c.execution_id.in_(ids)))
-            conn.execute(delete(checkpoints).where(checkpoints.c.execution_id.in_(ids)))
+            for table in (node_visits, events, checkpoints):
+                conn.execute(delete(table).where(table.c.execution_id.in_(ids)))
             conn.execute(delete(executions).where(executions.c.id.in_(ids)))
         return len(ids)
 

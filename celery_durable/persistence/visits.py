@@ -1,4 +1,5 @@
-"""Node visits off the happy path: failed attempts, redeliveries, leases and due retries.
+"""Node visits off the happy path: failed attempts, redeliveries, leases, due retries and
+the timers of waits.
 
 A node that commits on its first delivery never touches this table. Everything here is an
 upsert keyed like the checkpoint it precedes, (execution, kind, node, visit).
@@ -56,6 +57,13 @@ class VisitLedger:
             },
         )
         return int(row.attempts)
+
+    def schedule(
+        self, execution_id: str, kind: str, node: str, visit: int, due_at: datetime
+    ) -> None:
+        """A timer: the recovery sweep claims the row at ``due_at`` (a sleep ends, an event
+        wait times out). Written before the wait commits, so a wait never lacks its timer."""
+        self._upsert(execution_id, kind, node, visit, increments={}, values={"due_at": due_at})
 
     def record_redelivery(self, execution_id: str, kind: str, node: str, visit: int) -> VisitRecord:
         """Count one more redelivery of this visit's message; returns the visit as it stands."""

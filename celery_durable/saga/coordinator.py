@@ -14,9 +14,9 @@ from pydantic import BaseModel
 from celery_durable.errors import UnknownNode
 from celery_durable.persistence.records import ErrorRecord, error_record
 from celery_durable.saga.shape import GraphShape
+from celery_durable.saga.waits import AFTER, BEFORE, Visit, Wait
 from celery_durable.status import Status
 
-Visit = tuple[str, int]
 # A committed step still to undo: (node, visit, seq of its checkpoint).
 Undo = tuple[str, int, int]
 
@@ -26,7 +26,8 @@ class Cursor:
     """Nodes due (with their visit numbers), visit counters, arrivals at joins, and, while a
     saga compensates, the committed steps still to undo, newest first, as (node, visit, seq).
     ``held`` are the due visits made ready while the run was paused: not dispatched yet, unlike
-    the rest of the frontier, which is in flight.
+    the rest of the frontier, which is in flight. ``waits`` are the open waits by key: their
+    visits (or, after an interrupt_after, the visits their node made ready) are not in flight.
     """
 
     frontier: list[Visit] = field(default_factory=list)
@@ -35,6 +36,7 @@ class Cursor:
     queue: str | None = None
     undo: list[Undo] = field(default_factory=list)
     held: list[Visit] = field(default_factory=list)
+    waits: dict[str, Wait] = field(default_factory=dict)
 
     @classmethod
     def start(cls, entry: str, queue: str | None = None) -> Cursor:
@@ -49,6 +51,7 @@ class Cursor:
             queue=data.get("queue"),
             undo=[(n, int(v), int(seq)) for n, v, seq in data.get("undo", [])],
             held=[(n, int(v)) for n, v in data.get("held", [])],
+            waits={k: Wait.from_json(w) for k, w in data.get("waits", {}).items()},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -63,6 +66,8 @@ class Cursor:
             data["undo"] = [list(u) for u in self.undo]
         if self.held:
             data["held"] = [list(v) for v in self.held]
+        if self.waits:
+            data["waits"] = {k: w.to_json() for k, w in self.waits.items()}
         return data
 
     def copy(self) -> Cursor:
@@ -72,8 +77,38 @@ class Cursor:
         return (node, visit) in self.frontier
 
     @property
+    def blocked(self) -> set[Visit]:
+        """Due visits that wait: not dispatched until their wait is woken or resumed."""
+        visits: set[Visit] = set()
+        for wait in self.waits.values():
+            visits.update(wait.ready if wait.slot == AFTER else [(wait.node, wait.visit)])
+        return visits
+
+    @property
     def in_flight(self) -> list[Visit]:
-        return [v for v in self.frontier if v not in self.held]
+        blocked = self.blocked
+        return [v for v in self.frontier if v not in self.held and v not in blocked]
+
+    def settled(self) -> Status:
+        """The status of a run that is neither paused nor compensating: running while a visit
+        is in flight, waiting while only waits are open, succeeded when nothing is left."""
+        if self.in_flight or self.held:
+            return Status.RUNNING
+        return Status.WAITING if self.waits or self.frontier else Status.SUCCEEDED
+
+    def wait(self, wait: Wait) -> None:
+        self.waits[wait.key] = wait
+
+    def interrupt(self, graph: GraphShape, ready: list[Visit]) -> list[Visit]:
+        """Of the visits just made ready, those whose node asks for approval first wait for
+        it; returns the ones to dispatch now."""
+        go = []
+        for name, visit in ready:
+            if graph.nodes[name].interrupt_before:
+                self.wait(Wait("interrupt", name, visit, BEFORE))
+            else:
+                go.append((name, visit))
+        return go
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +142,12 @@ def advance(graph: GraphShape, cursor: Cursor, node: str, visit: int, state: Bas
         nxt.visits[target] = count
         ready.append((target, count))
     nxt.frontier.extend(ready)
-    return Advance(nxt, ready, Status.RUNNING if nxt.frontier else Status.SUCCEEDED)
+    ready = nxt.interrupt(graph, ready)
+    if node in graph.nodes and graph.nodes[node].interrupt_after:
+        # Approval after this node: what it made ready waits for resume().
+        nxt.wait(Wait("interrupt", node, visit, AFTER, ready=tuple(ready)))
+        ready = []
+    return Advance(nxt, ready, nxt.settled())
 
 
 def successors(graph: GraphShape, node: str, state: BaseModel) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from celery_durable.errors import InvalidNodeOption
+from celery_durable.errors import EventTimeout, InvalidNodeOption
 
 
 class NonRetryable(Exception):
@@ -28,7 +28,7 @@ class RetryPolicy:
     max_delay: float = 60.0
     jitter: bool = True
     retry_on: tuple[type[BaseException], ...] = (Exception,)
-    dont_retry_on: tuple[type[BaseException], ...] = field(default=(NonRetryable,))
+    dont_retry_on: tuple[type[BaseException], ...] = field(default=(NonRetryable, EventTimeout))
 
     def __post_init__(self) -> None:
         problems = []

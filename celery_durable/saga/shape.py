@@ -18,6 +18,12 @@ class NodeShape(Protocol):
     @property
     def compensator(self) -> Callable[..., Any] | None: ...
 
+    @property
+    def interrupt_before(self) -> bool: ...
+
+    @property
+    def interrupt_after(self) -> bool: ...
+
 
 class GraphShape(Protocol):
     @property

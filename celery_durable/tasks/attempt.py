@@ -29,7 +29,7 @@ from celery_durable.persistence.records import (
 )
 from celery_durable.saga.retry import RetryPolicy
 from celery_durable.status import Status
-from celery_durable.tasks.context import Context, StepRunner
+from celery_durable.tasks.context import Context, Memo
 
 if TYPE_CHECKING:
     from celery_durable.tasks.graph import Graph
@@ -48,6 +48,14 @@ class Outcome(StrEnum):
     FAILED = "failed"
     NEEDS_INTERVENTION = "needs_intervention"
     DEFERRED = "deferred"
+    WAITING = "waiting"
+
+
+class Suspend(BaseException):
+    """The node visit waits (its wait is committed): end the attempt, ack the message.
+
+    A BaseException, like Superseded, so that a node's ``except Exception`` cannot swallow it.
+    """
 
 
 class Superseded(BaseException):
@@ -124,12 +132,12 @@ class Attempt:
             **changes,
         )
 
-    def context(self, steps: StepRunner | None) -> Context:
+    def context(self, memo: Memo | None) -> Context:
         """What the user's function sees besides the state. The idempotency key names the
         visit, not the attempt: retries and redeliveries pass the same one on."""
         suffix = ":compensate" if self.kind == Kind.COMPENSATION else ""
         return Context(
-            steps,
+            memo,
             execution_id=self.execution_id,
             node=self.name,
             visit=self.visit,

@@ -1,15 +1,26 @@
-"""What a node sees besides its state: who it is, which attempt, and durable sub-steps."""
+"""What a node sees besides its state: who it is, which attempt, durable sub-steps and
+durable waits."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from datetime import timedelta
+from typing import Any, Literal, Protocol, TypeVar
 
+from celery_durable.errors import EventTimeout
 from celery_durable.persistence import codec
 
 T = TypeVar("T")
-# The attempt's memoized sub-step: NodeRun.step.
-StepRunner = Callable[[str, Callable[..., Any], tuple[Any, ...]], Any]
+
+
+class Memo(Protocol):
+    """What the node visit records across its re-runs (``tasks.memo.VisitMemo``)."""
+
+    def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any: ...
+
+    def wait(
+        self, kind: Literal["sleep", "event"], *, seconds: float | None, event: str | None
+    ) -> dict[str, Any]: ...
 
 
 class Context:
@@ -17,7 +28,7 @@ class Context:
 
     def __init__(
         self,
-        steps: StepRunner | None,
+        memo: Memo | None,
         *,
         execution_id: str,
         node: str,
@@ -25,7 +36,7 @@ class Context:
         attempt: int,
         idempotency_key: str,
     ) -> None:
-        self._steps = steps
+        self._memo = memo
         self.execution_id = execution_id
         self.node = node
         self.visit = visit
@@ -40,13 +51,32 @@ class Context:
         committed returns its stored result instead of running: a node looping over 100 items
         killed at item 61 resumes at item 61. Names must be unique within a node.
         """
-        if self._steps is None:
+        result: T = self._recorder("ctx.step()").step(name, fn, args)
+        return result
+
+    def sleep(self, duration: float | timedelta) -> None:
+        """Wait ``duration`` without holding a worker: the run is ``waiting`` until then, and
+        the node runs again (steps and earlier waits return what they recorded)."""
+        seconds = _seconds(duration, "ctx.sleep()")
+        self._recorder("ctx.sleep()").wait("sleep", seconds=seconds, event=None)
+
+    def wait_for_event(self, name: str, timeout: float | timedelta | None = None) -> Any:
+        """The payload of the next event ``name`` sent to this run (``send_event``), waiting
+        for it without holding a worker. Events sent earlier are kept and consumed in the order
+        sent, each by one wait. Raises EventTimeout after ``timeout``, if given."""
+        seconds = None if timeout is None else _seconds(timeout, "wait_for_event(timeout=)")
+        woke = self._recorder("ctx.wait_for_event()").wait("event", seconds=seconds, event=name)
+        if woke.get("timeout"):
+            raise EventTimeout(self.node, name, seconds or 0.0)
+        return woke.get("payload")
+
+    def _recorder(self, what: str) -> Memo:
+        if self._memo is None:
             raise RuntimeError(
-                "ctx.step() memoizes sub-steps of a node; a compensation runs as one step, so "
+                f"{what} is for nodes; a compensation runs as one step and cannot wait, so "
                 "call the function directly."
             )
-        result: T = self._steps(name, fn, args)
-        return result
+        return self._memo
 
     def __repr__(self) -> str:
         return (
@@ -58,3 +88,10 @@ class Context:
 def json_roundtrip(value: T) -> T:
     """What a step returns the first time must equal what it returns on replay."""
     return codec.loads(codec.dumps(value, "A step's result"))  # type: ignore[no-any-return]
+
+
+def _seconds(duration: float | timedelta, what: str) -> float:
+    seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+    if not seconds >= 0:
+        raise ValueError(f"{what} takes seconds or a timedelta, 0 or more; got {duration!r}")
+    return seconds

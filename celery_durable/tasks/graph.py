@@ -67,6 +67,9 @@ class Node(Generic[P, R]):
         retry: RetryPolicy,
         timeout: float | None,
         queue: str | None,
+        *,
+        interrupt_before: bool = False,
+        interrupt_after: bool = False,
     ) -> None:
         self.graph = graph
         self.fn = fn
@@ -74,6 +77,9 @@ class Node(Generic[P, R]):
         self.retry = retry
         self.timeout = timeout
         self.queue = queue
+        # Human approval: the run waits before this node runs, or before what follows it.
+        self.interrupt_before = interrupt_before
+        self.interrupt_after = interrupt_after
         self.task_name = f"{graph.task_prefix}.{name}"
         self.wants_context = _arity(fn, name) == 2
         self.compensator: Callable[..., Any] | None = None
@@ -163,6 +169,8 @@ class Graph:
         queue: str | None = None,
         compensate: Callable[..., Any] | None = None,
         compensation_retry: RetryPolicy | None = None,
+        interrupt_before: bool = False,
+        interrupt_after: bool = False,
         **unknown: Any,
     ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
@@ -176,13 +184,16 @@ class Graph:
         queue: str | None = None,
         compensate: Callable[..., Any] | None = None,
         compensation_retry: RetryPolicy | None = None,
+        interrupt_before: bool = False,
+        interrupt_after: bool = False,
         **unknown: Any,
     ) -> Any:
         """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``."""
         if unknown:
             raise InvalidNodeOption(
                 f"Graph {self.name!r}: unknown node option(s) {', '.join(sorted(unknown))}; "
-                "use retry=, timeout=, queue=, compensate=, compensation_retry= or name=."
+                "use retry=, timeout=, queue=, compensate=, compensation_retry=, "
+                "interrupt_before=, interrupt_after= or name=."
             )
         for option, value in (("retry", retry), ("compensation_retry", compensation_retry)):
             if value is not None and not isinstance(value, RetryPolicy):
@@ -194,7 +205,16 @@ class Graph:
             node_name = name or func.__name__
             if node_name in self.nodes:
                 raise DuplicateNode(self.name, node_name)
-            node = Node(self, func, node_name, retry or RetryPolicy(), timeout, queue)
+            node = Node(
+                self,
+                func,
+                node_name,
+                retry or RetryPolicy(),
+                timeout,
+                queue,
+                interrupt_before=bool(interrupt_before),
+                interrupt_after=bool(interrupt_after),
+            )
             self.nodes[node_name] = node
             self._fingerprint = None
             self.owner.register(node)

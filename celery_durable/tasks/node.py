@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from celery_durable import faults
-from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, validate
 from celery_durable.errors import (
     InvalidInput,
@@ -30,15 +29,16 @@ from celery_durable.errors import (
     NodeTimeout,
     NotJSONSerializable,
     StateTooLarge,
-    VersionConflict,
 )
 from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor, Handed, Visit, advance
+from celery_durable.saga.coordinator import Cursor, Handed, advance
+from celery_durable.saga.waits import Visit
 from celery_durable.status import LIVE, Status
-from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
+from celery_durable.tasks.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.tasks.compensate import after_failure
 from celery_durable.tasks.context import Context, json_roundtrip
+from celery_durable.tasks.memo import VisitMemo
 
 if TYPE_CHECKING:
     from celery_durable.tasks.graph import Node
@@ -66,7 +66,6 @@ class NodeRun(Attempt):
     since: float = field(default_factory=time.monotonic)
     # The node to run next in the same task, set by a commit that decided to run it inline.
     successor: NodeRun | None = field(default=None, init=False)
-    _steps: dict[str, Checkpoint] | None = field(default=None, init=False)
     _read_at: int = field(default=-1, init=False)
 
     @property
@@ -83,12 +82,14 @@ class NodeRun(Attempt):
             return outcome
         self._read_at = self.base.version
         node = self.node
-        ctx = self.context(self.step)
+        ctx = self.context(VisitMemo(self))
         with self.runtime.leases.watch(self.key) as lease:
             try:
                 update = self._call(node, ctx)
             except Superseded:
                 return Outcome.DROPPED
+            except Suspend:
+                return Outcome.WAITING
             except Exception as exc:
                 return self.failed(_translate(exc, node), node.retry, isinstance(exc, PERMANENT))
         if lease.lost:
@@ -201,7 +202,7 @@ class NodeRun(Attempt):
             return cursor, Status.COMPENSATING, Handed([]), base.error
         step = advance(self.graph, base.cursor, self.name, self.visit, model)
         status = step.status
-        if base.status == Status.PAUSED and status == Status.RUNNING:
+        if base.status == Status.PAUSED and status in (Status.RUNNING, Status.WAITING):
             # Paused: what this node made ready waits for resume().
             status = Status.PAUSED
             step.cursor.held.extend(step.ready)
@@ -274,39 +275,6 @@ class NodeRun(Attempt):
         )
         self.runtime.hooks.execution_finished(self.execution_id, self.graph.name, Status.FAILED)
         return Outcome.FAILED
-
-    # -- sub-steps --------------------------------------------------------------------------
-
-    def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        """Context.step: run ``fn`` once per visit, its result a checkpoint of its own."""
-        step_node = f"{self.name}/{name}"
-        steps = self._committed_steps()
-        if step_node in steps:
-            return steps[step_node].output
-        result = json_roundtrip(fn(*args))
-        for _ in range(MAX_COMMIT_TRIES):
-            commit = self.commit(Kind.STEP, node=step_node, output=result)
-            try:
-                steps[step_node] = self.runtime.store.save(commit)
-            except VersionConflict:
-                # A sibling branch or an operator moved the run on; steps change no state,
-                # so rebase and write again (the final commit merges with what changed).
-                if (reason := self.refresh()) is not None:
-                    raise Superseded(reason) from None
-                continue
-            self.base.version = commit.seq
-            return result
-        raise VersionConflict(self.execution_id, self.base.version)
-
-    def _committed_steps(self) -> dict[str, Checkpoint]:
-        if self._steps is None:
-            prefix = f"{self.name}/"
-            self._steps = {
-                cp.node: cp
-                for cp in self.runtime.store.list(self.execution_id, kinds=[Kind.STEP])
-                if cp.visit == self.visit and cp.node.startswith(prefix)
-            }
-        return self._steps
 
 
 def _as_update(result: Any) -> dict[str, Any]:

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_migrate_creates_the_tables_then_is_a_no_op(database_url: str) -> None:
     durable = Durable(Celery("x"), database_url=database_url)
-    assert durable.migrate() == (None, "0001")
+    assert durable.migrate() == (None, "0002")
     tables = set(inspect(durable.db.engine).get_table_names())
-    assert {"durable_executions", "durable_checkpoints", "durable_node_visits"} <= tables
-    assert durable.migrate() == ("0001", "0001")
+    assert {"durable_executions", "durable_checkpoints", "durable_node_visits", "durable_events"} <= tables
+    assert durable.migrate() == ("0002", "0002")
     assert set(inspect(durable.db.engine).get_table_names()) == tables
     durable.db.dispose()
 
@@ -28,6 +28,6 @@ def test_the_script_migrates_a_database_url(database_url: str) -> None:
     command = [sys.executable, "-m", "celery_durable.cli", "migrate", "--database-url"]
     first = subprocess.run([*command, database_url], capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr
-    assert "schema migrated from empty to 0001" in first.stdout
+    assert "schema migrated from empty to 0002" in first.stdout
     again = subprocess.run([*command, database_url], capture_output=True, text=True, cwd=ROOT)
-    assert "schema already at revision 0001" in again.stdout
+    assert "schema already at revision 0002" in again.stdout

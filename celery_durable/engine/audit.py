@@ -1,0 +1,103 @@
+"""The one way a control operation commits, shared by ``operations`` and ``repairs``."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.runtime import Runtime
+from celery_durable.errors import InvalidInput, InvalidTransition, VersionConflict
+from celery_durable.persistence.records import Commit, ErrorRecord, ExecutionRecord, Kind
+from celery_durable.saga.coordinator import Cursor
+from celery_durable.saga.shape import GraphShape
+from celery_durable.status import Status
+
+
+def actor(by: str | None) -> str:
+    return by or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an operation does to the execution row, besides appending its checkpoint."""
+
+    state: dict[str, Any]
+    cursor: Cursor
+    status: Status
+    error: ErrorRecord | None
+    kind: Kind = Kind.MANUAL
+    node: str | None = None
+    visit: int | None = None
+    output: Any = None
+    meta: dict[str, Any] | None = None
+
+
+class Audited:
+    """The one way an operation commits: a version-checked checkpoint that says who did
+    what and why, refused (changing nothing) when the status does not allow it."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- the one way an operation commits ---------------------------------------------------
+
+    def apply(
+        self,
+        execution_id: str,
+        op: str,
+        allowed: Iterable[Status],
+        change: Callable[[ExecutionRecord], Change],
+        *,
+        by: str | None,
+        reason: str | None,
+    ) -> tuple[ExecutionRecord, Commit]:
+        allowed = frozenset(allowed)
+        store = self.runtime.store
+        for _ in range(MAX_COMMIT_TRIES):
+            record = store.get_execution(execution_id)
+            if record.status not in allowed:
+                raise InvalidTransition(execution_id, op, record.status, allowed)
+            c = change(record)
+            commit = Base.of(record).commit(
+                execution_id,
+                c.kind,
+                c.node if c.node is not None else op,
+                c.visit if c.visit is not None else record.version + 1,
+                state=c.state,
+                cursor=c.cursor,
+                status=c.status,
+                output=c.output,
+                meta={"op": op, "by": actor(by), "reason": reason, **(c.meta or {})},
+                error=c.error,
+            )
+            try:
+                store.save(commit)
+            except VersionConflict:
+                continue
+            if c.status.finished and c.status != record.status:
+                self.runtime.hooks.execution_finished(execution_id, record.graph, c.status)
+            return record, commit
+        raise VersionConflict(execution_id, -1)
+
+    def _graph(self, record: ExecutionRecord) -> GraphShape:
+        return self.runtime.graph(record.graph)
+
+    def _dispatch_frontier(self, graph: GraphShape, execution_id: str, commit: Commit) -> None:
+        """Dispatch what the commit left in flight (not what waits, or is held by a pause)."""
+        base = Base.after(commit)
+        self.runtime.dispatch_all(graph.name, execution_id, base, base.cursor.in_flight)
+
+    # -- operations -------------------------------------------------------------------------
+
+
+def check_fields(graph: GraphShape, patch: dict[str, Any]) -> None:
+    unknown = sorted(set(patch) - set(graph.state.model_fields))
+    if unknown:
+        raise InvalidInput(
+            graph.name,
+            f"the state model {graph.state.__name__} has no field(s) {', '.join(unknown)}",
+        )

@@ -1,0 +1,132 @@
+"""What a node visit remembers across its re-runs: sub-steps and waits, each a checkpoint.
+
+A node runs again after a retry, a crash, or a wait that ended; code outside ``ctx.step`` runs
+again, and each step and wait, asked for in the same order, returns what it recorded. A wait
+that has not ended commits a ``wait`` checkpoint (the run is ``waiting`` if nothing else is in
+flight) and ends the attempt: the message is acked and no worker holds it. What wakes it
+(``engine.waits``) dispatches the visit again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery_durable.engine import waits
+from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.errors import VersionConflict
+from celery_durable.persistence.records import Checkpoint, Commit, Kind
+from celery_durable.saga.retry import NonRetryable
+from celery_durable.saga.waits import Wait, WaitKind
+from celery_durable.status import Status
+from celery_durable.tasks.attempt import Attempt, Superseded, Suspend
+from celery_durable.tasks.context import json_roundtrip
+
+
+class VisitMemo:
+    """The steps and waits one node visit recorded, read once per attempt."""
+
+    def __init__(self, run: Attempt) -> None:
+        self.run = run
+        self._slots = 0
+        self._recorded: dict[tuple[Kind, str], Checkpoint] | None = None
+
+    @property
+    def recorded(self) -> dict[tuple[Kind, str], Checkpoint]:
+        """Read on the first step or wait: a node that has neither reads nothing."""
+        if self._recorded is None:
+            run, prefixes = self.run, (f"{self.run.name}/", f"{self.run.name}@")
+            self._recorded = {
+                (cp.kind, cp.node): cp
+                for cp in run.runtime.store.list(
+                    run.execution_id, kinds=[Kind.STEP, Kind.WAIT, Kind.WAKE]
+                )
+                if cp.visit == run.visit and cp.node.startswith(prefixes)
+            }
+        return self._recorded
+
+    def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """Run ``fn`` once per visit, its result a checkpoint of its own."""
+        node = f"{self.run.name}/{name}"
+        if (done := self.recorded.get((Kind.STEP, node))) is not None:
+            return done.output
+        result = json_roundtrip(fn(*args))
+        self._commit(lambda: self.run.commit(Kind.STEP, node=node, output=result))
+        return result
+
+    def wait(self, kind: WaitKind, *, seconds: float | None, event: str | None) -> dict[str, Any]:
+        """What ended the visit's next wait; suspends the attempt if it has not ended."""
+        run = self.run
+        if run.base.status == Status.COMPENSATING:
+            raise NonRetryable(f"node {run.name!r} cannot wait while its saga is compensating")
+        slot = str(self._slots)
+        self._slots += 1
+        until = None if seconds is None else time.time() + seconds
+        wait = Wait(kind, run.name, run.visit, slot, until=until, event=event)
+        if (woke := self.recorded.get((Kind.WAKE, wait.checkpoint_node))) is not None:
+            return dict(woke.output)
+        started = self.recorded.get((Kind.WAIT, wait.checkpoint_node))
+        if started is not None:
+            wait = Wait.from_json(started.output)
+        if (now := self._ended(wait)) is not None:
+            self._commit(lambda: run.commit(Kind.WAKE, node=wait.checkpoint_node, output=now))
+            return now
+        if started is None:
+            self._begin(wait)
+        raise Suspend(wait.key)
+
+    def _ended(self, wait: Wait) -> dict[str, Any] | None:
+        """Whether the wait is over already: a sleep past its end, an event already sent."""
+        if wait.kind == "sleep" and wait.until is not None and wait.until <= time.time():
+            return {"due": wait.until, "timeout": False}
+        if wait.kind == "event":
+            assert wait.event is not None
+            found = waits.next_event(self.run.runtime, self.run.execution_id, wait.event)
+            if found is not None:
+                return {"event": found.id, "payload": found.payload}
+        return None
+
+    def _begin(self, wait: Wait) -> None:
+        """Commit the wait; its timer row goes first, so no committed wait lacks one."""
+        run = self.run
+        due = waits.due_at(wait)
+        if due is not None:
+            run.runtime.visits.schedule(
+                run.execution_id, Kind.WAIT, wait.checkpoint_node, run.visit, due
+            )
+
+        def build() -> Commit:
+            cursor = run.base.cursor.copy()
+            cursor.wait(wait)
+            paused = run.base.status == Status.PAUSED
+            status = Status.PAUSED if paused else cursor.settled()
+            return run.commit(
+                Kind.WAIT,
+                node=wait.checkpoint_node,
+                cursor=cursor,
+                status=status,
+                output=wait.to_json(),
+            )
+
+        self._commit(build)
+        if wait.kind == "event":
+            # An event sent while this wait was being committed found no wait to wake.
+            waits.wake_event_waits(run.runtime, run.execution_id)
+
+    def _commit(self, build: Callable[[], Commit]) -> Checkpoint:
+        """A commit in the middle of the node: rebase on whatever moved the run meanwhile
+        (a sibling branch, an operator) and build it again."""
+        run = self.run
+        for _ in range(MAX_COMMIT_TRIES):
+            commit = build()
+            try:
+                checkpoint = run.runtime.store.save(commit)
+            except VersionConflict:
+                if (reason := run.refresh()) is not None:
+                    raise Superseded(reason) from None
+                continue
+            run.base = Base.after(commit)
+            self.recorded[(commit.kind, commit.node)] = checkpoint
+            return checkpoint
+        raise VersionConflict(run.execution_id, run.base.version)
