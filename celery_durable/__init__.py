@@ -12,12 +12,14 @@ from celery_durable.errors import (
     CheckpointCorrupted,
     Compensated,
     DurableError,
+    EventTimeout,
     ExecutionCancelled,
     ExecutionFailed,
     ExecutionNotFound,
     InvalidInput,
     InvalidTransition,
     NeedsIntervention,
+    NotWaiting,
     WaitTimeout,
 )
 from celery_durable.hooks import Hooks
@@ -61,4 +63,6 @@ __all__ = [
     "InvalidTransition",
     "WaitTimeout",
     "CheckpointCorrupted",
+    "EventTimeout",
+    "NotWaiting",
 ]

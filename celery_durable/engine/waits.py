@@ -59,7 +59,9 @@ def wake(
             return False
         cursor = base.cursor.copy()
         del cursor.waits[key]
-        woken = list(wait.ready) if wait.slot == AFTER else [(wait.node, wait.visit)]
+        woken = [(wait.node, wait.visit)]
+        if wait.slot == AFTER:
+            woken = cursor.interrupt(runtime.graph(record.graph), list(wait.ready))
         if record.status == Status.PAUSED:
             cursor.held.extend(woken)
         commit = base.commit(

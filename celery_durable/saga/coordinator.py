@@ -142,11 +142,12 @@ def advance(graph: GraphShape, cursor: Cursor, node: str, visit: int, state: Bas
         nxt.visits[target] = count
         ready.append((target, count))
     nxt.frontier.extend(ready)
-    ready = nxt.interrupt(graph, ready)
     if node in graph.nodes and graph.nodes[node].interrupt_after:
-        # Approval after this node: what it made ready waits for resume().
+        # Approval after this node: what it made ready waits for resume() (and then, for a
+        # node that wants approval before it too, for that).
         nxt.wait(Wait("interrupt", node, visit, AFTER, ready=tuple(ready)))
         ready = []
+    ready = nxt.interrupt(graph, ready)
     return Advance(nxt, ready, nxt.settled())
 
 

@@ -55,6 +55,8 @@ def test_public_api_is_pinned() -> None:
         "InvalidTransition",
         "WaitTimeout",
         "CheckpointCorrupted",
+        "EventTimeout",
+        "NotWaiting",
     ]
     for name in celery_durable.__all__:
         assert getattr(celery_durable, name).__doc__ or name == "intervention_required", name

@@ -18,7 +18,12 @@ def test_migrate_creates_the_tables_then_is_a_no_op(database_url: str) -> None:
     durable = Durable(Celery("x"), database_url=database_url)
     assert durable.migrate() == (None, "0002")
     tables = set(inspect(durable.db.engine).get_table_names())
-    assert {"durable_executions", "durable_checkpoints", "durable_node_visits", "durable_events"} <= tables
+    assert {
+        "durable_executions",
+        "durable_checkpoints",
+        "durable_node_visits",
+        "durable_events",
+    } <= tables
     assert durable.migrate() == ("0002", "0002")
     assert set(inspect(durable.db.engine).get_table_names()) == tables
     durable.db.dispose()
