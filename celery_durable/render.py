@@ -22,6 +22,7 @@ MARKS = {
     "due": "▶",
     "failed": "✗",
     "undone": "↺",
+    "waiting": "◷",
     "skipped": "»",
     "pending": "·",
 }
@@ -69,10 +70,23 @@ def executions(records: Iterable[ExecutionRecord]) -> str:
 
 def _at(record: ExecutionRecord) -> str:
     frontier = record.cursor.get("frontier", [])
+    if record.status == Status.WAITING:
+        return "; ".join(waiting(w) for w in record.cursor.get("waits", {}).values())
     if frontier:
         return ",".join(name for name, _ in frontier)
     undo = record.cursor.get("undo", [])
     return f"undo {undo[0][0]}" if undo else "-"
+
+
+def waiting(wait: dict[str, Any]) -> str:
+    """``event paid at collect``, ``sleep until 12:00:05 at ship``, ``approval before charge``."""
+    if wait["kind"] == "interrupt":
+        return f"approval {wait['slot']} {wait['node']}"
+    what = f"event {wait['event']}" if wait["kind"] == "event" else wait["kind"]
+    if wait.get("until") is not None:
+        until = datetime.fromtimestamp(wait["until"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        what += f" until {until}"
+    return f"{what} at {wait['node']}"
 
 
 def history(checkpoints: Iterable[Checkpoint]) -> str:
@@ -112,6 +126,8 @@ def node_states(record: ExecutionRecord, checkpoints: Iterable[Checkpoint]) -> d
         if record.status in (Status.FAILED,) and states.get(name) == "failed":
             continue
         states[name] = "due"
+    for wait in record.cursor.get("waits", {}).values():
+        states[wait["node"]] = "waiting"
     return states
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from celery_durable import Durable, Graph
+from celery_durable import Context, Durable, Graph
 from celery_durable.testing import embedded_app
 
 
@@ -33,6 +33,29 @@ def define(durable: Durable) -> Graph:
     return tickets
 
 
+class Approval(BaseModel):
+    title: str
+    approved: bool = False
+    note: str = ""
+
+
+def define_approvals(durable: Durable) -> Graph:
+    approvals = durable.graph("approvals", state=Approval)
+
+    @approvals.node(interrupt_before=True)
+    def review(approval: Approval) -> dict[str, object]:
+        return {}
+
+    @approvals.node
+    def annotate(approval: Approval, ctx: Context) -> dict[str, object]:
+        return {"note": ctx.wait_for_event("note")}
+
+    approvals.entry(review)
+    approvals.edge(review, annotate)
+    return approvals
+
+
 app = embedded_app("cli")
 durable = Durable(app)
 tickets = define(durable)
+approvals = define_approvals(durable)

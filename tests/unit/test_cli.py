@@ -12,6 +12,7 @@ import pytest
 
 from celery_durable import Durable, Graph, Status
 from tests.unit import cli_app
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,3 +108,32 @@ def test_script_runs_read_only_commands_without_an_app(tickets: Graph, sqlite_ur
     )
     assert result.returncode == 0, result.stderr
     assert "t-9" in result.stdout
+
+
+def test_waiting_runs_are_listed_approved_and_sent_events(
+    durable: Durable, worker, sqlite_url: str
+) -> None:
+    approvals = cli_app.define_approvals(durable)
+    run = approvals.apply_async(kwargs={"title": "refund"}, execution_id="a-1")
+    assert run.status == Status.WAITING  # review asks for approval before it runs
+
+    listed = celery(sqlite_url, "ls", "--status", "waiting")
+    assert "a-1" in listed.stdout and "approval before review" in listed.stdout, listed.stdout
+    refused = celery(sqlite_url, "resume", run.id, "--update", '{"approved": "maybe"}')
+    assert refused.returncode == 1 and "approved" in refused.stderr
+    assert run.status == Status.WAITING
+
+    approved = celery(sqlite_url, "resume", run.id, "--update", '{"approved": true}', "--by", "ops")
+    assert approved.returncode == 0, approved.stderr
+    assert run.state.approved is True and run.history()[-1].meta["by"] == "ops"
+
+    second = approvals.apply_async(kwargs={"title": "refund"}, execution_id="a-2")
+    with worker():
+        second.resume(update={"approved": True})
+        wait_for(lambda: second.waiting_on and second.waiting_on["kind"] == "event", 5.0)
+    sent = celery(sqlite_url, "send-event", second.id, "note", "--data", '"fine"', "--key", "k")
+    assert sent.returncode == 0, sent.stderr
+    woke = [cp for cp in second.history() if cp.kind == "wake" and cp.node == "annotate@0"]
+    assert woke[0].output["payload"] == "fine"
+    again = celery(sqlite_url, "send-event", second.id, "note", "--data", "not json")
+    assert again.returncode == 2 and "not JSON" in again.stderr

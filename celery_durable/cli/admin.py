@@ -1,0 +1,92 @@
+"""Keeping the database: prune, recover, migrate, and serving metrics."""
+
+from __future__ import annotations
+
+import click
+
+from celery_durable.cli.common import Obj, emit, json_option, parse_age
+
+
+@click.command("prune")
+@click.option("--older-than", default=None, help="One age for every finished status: 7d.")
+@click.option("--succeeded", default=None, help="Age for succeeded runs (default 7d).")
+@click.option("--failed", default=None, help="Age for failed/compensated/cancelled (30d).")
+@click.option("--batch", default=500, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Count, do not delete.")
+@json_option
+@click.pass_obj
+def prune(
+    obj: Obj,
+    older_than: str | None,
+    succeeded: str | None,
+    failed: str | None,
+    batch: int,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove finished runs past retention; never running or stuck ones."""
+    report = obj.durable.prune(
+        parse_age(older_than) if older_than else None,
+        succeeded=parse_age(succeeded) if succeeded else None,
+        failed=parse_age(failed) if failed else None,
+        batch=batch,
+        dry_run=dry_run,
+    )
+    verb = "would remove" if dry_run else "removed"
+    emit(
+        report.removed,
+        as_json,
+        lambda: (
+            f"{verb} {report.total} executions: "
+            + ", ".join(f"{k} {v}" for k, v in report.removed.items())
+        ),
+    )
+
+
+@click.command("recover")
+@json_option
+@click.pass_obj
+def recover(obj: Obj, as_json: bool) -> None:
+    """Run one recovery sweep now: due retries, stale runs, stranded runs."""
+    report = obj.durable.recover().as_dict()
+    emit(report, as_json, lambda: ", ".join(f"{k} {v}" for k, v in report.items()))
+
+
+@click.command("migrate")
+@click.option("--database-url", default=None, help="Default: the app's, or the env var.")
+@click.pass_obj
+def migrate(obj: Obj, database_url: str | None) -> None:
+    """Create or upgrade the schema; running it again changes nothing."""
+    if database_url:
+        obj.database_url, obj.app = database_url, None
+    before, after = obj.durable.migrate()
+    if before == after:
+        click.echo(f"schema already at revision {after}")
+    else:
+        click.echo(f"schema migrated from {before or 'empty'} to {after}")
+
+
+@click.command("metrics")
+@click.option("--port", type=int, default=9808, show_default=True, help="Port of /metrics.")
+@click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--stuck-after",
+    type=float,
+    default=None,
+    help="Seconds without a commit that count as stuck. Default: the stuck_after setting.",
+)
+@click.option(
+    "--multiprocess-dir",
+    default=None,
+    help="The workers' Prometheus multiprocess files. Default: CELERY_DURABLE_METRICS_DIR, "
+    "then PROMETHEUS_MULTIPROC_DIR.",
+)
+@click.pass_obj
+def metrics(
+    obj: Obj, port: int, addr: str, stuck_after: float | None, multiprocess_dir: str | None
+) -> None:
+    """Serve Prometheus metrics (database gauges, workers' counters) until stopped."""
+    from celery_durable.metrics import run_metrics
+
+    click.echo(f"celery-durable metrics on http://{addr}:{port}/metrics")
+    run_metrics(obj.durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess_dir)

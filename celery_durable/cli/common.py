@@ -1,0 +1,90 @@
+"""What every command shares: the app and its Durable, ages, JSON arguments and output."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+from celery import Celery
+
+from celery_durable import Durable, Execution
+from celery_durable.constants import DATABASE_URL_ENV
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class Obj:
+    """What every command gets: the app (from -A/--app) and, lazily, its Durable."""
+
+    def __init__(self, app: Celery | None, database_url: str | None = None) -> None:
+        self.app = app
+        self.database_url = database_url
+        self._durable: Durable | None = None
+
+    @property
+    def durable(self) -> Durable:
+        if self._durable is None:
+            if self.app is not None:
+                self._durable = Durable.of(self.app)
+            elif self.database_url or env_url():
+                self._durable = Durable(Celery("celery-durable-cli"), self.database_url)
+            else:
+                raise click.UsageError(
+                    "Say which app: celery -A proj durable ..., or celery-durable --app proj "
+                    "(or --database-url for read-only commands)."
+                )
+        return self._durable
+
+
+def env_url() -> str | None:
+    return os.environ.get(DATABASE_URL_ENV)
+
+
+def parse_age(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``."""
+    try:
+        return timedelta(seconds=float(text[:-1]) * DURATION_UNITS[text[-1]])
+    except (KeyError, ValueError, IndexError):
+        raise click.BadParameter(
+            f"{text!r}: use a number and a unit, like 90s, 15m, 2h, 7d"
+        ) from None
+
+
+def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, default=jsonable, indent=2, sort_keys=True))
+    else:
+        click.echo(human())
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def record_json(execution: Execution) -> dict[str, Any]:
+    return {**asdict(execution.record), "status": str(execution.record.status)}
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+by_option = click.option("--by", default=None, help="Who does this (default: user@host).")
+reason_option = click.option("--reason", default=None, help="Why: kept in the audit checkpoint.")
+
+
+def json_arg(text: str, *, any_json: bool = False) -> Any:
+    """A JSON argument: an object, unless ``any_json`` (an event payload may be anything)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+    if not any_json and not isinstance(value, dict):
+        raise click.BadParameter("expected a JSON object, like '{\"field\": 1}'")
+    return value

@@ -1,0 +1,97 @@
+"""Looking at runs: ls, show, history, progress."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import click
+
+from celery_durable import render
+from celery_durable.cli.common import Obj, emit, json_option, parse_age, record_json
+
+
+@click.command("ls")
+@click.option("--status", multiple=True, help="Filter by status (repeatable).")
+@click.option("--graph", default=None, help="Filter by graph name.")
+@click.option("--since", default=None, help="Started within this age: 15m, 2h, 7d.")
+@click.option("--stuck", is_flag=True, help="Only runs with no progress past stuck_after.")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+@click.pass_obj
+def ls(
+    obj: Obj,
+    status: tuple[str, ...],
+    graph: str | None,
+    since: str | None,
+    stuck: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List executions, newest first."""
+    durable = obj.durable
+    if stuck:
+        runs = durable.stuck()[:limit]
+    else:
+        after = datetime.now(UTC) - parse_age(since) if since else None
+        runs = durable.list(status=list(status) or None, graph=graph, since=after, limit=limit)
+    records = [run.record for run in runs]
+    emit([record_json(r) for r in runs], as_json, lambda: render.executions(records))
+
+
+@click.command("show")
+@click.argument("execution_id")
+@json_option
+@click.pass_obj
+def show(obj: Obj, execution_id: str, as_json: bool) -> None:
+    """One execution: status, state, error, and its graph with each node's status."""
+    durable = obj.durable
+    execution = durable.get(execution_id)
+    record = execution.record
+    checkpoints = execution.history()
+    states = render.node_states(record, checkpoints)
+
+    def human() -> str:
+        lines = [
+            f"{record.id}  graph={record.graph}  status={record.status}  version={record.version}",
+            f"state: {json.dumps(record.state, sort_keys=True)}",
+        ]
+        if record.error:
+            lines.append(f"error: {record.error.get('type')}: {record.error.get('message')}")
+        graph = durable.graphs.get(record.graph)
+        if graph is not None:
+            lines.append(render.graph(graph, states))
+        else:
+            lines.append(
+                "  (graph not loaded in this process; node states: "
+                f"{json.dumps(states, sort_keys=True)})"
+            )
+        return "\n".join(lines)
+
+    emit({**record_json(execution), "nodes": states}, as_json, human)
+
+
+@click.command("history")
+@click.argument("execution_id")
+@json_option
+@click.pass_obj
+def history(obj: Obj, execution_id: str, as_json: bool) -> None:
+    """Every checkpoint of an execution, oldest first."""
+    checkpoints = obj.durable.get(execution_id).history()
+    emit([asdict(c) for c in checkpoints], as_json, lambda: render.history(checkpoints))
+
+
+@click.command("progress")
+@click.argument("execution_id")
+@click.option("--follow/--no-follow", default=True, help="Redraw until the run ends.")
+@json_option
+@click.pass_obj
+def progress(obj: Obj, execution_id: str, follow: bool, as_json: bool) -> None:
+    """A live progress bar: done/total nodes, current node, percent, ETA."""
+    execution = obj.durable.get(execution_id)
+    if as_json or not follow:
+        p = execution.progress()
+        emit({**asdict(p), "status": str(p.status)}, as_json, lambda: render.bar(p))
+        return
+    render.follow_progress(execution)
