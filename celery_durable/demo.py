@@ -47,8 +47,9 @@ def run(database_url: str | None = None) -> None:
     durable = Durable(embedded_app("demo"), database_url=database_url)
     durable.migrate()
     fulfilment, orders = shop.define(durable)  # type: ignore[attr-defined]
+    returns = shop.define_returns(durable)  # type: ignore[attr-defined]
     click.echo(f"celery-durable demo: SQLite at {database_url}, in-process broker and worker\n")
-    with in_process_worker(durable):
+    with in_process_worker(durable, timers=True):
         click.echo("1. Fulfilment graph: fan-out and join, a branch, a retried carrier call")
         run1 = fulfilment.delay(order_id="o-1001", amount=250)
         render.follow_progress(run1)
@@ -81,6 +82,18 @@ def run(database_url: str | None = None) -> None:
         with contextlib.suppress(Compensated):
             run3.wait(timeout=60)
         click.echo(render.history(run3.history()))
+
+        click.echo("\n5. A return: inspection is a durable sleep, the refund waits for approval")
+        run4 = returns.delay(order_id="o-1003", amount=120)
+        for kind in ("sleep", "interrupt"):
+            while not (run4.waiting_on and run4.waiting_on["kind"] == kind):
+                time.sleep(0.05)
+            click.echo(f"   {run4.status}: {run4.waiting_on} (no worker is held)")
+        run4.resume(update={"approved": True}, by="support@shop", reason="parcel intact")
+        click.echo(
+            f"   approved by support@shop; final state: {run4.wait(timeout=60).model_dump()}"
+        )
+        click.echo(render.history(run4.history()))
     click.echo(
         f"\ndemo finished in {time.monotonic() - started:.1f}s; "
         f"inspect it: celery-durable --database-url {database_url} ls"

@@ -12,6 +12,8 @@ import signal
 
 ENV = "CELERY_DURABLE_FAULT"
 AFTER_COMMIT = "after_commit"
+# A wait of <node> was woken (its wake checkpoint committed), before its visit is dispatched.
+AFTER_WAKE = "after_wake"
 
 
 def hit(point: str, node: str) -> None:

@@ -29,7 +29,7 @@ from celery.worker import state as worker_state
 
 from celery_durable.constants import RECOVERY_TASK
 from celery_durable.durable import Durable
-from celery_durable.engine.recovery import RecoveryReport
+from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport
 
 POLLING_INTERVAL = 0.01
 SHUTDOWN_TIMEOUT = 10.0
@@ -49,11 +49,18 @@ def embedded_app(name: str = "durable-embedded") -> Celery:
 
 @contextmanager
 def in_process_worker(
-    durable: Durable, *, pool: str = "solo", concurrency: int = 1, **options: Any
+    durable: Durable,
+    *,
+    pool: str = "solo",
+    concurrency: int = 1,
+    timers: bool = False,
+    **options: Any,
 ) -> Iterator[WorkController]:
     """Run a worker for ``durable``'s app in a thread of this process until the block ends.
 
     Define every graph before entering: a worker knows the tasks registered when it starts.
+    With ``timers``, it also fires timers and sweeps as a real worker does (sleeps end on their
+    own); without, tests decide when time passes (``fast_forward``, ``durable.recover()``).
     """
     app = durable.app
     setup_app_for_worker(app, "WARNING", None)
@@ -72,9 +79,13 @@ def in_process_worker(
     thread = threading.Thread(target=worker.start, name="durable-worker", daemon=True)
     thread.start()
     worker.ensure_started()
+    sweeper = RecoveryLoop(durable.runtime)
+    if timers:
+        sweeper.start()
     try:
         yield worker
     finally:
+        sweeper.stop()
         worker_state.should_terminate = 0
         # The consumer polls the in-memory queue for up to 2 s, twice, around its look at the
         # stop flag; a message ends each poll at once. The recovery task is harmless to run.

@@ -54,6 +54,16 @@ class CardDeclined(NonRetryable):
     """The card issuer said no: retrying will not change its mind."""
 
 
+class Return(BaseModel):
+    order_id: str
+    amount: int = Field(gt=0)
+    inspected: bool = False
+    approved: bool = False
+    refunded: int = 0
+
+
+# How long the returned parcel takes to inspect: a durable sleep, no worker held meanwhile.
+INSPECTION_SECONDS = float(os.environ.get("SHOP_INSPECTION_SECONDS", "2"))
 CARRIER = RetryPolicy(max_attempts=4, initial_delay=0.2, backoff=2, max_delay=2)
 
 
@@ -110,6 +120,25 @@ def define_fulfilment(durable: Durable) -> Graph:
     return fulfilment
 
 
+def define_returns(durable: Durable) -> Graph:
+    """A return: the parcel is inspected (a durable sleep), then someone approves the refund
+    (the run waits before ``refund`` until ``resume(update={"approved": True})``)."""
+    returns = durable.graph("returns", state=Return)
+
+    @returns.node
+    def inspect(ret: Return, ctx: Context) -> dict[str, object]:
+        ctx.sleep(INSPECTION_SECONDS)
+        return {"inspected": True}
+
+    @returns.node(interrupt_before=True)
+    def refund(ret: Return) -> dict[str, object]:
+        return {"refunded": ret.amount if ret.approved else 0}
+
+    returns.entry(inspect)
+    returns.edge(inspect, refund)
+    return returns
+
+
 def define_orders(durable: Durable) -> Saga:
     orders = durable.saga("order", state=Order)
 
@@ -153,6 +182,7 @@ app.conf.task_default_queue = os.environ.get("SHOP_QUEUE", "celery")
 durable = Durable(app)
 instrument(durable)
 fulfilment, orders = define(durable)
+returns = define_returns(durable)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from celery_durable import faults
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import (
@@ -81,6 +82,7 @@ def wake(
             continue
         except DuplicateCheckpoint:
             return False
+        faults.hit(faults.AFTER_WAKE, wait.node)
         if record.status != Status.PAUSED:
             runtime.dispatch_all(record.graph, execution_id, Base.after(commit), woken)
         if commit.status.finished:

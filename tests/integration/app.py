@@ -79,6 +79,17 @@ class Poison(BaseModel):
     ran: bool = False
 
 
+class Errand(BaseModel):
+    """Every kind of wait: a step, a sleep, an event with a timeout, an approval."""
+
+    sleep: float = 1.0
+    label: str = ""
+    paid: int = 0
+    approved: bool = False
+    woke: float = 0.0
+    shipped: bool = False
+
+
 class Trip(BaseModel):
     """A saga's state: the input says which step fails, what is flaky, slow or blocked."""
 
@@ -103,6 +114,8 @@ class DurableApp:
     chain: Graph
     items: Graph
     poison: Graph
+    errand: Graph
+    nap: Graph
     trip: Saga
     order: Saga
     hold: Saga
@@ -126,6 +139,8 @@ def build() -> DurableApp:
         chain=_chain(durable),
         items=_items(durable),
         poison=_poison(durable),
+        errand=_errand(durable),
+        nap=_nap(durable),
         trip=_saga(durable, "trip", TRIP_STEPS, TRIP_STEPS, TRIP_RETRY, TRIP_COMPENSATION_RETRY),
         order=_saga(
             durable, "order", ORDER_STEPS, ORDER_COMPENSATED, ORDER_RETRY, ORDER_COMPENSATION_RETRY
@@ -182,6 +197,47 @@ def _items(durable: Durable) -> Graph:
 
     items.entry(loop)
     return items
+
+
+def _errand(durable: Durable) -> Graph:
+    """prepare (a step, a sleep, an event) -> ship (waits for approval before it runs).
+    Ledger lines: ``<execution> label made``, ``<execution> prepare|ship start <pid>``."""
+    errand = durable.graph("errand", state=Errand)
+
+    @errand.node
+    def prepare(state: Errand, ctx: Context) -> dict[str, object]:
+        ledger(ctx.execution_id, "prepare", "start", os.getpid())
+
+        def make_label() -> str:
+            ledger(ctx.execution_id, "label", "made")
+            return f"L-{ctx.execution_id[:8]}"
+
+        label = ctx.step("label", make_label)
+        ctx.sleep(state.sleep)
+        paid = ctx.wait_for_event("paid", timeout=300)
+        return {"label": label, "paid": paid["amount"]}
+
+    @errand.node(interrupt_before=True)
+    def ship(state: Errand, ctx: Context) -> dict[str, object]:
+        ledger(ctx.execution_id, "ship", "start", os.getpid())
+        return {"shipped": state.approved}
+
+    errand.entry(prepare)
+    errand.edge(prepare, ship)
+    return errand
+
+
+def _nap(durable: Durable) -> Graph:
+    """One node that sleeps, then says when it woke: what the sleep tests count."""
+    nap = durable.graph("nap", state=Errand)
+
+    @nap.node
+    def doze(state: Errand, ctx: Context) -> dict[str, float]:
+        ctx.sleep(state.sleep)
+        return {"woke": time.time()}
+
+    nap.entry(doze)
+    return nap
 
 
 def _poison(durable: Durable) -> Graph:

@@ -1,0 +1,68 @@
+"""Durable waits on real RabbitMQ + PostgreSQL + worker subprocesses: a waiting run holds no
+worker, survives SIGKILL while it waits and just after it wakes, and commits nothing twice."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from celery_durable import Status
+from tests.integration.app import DurableApp
+from tests.integration.harness import Workers, assert_one_checkpoint_per_visit, ledger_lines
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def lines(ledger: Path, execution_id: str, *what: str) -> list[list[str]]:
+    return [
+        ln
+        for ln in ledger_lines(ledger)
+        if ln[0] == execution_id and ln[1 : 1 + len(what)] == list(what)
+    ]
+
+
+def test_every_wait_survives_sigkill_while_waiting_and_just_after_waking(
+    durable: DurableApp, workers: Workers, ledger_path: Path
+) -> None:
+    # Given a run that made its label, then sleeps 4 s, on a worker that is then killed
+    first = workers.start()
+    run = durable.durable.start(durable.errand, {"sleep": 4})
+    wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "sleep", 30, what="the sleep")
+    first.kill()
+    # When the next worker wakes it and dies right after the wake commit, before dispatching
+    doomed = workers.start(extra_env={"CELERY_DURABLE_FAULT": "after_wake:prepare"})
+    assert doomed.wait_exit(timeout=30) != 0
+    assert run.status == Status.RUNNING and run.waiting_on is None
+    # Then a third worker's sweep finds the woken visit stale and runs it: it waits for paid
+    workers.start()
+    wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "event", 60, what="event")
+    run.send_event("paid", {"amount": 30}, idempotency_key="psp-1")
+    run.send_event("paid", {"amount": 30}, idempotency_key="psp-1")
+    wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "interrupt", 30, what="approval")
+    assert lines(ledger_path, run.id, "ship") == []
+    run.resume(update={"approved": True}, by="ops", reason="paid and labelled")
+    final = run.wait(timeout=60)
+    # Each fact committed once; the step before the sleep ran once; ship ran once
+    assert final.shipped is True and final.paid == 30 and final.label.startswith("L-")
+    assert_one_checkpoint_per_visit(run.history())
+    assert len(lines(ledger_path, run.id, "label", "made")) == 1
+    assert len(lines(ledger_path, run.id, "ship", "start")) == 1
+    kinds = [(str(cp.kind), cp.node) for cp in run.history()]
+    assert kinds.count(("wait", "prepare@0")) == 1 and kinds.count(("wake", "prepare@0")) == 1
+    assert kinds.count(("wake", "prepare@1")) == 1 and kinds.count(("wake", "ship@before")) == 1
+
+
+def test_sleeping_runs_hold_no_worker_slot(durable: DurableApp, workers: Workers) -> None:
+    # Given one worker process that runs one task at a time
+    workers.start(concurrency=1)
+    runs = 300
+    # When 300 runs each sleep 2 s (held slots would take 600 s one after another)
+    started = [durable.durable.start(durable.nap, {"sleep": 2}) for _ in range(runs)]
+    last_start = time.time()
+    finals = [run.wait(timeout=120) for run in started]
+    # Then they all finish within 2 s and a few timer and sweep rounds of the last start
+    assert all(run.status == Status.SUCCEEDED for run in started)
+    assert max(f.woke for f in finals) - last_start < 2 + 3 * 1.0 + 10
