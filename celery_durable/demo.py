@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from celery_durable import Compensated, Durable, render
+from celery_durable import Compensated, Durable, Graph, render
 from celery_durable.persistence.records import Kind
 from celery_durable.testing import embedded_app, in_process_worker
 
@@ -83,18 +83,20 @@ def run(database_url: str | None = None) -> None:
             run3.wait(timeout=60)
         click.echo(render.history(run3.history()))
 
-        click.echo("\n5. A return: inspection is a durable sleep, the refund waits for approval")
-        run4 = returns.delay(order_id="o-1003", amount=120)
-        for kind in ("sleep", "interrupt"):
-            while not (run4.waiting_on and run4.waiting_on["kind"] == kind):
-                time.sleep(0.05)
-            click.echo(f"   {run4.status}: {run4.waiting_on} (no worker is held)")
-        run4.resume(update={"approved": True}, by="support@shop", reason="parcel intact")
-        click.echo(
-            f"   approved by support@shop; final state: {run4.wait(timeout=60).model_dump()}"
-        )
-        click.echo(render.history(run4.history()))
+        _return(returns)
     click.echo(
         f"\ndemo finished in {time.monotonic() - started:.1f}s; "
         f"inspect it: celery-durable --database-url {database_url} ls"
     )
+
+
+def _return(returns: Graph) -> None:
+    click.echo("\n5. A return: inspection is a durable sleep, the refund waits for approval")
+    run = returns.delay(order_id="o-1003", amount=120)
+    for kind in ("sleep", "interrupt"):
+        while not (run.waiting_on and run.waiting_on["kind"] == kind):
+            time.sleep(0.05)
+        click.echo(f"   {run.status}: {run.waiting_on} (no worker is held)")
+    run.resume(update={"approved": True}, by="support@shop", reason="parcel intact")
+    click.echo(f"   approved by support@shop; final state: {run.wait(timeout=60).model_dump()}")
+    click.echo(render.history(run.history()))
