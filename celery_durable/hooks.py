@@ -50,6 +50,10 @@ class Hooks:
     def recovered(self, execution_id: str, node: str, reason: str) -> None:
         """The recovery sweep dispatched a node again (``reason``: 'due' or 'stale')."""
 
+    def woke(self, graph: str, node: str, kind: str, lag: float) -> None:
+        """A node runs again after a timer (``kind``: sleep, or event for a timeout) that came
+        due ``lag`` seconds ago: the wake-up lag."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in EVENTS & cls.__dict__.keys():

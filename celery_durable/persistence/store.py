@@ -8,13 +8,12 @@ committed (DuplicateCheckpoint). Everything read back is checked against its che
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, case, delete, func, or_, select, update
+from sqlalchemy import Row, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
@@ -25,9 +24,10 @@ from celery_durable.errors import (
     LeaseLost,
     VersionConflict,
 )
-from celery_durable.persistence import codec
+from celery_durable.persistence import codec, gauges
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.dialect import Advance, Start, Waiter
+from celery_durable.persistence.gauges import ACTIVE_NAMES, ExecutionGauges
 from celery_durable.persistence.records import (
     Checkpoint,
     Commit,
@@ -37,27 +37,7 @@ from celery_durable.persistence.records import (
     utcnow,
 )
 from celery_durable.persistence.schema import checkpoints, events, executions, node_visits
-from celery_durable.status import ACTIVE, ENDS_WAIT, FINISHED, Status
-
-_ACTIVE = sorted(str(status) for status in ACTIVE)
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveRuns:
-    """A graph's running or compensating executions, aged by their last commit: how long the
-    quietest has been idle, and how many have been idle since before the stuck cutoff."""
-
-    oldest_update: datetime
-    stuck: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionGauges:
-    """What a metrics scrape reads, as plain values: executions by (graph, status), and the
-    active runs of each graph that has any."""
-
-    counts: Mapping[tuple[str, Status], int]
-    active: Mapping[str, ActiveRuns]
+from celery_durable.status import ENDS_WAIT, FINISHED, Status
 
 
 class CheckpointStore:
@@ -155,7 +135,7 @@ class CheckpointStore:
         ``include_swept``, not re-dispatched by a sweep since then either)."""
         query = (
             select(executions)
-            .where(executions.c.status.in_(_ACTIVE), executions.c.updated_at < older_than)
+            .where(executions.c.status.in_(ACTIVE_NAMES), executions.c.updated_at < older_than)
             .order_by(executions.c.updated_at)
             .limit(limit)
         )
@@ -219,27 +199,8 @@ class CheckpointStore:
             return {row[0]: row[1] for row in conn.execute(query)}
 
     def execution_gauges(self, stuck_before: datetime) -> ExecutionGauges:
-        """Everything the database metrics show, in two grouped queries over one connection,
-        so a scrape costs the same whatever the number of graphs."""
-        by_status = select(executions.c.graph, executions.c.status, func.count()).group_by(
-            executions.c.graph, executions.c.status
-        )
-        active = (
-            select(
-                executions.c.graph,
-                func.min(executions.c.updated_at),
-                func.sum(case((executions.c.updated_at < stuck_before, 1), else_=0)),
-            )
-            .where(executions.c.status.in_(_ACTIVE))
-            .group_by(executions.c.graph)
-        )
-        with self.db.read() as conn:
-            counts = {(g, Status(s)): int(n) for g, s, n in conn.execute(by_status)}
-            runs = {
-                g: ActiveRuns(oldest_update=as_utc(t), stuck=int(n))  # type: ignore[arg-type]
-                for g, t, n in conn.execute(active)
-            }
-        return ExecutionGauges(counts=counts, active=runs)
+        """Everything the database metrics show (see ``gauges``)."""
+        return gauges.execution_gauges(self.db, stuck_before)
 
     # -- checkpoints ------------------------------------------------------------------------
 

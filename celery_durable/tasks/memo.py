@@ -65,6 +65,7 @@ class VisitMemo:
         until = None if seconds is None else time.time() + seconds
         wait = Wait(kind, run.name, run.visit, slot, until=until, event=event)
         if (woke := self.recorded.get((Kind.WAKE, wait.checkpoint_node))) is not None:
+            self._timed(wait, woke)
             return dict(woke.output)
         started = self.recorded.get((Kind.WAIT, wait.checkpoint_node))
         if started is not None:
@@ -75,6 +76,13 @@ class VisitMemo:
         if started is None:
             self._begin(wait)
         raise Suspend(wait.key)
+
+    def _timed(self, wait: Wait, woke: Checkpoint) -> None:
+        """Report the wake-up lag, the first time the node runs after a timer woke it."""
+        due = woke.output.get("due") if isinstance(woke.output, dict) else None
+        if due is not None and woke.seq == self.run.base.version:
+            lag = time.time() - due
+            self.run.runtime.hooks.woke(self.run.graph.name, self.run.name, wait.kind, lag)
 
     def _ended(self, wait: Wait) -> dict[str, Any] | None:
         """Whether the wait is over already: a sleep past its end, an event already sent."""

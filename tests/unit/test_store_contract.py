@@ -27,9 +27,10 @@ from celery_durable.errors import (
 )
 from celery_durable.persistence import migrate, postgres
 from celery_durable.persistence.database import Database
+from celery_durable.persistence.gauges import ActiveRuns
 from celery_durable.persistence.records import Commit, utcnow
 from celery_durable.persistence.schema import executions
-from celery_durable.persistence.store import ActiveRuns, CheckpointStore
+from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.status import Status
 

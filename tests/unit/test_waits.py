@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from celery_durable import (
@@ -21,6 +22,7 @@ from celery_durable import (
     Status,
 )
 from celery_durable.errors import NotJSONSerializable, PayloadTooLarge
+from celery_durable.metrics import instrument, metrics_registry
 from celery_durable.testing import fast_forward
 from tests.waiting import wait_for
 
@@ -235,3 +237,31 @@ def test_pause_cancel_and_compensate_apply_to_a_waiting_run(durable: Durable, wo
         assert fast_forward(durable, 60).woken == 0
     assert saga_run.status == Status.COMPENSATED and undone == ["reserve"]
     assert cancelled.status == Status.CANCELLED
+
+
+def test_metrics_count_waiting_runs_by_kind_and_time_wake_ups(durable: Durable, worker) -> None:
+    registry = CollectorRegistry()
+    instrument(durable, registry)
+    g = durable.graph("timed", state=Order)
+
+    @g.node
+    def nap(state: Order, ctx: Context) -> None:
+        ctx.sleep(60)
+
+    g.entry(nap)
+    with worker():
+        run = g.delay()
+        waiting(run)
+        served = metrics_registry(durable, in_process=registry)
+        assert (
+            served.get_sample_value("celery_durable_waiting", {"graph": "timed", "kind": "sleep"})
+            == 1
+        )
+        fast_forward(durable, 60)
+        run.wait(timeout=10)
+    lag = {"graph": "timed", "kind": "sleep"}
+    assert registry.get_sample_value("celery_durable_wake_lag_seconds_count", lag) == 1
+    assert (
+        served.get_sample_value("celery_durable_waiting", {"graph": "timed", "kind": "sleep"})
+        is None
+    )

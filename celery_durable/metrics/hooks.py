@@ -1,0 +1,160 @@
+"""In-process metrics: hooks that count what the engine reports, in the process that saw it
+(with PROMETHEUS_MULTIPROC_DIR, in per-process files the metrics server sums)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from celery_durable.hooks import Hooks
+from celery_durable.persistence.records import Commit, Kind
+from celery_durable.status import Status
+
+if TYPE_CHECKING:
+    from celery_durable.durable import Durable
+
+PREFIX = "celery_durable"
+NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+WAKE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+# -- in-process events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Instruments:
+    commits: Counter
+    retries: Counter
+    compensations: Counter
+    finished: Counter
+    interventions: Counter
+    recoveries: Counter
+    wake_lag: Histogram
+    node_duration: Histogram
+    checkpoint_write: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> _Instruments:
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+
+        return cls(
+            commits=counter("node_commits", "Node visits committed.", ("graph", "node")),
+            retries=counter(
+                "node_retries",
+                "Failed node attempts that will run again.",
+                ("graph", "node", "error"),
+            ),
+            compensations=counter(
+                "compensations", "Compensation steps committed.", ("graph", "step")
+            ),
+            finished=counter(
+                "executions_finished",
+                "Executions that reached a final status.",
+                ("graph", "status"),
+            ),
+            interventions=counter(
+                "interventions",
+                "Compensations that failed for good (execution needs_intervention).",
+                ("graph", "step"),
+            ),
+            recoveries=counter(
+                "recoveries", "Node messages the recovery sweep published again.", ("reason",)
+            ),
+            wake_lag=Histogram(
+                f"{PREFIX}_wake_lag_seconds",
+                "From a timer's due time to its node running again.",
+                ("graph", "kind"),
+                buckets=WAKE_BUCKETS,
+                registry=registry,
+            ),
+            node_duration=Histogram(
+                f"{PREFIX}_node_duration_seconds",
+                "Wall time of node and compensation tasks.",
+                ("graph", "node", "kind"),
+                buckets=NODE_BUCKETS,
+                registry=registry,
+            ),
+            checkpoint_write=Histogram(
+                f"{PREFIX}_checkpoint_write_seconds",
+                "Time of one checkpoint commit (one transaction).",
+                ("graph", "kind"),
+                buckets=WRITE_BUCKETS,
+                registry=registry,
+            ),
+        )
+
+
+# Metric objects are per registry and created once: a registry refuses a name twice.
+_instruments: weakref.WeakKeyDictionary[CollectorRegistry, _Instruments] = (
+    weakref.WeakKeyDictionary()
+)
+_instruments_lock = threading.Lock()
+
+
+def _instruments_for(registry: CollectorRegistry) -> _Instruments:
+    with _instruments_lock:
+        found = _instruments.get(registry)
+        if found is None:
+            found = _instruments[registry] = _Instruments.create(registry)
+        return found
+
+
+class PrometheusHooks(Hooks):
+    """Hooks that count what the engine reports; ``inner`` hooks get every event after them.
+
+    Metrics are registered in ``registry`` (the process-wide default unless given). Prefer
+    ``instrument(durable)``, which installs them, keeping the Durable's hooks as ``inner``.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry = REGISTRY, *, inner: Hooks | None = None
+    ) -> None:
+        self.registry = registry
+        self.inner = inner
+        self.m = _instruments_for(registry)
+
+    def node_committed(self, graph: str, node: str, commit: Commit) -> None:
+        if commit.kind == Kind.COMPENSATION:
+            self.m.compensations.labels(graph, commit.node).inc()
+        else:
+            self.m.commits.labels(graph, commit.node).inc()
+
+    def node_retrying(self, graph: str, node: str, error: BaseException, delay: float) -> None:
+        self.m.retries.labels(graph, node, type(error).__name__).inc()
+
+    def execution_finished(self, execution_id: str, graph: str, status: Status) -> None:
+        self.m.finished.labels(graph, str(status)).inc()
+
+    def intervention_required(self, execution_id: str, graph: str, step: str) -> None:
+        self.m.interventions.labels(graph, step).inc()
+
+    def recovered(self, execution_id: str, node: str, reason: str) -> None:
+        self.m.recoveries.labels(reason).inc()
+
+    def woke(self, graph: str, node: str, kind: str, lag: float) -> None:
+        self.m.wake_lag.labels(graph, kind).observe(max(lag, 0.0))
+
+    def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        self.m.node_duration.labels(graph, node, kind).observe(seconds)
+
+    def checkpoint_written(self, graph: str, node: str, kind: str, seconds: float) -> None:
+        self.m.checkpoint_write.labels(graph, kind).observe(seconds)
+
+
+def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> PrometheusHooks:
+    """Count ``durable``'s events and time its node attempts; returns the hooks installed.
+
+    Call it where the Celery app is built (the module ``celery -A`` imports), so that the
+    worker's pool children inherit it. Hooks already set on ``durable`` keep being called.
+    """
+    if isinstance(durable.hooks, PrometheusHooks):
+        return durable.hooks
+    hooks = PrometheusHooks(registry, inner=durable.hooks)
+    durable.hooks = hooks
+    return hooks
