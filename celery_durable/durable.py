@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -16,15 +15,14 @@ from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 
-from celery_durable.engine.base import Base
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
 from celery_durable.engine.retention import PruneReport, prune
 from celery_durable.engine.runtime import Runtime
-from celery_durable.engine.state import validate
+from celery_durable.engine.start import start_run
 from celery_durable.engine.waits import send_event
-from celery_durable.errors import ConfigurationError, ExecutionIdInUse, GraphDefinitionError
+from celery_durable.errors import ConfigurationError, GraphDefinitionError
 from celery_durable.hooks import Hooks
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
@@ -32,7 +30,6 @@ from celery_durable.persistence.events import EventLog
 from celery_durable.persistence.records import EventRecord, utcnow
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
-from celery_durable.saga.coordinator import Cursor
 from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks.dispatch import CeleryDispatcher
@@ -151,30 +148,15 @@ class Durable:
         queue: str | None = None,
     ) -> Execution:
         """Validate, store, publish the entry node: in that order, so bad input changes nothing."""
-        fingerprint = graph.validate()
-        state = validate(graph.name, graph.state, input).model_dump(mode="json")
-        state_json = self.runtime.state_json(state)
-        execution_id = execution_id or uuid.uuid4().hex
-        assert graph.entry_node is not None
-        cursor = Cursor.start(graph.entry_node, queue)
-        go = cursor.interrupt(graph, cursor.frontier)
-        record, created = self.store.create_execution(
+        record = start_run(
+            self.runtime,
+            graph,
+            input,
             execution_id=execution_id,
-            graph=graph.name,
-            fingerprint=fingerprint,
-            state=state,
-            cursor=cursor.to_json(),
-            status=cursor.settled(),
-            state_json=state_json,
+            countdown=countdown,
+            queue=queue,
         )
-        if record.graph != graph.name:
-            raise ExecutionIdInUse(execution_id, record.graph, graph.name)
-        if created:
-            base = Base(0, state, cursor, record.status)
-            dispatch = self.runtime.dispatcher.dispatch
-            for node, visit in go:
-                dispatch(graph.name, node, visit, execution_id, base, countdown=countdown)
-        return Execution(self.runtime, execution_id, record)
+        return Execution(self.runtime, record.id, record)
 
     def get(self, execution_id: str) -> Execution:
         """The handle of an existing execution (raises ExecutionNotFound)."""

@@ -35,6 +35,7 @@
     ├── WaitTimeout (also a TimeoutError)
     ├── NodeTimeout
     ├── EventTimeout
+    ├── ChildFailed
     └── NotWaiting
 
 Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
@@ -361,4 +362,16 @@ class NotWaiting(DurableError):
         super().__init__(
             f"Execution {execution_id!r} ({status}) is not waiting for {what}; nothing was "
             "changed. Execution.waiting_on says what it waits for, if anything."
+        )
+
+
+class ChildFailed(DurableError):
+    """A child run this node waited for (ctx.wait_child, ctx.map) ended without succeeding."""
+
+    def __init__(self, child_id: str, status: str, error: Mapping[str, Any] | None) -> None:
+        self.child_id, self.status, self.error = child_id, status, error
+        detail = f": {error.get('type', 'Error')}: {error.get('message', '')}" if error else ""
+        super().__init__(
+            f"Child run {child_id!r} ended {status}{detail}. Its history() shows why; catch "
+            "ChildFailed in the node to go on without it, or retry the child and this node."
         )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from celery_durable.engine import waits
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import InvalidInput, InvalidTransition, VersionConflict
@@ -79,7 +80,7 @@ class Audited:
             except VersionConflict:
                 continue
             if c.status.finished and c.status != record.status:
-                self.runtime.hooks.execution_finished(execution_id, record.graph, c.status)
+                waits.finished(self.runtime, execution_id, record.graph, c.status, c.cursor.parent)
             return record, commit
         raise VersionConflict(execution_id, -1)
 

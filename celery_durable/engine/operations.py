@@ -205,7 +205,8 @@ class Operations(Audited):
             reason=reason,
         )
         if commit.status == S.COMPENSATED:
-            self.runtime.hooks.execution_finished(execution_id, graph.name, S.COMPENSATED)
+            parent = Base.after(commit).cursor.parent
+            waits.finished(self.runtime, execution_id, graph.name, S.COMPENSATED, parent)
         self.runtime.dispatch_undo(graph.name, execution_id, Base.after(commit))
 
     def _attempts(self, execution_id: str, kind: Kind, node: str, visit: int) -> int:

@@ -54,11 +54,12 @@ def fire_timers(
     for due in runtime.visits.claim_due(now, limit):
         if due.kind == Kind.WAIT:
             node, _, slot = due.node.rpartition("@")
-            if waits.wake(
-                runtime, due.execution_id, f"{node}:{due.visit}:{slot}", waits.timer_result
-            ):
+            key = f"{node}:{due.visit}:{slot}"
+            if waits.wake(runtime, due.execution_id, key, waits.timer_result(runtime)):
                 report.woken += 1
                 fired.add(due.execution_id)
+            else:
+                _rearm(runtime, due, key)
         elif _retry(runtime, due, now):
             report.retries += 1
             fired.add(due.execution_id)
@@ -87,6 +88,15 @@ def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> Re
     if report.retries or report.woken or report.redispatched or report.stranded:
         logger.info("recovery sweep: %s", report.as_dict())
     return report
+
+
+def _rearm(runtime: Runtime, due: VisitRecord, key: str) -> None:
+    """A wait on children that is still open: look at it again later."""
+    record = _live(runtime, due.execution_id)
+    wait = Base.of(record).cursor.waits.get(key) if record else None
+    when = waits.due_at(runtime, wait) if wait is not None and wait.until is None else None
+    if when is not None:
+        runtime.visits.schedule(due.execution_id, due.kind, due.node, due.visit, when)
 
 
 def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:

@@ -180,4 +180,10 @@ def _renumbered(target: Cursor, current: Cursor) -> Cursor:
     for name, _ in target.frontier:
         visits[name] = visits.get(name, 0) + 1
         frontier.append((name, visits[name]))
-    return Cursor(frontier=frontier, visits=visits, joins=dict(target.joins), queue=target.queue)
+    return Cursor(
+        frontier=frontier,
+        visits=visits,
+        joins=dict(target.joins),
+        queue=target.queue,
+        parent=current.parent,
+    )

@@ -9,7 +9,7 @@ again, and an event is consumed exactly when such a checkpoint names it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery_durable import faults
@@ -17,6 +17,7 @@ from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import (
     DuplicateCheckpoint,
+    ExecutionNotFound,
     InvalidInput,
     InvalidTransition,
     PayloadTooLarge,
@@ -86,14 +87,53 @@ def wake(
         if record.status != Status.PAUSED:
             runtime.dispatch_all(record.graph, execution_id, Base.after(commit), woken)
         if commit.status.finished:
-            runtime.hooks.execution_finished(execution_id, record.graph, commit.status)
+            finished(runtime, execution_id, record.graph, commit.status, cursor.parent)
         return True
     raise VersionConflict(execution_id, -1)
 
 
-def timer_result(record: ExecutionRecord, wait: Wait) -> dict[str, Any]:
-    """A sleep ended, or an event wait timed out."""
-    return {"due": wait.until, "timeout": wait.kind == "event"}
+def timer_result(runtime: Runtime) -> Result:
+    """A sleep ended, or an event wait timed out; a wait for children is only looked at again
+    (its timer heals a wake-up lost when a child's worker died after the child ended)."""
+
+    def result(record: ExecutionRecord, wait: Wait) -> dict[str, Any] | None:
+        if wait.kind in ("child", "children"):
+            return child_result(runtime, record.id, wait)
+        return {"due": wait.until, "timeout": wait.kind == "event"}
+
+    return result
+
+
+def child_result(runtime: Runtime, parent: str, wait: Wait) -> dict[str, Any] | None:
+    """What ended a wait for a child (its final status, state, error) or for all of a map's
+    children (how many); None while one is still going."""
+    assert wait.child is not None
+    if wait.kind == "children":
+        done = runtime.store.count_children(parent, wait.child, FINISHED)
+        return {"children": done} if done >= (wait.count or 0) else None
+    child = runtime.store.get_execution(wait.child)
+    if not child.status.finished:
+        return None
+    return {"status": str(child.status), "state": child.state, "error": child.error}
+
+
+def finished(
+    runtime: Runtime, execution_id: str, graph: str, status: Status, parent: str | None
+) -> None:
+    """A run ended: tell the hooks, and the parent that may be waiting for it."""
+    runtime.hooks.execution_finished(execution_id, graph, status)
+    if parent is None:
+        return
+    try:
+        record = runtime.store.get_execution(parent)
+    except ExecutionNotFound:
+        return
+    for key, wait in list(Base.of(record).cursor.waits.items()):
+        if wait.child is not None and (
+            wait.child == execution_id
+            or (wait.kind == "children" and execution_id.startswith(wait.child))
+        ):
+            wake(runtime, parent, key, lambda r, w: child_result(runtime, parent, w))
 
 
 def next_event(runtime: Runtime, execution_id: str, name: str) -> EventRecord | None:
@@ -147,5 +187,11 @@ def send_event(
     return event
 
 
-def due_at(wait: Wait) -> datetime | None:
-    return None if wait.until is None else datetime.fromtimestamp(wait.until, UTC)
+def due_at(runtime: Runtime, wait: Wait) -> datetime | None:
+    """When the wait's timer fires: at its end for a sleep or event timeout, every
+    ``stale_after`` for a wait on children, never for an event without a timeout."""
+    if wait.until is not None:
+        return datetime.fromtimestamp(wait.until, UTC)
+    if wait.kind in ("child", "children"):
+        return datetime.now(UTC) + timedelta(seconds=runtime.settings.stale_after)
+    return None

@@ -66,6 +66,7 @@ class Start(CheckpointRow):
     graph: str
     fingerprint: str
     status: str
+    parent_id: str | None
 
 
 class Waiter(Protocol):

@@ -60,9 +60,9 @@ START = text(f"""
 WITH created AS (
     INSERT INTO {EXECUTIONS_TABLE}
            (id, graph, fingerprint, status, version, state, cursor, error,
-            created_at, updated_at, finished_at)
+            created_at, updated_at, finished_at, parent_id)
     VALUES (:execution_id, :graph, :fingerprint, :status, 0, :state, :cursor, NULL,
-            :now, :now, NULL)
+            :now, :now, NULL, :parent_id)
     ON CONFLICT (id) DO NOTHING
  RETURNING id
 )

@@ -88,6 +88,8 @@ class ExecutionRecord:
     updated_at: datetime
     finished_at: datetime | None
     swept_at: datetime | None = None
+    # The run whose node started this one (ctx.start_child, ctx.map), if any.
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

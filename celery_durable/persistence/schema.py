@@ -60,10 +60,13 @@ executions = Table(
     # Set by the recovery sweep when it re-dispatches; updated_at moves only on commits, so
     # "no progress since" stays true for stuck detection.
     Column("swept_at", DateTime(timezone=True), nullable=True),
+    # The run whose node started this one as a child run, if any.
+    Column("parent_id", String(ID_LENGTH), nullable=True),
     # No index holds updated_at, state, cursor or version, the columns every node commit
     # changes: PostgreSQL can then update the row in place (HOT), with no index writes.
     Index(None, "status"),
     Index(None, "graph", "status"),
+    Index(None, "parent_id"),
     # Room on each page for those in-place updates.
     postgresql_with={"fillfactor": 70},
 )

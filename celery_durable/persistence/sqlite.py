@@ -94,6 +94,7 @@ class SQLiteDialect(Dialect):
                     created_at=start["now"],
                     updated_at=start["now"],
                     finished_at=None,
+                    parent_id=start["parent_id"],
                 )
             )
             conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))

@@ -59,6 +59,7 @@ class CheckpointStore:
         status: Status = Status.RUNNING,
         meta: dict[str, Any] | None = None,
         state_json: str | None = None,
+        parent_id: str | None = None,
     ) -> tuple[ExecutionRecord, bool]:
         """Insert an execution at version 0 with its start checkpoint; idempotent on the id.
 
@@ -74,6 +75,7 @@ class CheckpointStore:
             "graph": graph,
             "fingerprint": fingerprint,
             "status": str(status),
+            "parent_id": parent_id,
             "state": state_text,
             "cursor": cursor_text,
             "kind": kind,
@@ -98,6 +100,7 @@ class CheckpointStore:
             created_at=now,
             updated_at=now,
             finished_at=None,
+            parent_id=parent_id,
         )
         return record, True
 
@@ -114,9 +117,12 @@ class CheckpointStore:
         status: Status | str | Iterable[Status | str] | None = None,
         graph: str | None = None,
         since: datetime | None = None,
+        parent: str | None = None,
         limit: int = 100,
     ) -> builtins.list[ExecutionRecord]:
         query = select(executions).order_by(executions.c.created_at.desc()).limit(limit)
+        if parent is not None:
+            query = query.where(executions.c.parent_id == parent)
         if isinstance(status, str):
             query = query.where(executions.c.status == str(status))
         elif status is not None:
@@ -127,6 +133,25 @@ class CheckpointStore:
             query = query.where(executions.c.created_at >= since)
         with self.db.read() as conn:
             return [_execution(row) for row in conn.execute(query)]
+
+    def children(self, parent: str, prefix: str = "") -> builtins.list[ExecutionRecord]:
+        """The child runs of ``parent`` whose ids start with ``prefix``, in id order."""
+        query = (
+            select(executions)
+            .where(executions.c.parent_id == parent, executions.c.id.startswith(prefix))
+            .order_by(executions.c.id)
+        )
+        with self.db.read() as conn:
+            return [_execution(row) for row in conn.execute(query)]
+
+    def count_children(self, parent: str, prefix: str, statuses: Iterable[Status]) -> int:
+        query = select(func.count()).where(
+            executions.c.parent_id == parent,
+            executions.c.id.startswith(prefix),
+            executions.c.status.in_([str(s) for s in statuses]),
+        )
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def list_stale(
         self, older_than: datetime, limit: int = 100, *, include_swept: bool = False
@@ -363,6 +388,7 @@ def _execution(row: Row[Any]) -> ExecutionRecord:
         updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
         finished_at=as_utc(m["finished_at"]),
         swept_at=as_utc(m["swept_at"]),
+        parent_id=m["parent_id"],
     )
 
 

@@ -37,10 +37,12 @@ class Cursor:
     undo: list[Undo] = field(default_factory=list)
     held: list[Visit] = field(default_factory=list)
     waits: dict[str, Wait] = field(default_factory=dict)
+    # A child run's parent: told when this run ends (it may wait for it).
+    parent: str | None = None
 
     @classmethod
-    def start(cls, entry: str, queue: str | None = None) -> Cursor:
-        return cls(frontier=[(entry, 1)], visits={entry: 1}, queue=queue)
+    def start(cls, entry: str, queue: str | None = None, parent: str | None = None) -> Cursor:
+        return cls(frontier=[(entry, 1)], visits={entry: 1}, queue=queue, parent=parent)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cursor:
@@ -52,6 +54,7 @@ class Cursor:
             undo=[(n, int(v), int(seq)) for n, v, seq in data.get("undo", [])],
             held=[(n, int(v)) for n, v in data.get("held", [])],
             waits={k: Wait.from_json(w) for k, w in data.get("waits", {}).items()},
+            parent=data.get("parent"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +71,8 @@ class Cursor:
             data["held"] = [list(v) for v in self.held]
         if self.waits:
             data["waits"] = {k: w.to_json() for k, w in self.waits.items()}
+        if self.parent is not None:
+            data["parent"] = self.parent
         return data
 
     def copy(self) -> Cursor:

@@ -33,6 +33,9 @@ class GraphShape(Protocol):
     def state(self) -> type[BaseModel]: ...
 
     @property
+    def entry_node(self) -> str | None: ...
+
+    @property
     def nodes(self) -> Mapping[str, NodeShape]: ...
 
     @property

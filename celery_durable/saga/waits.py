@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 Visit = tuple[str, int]
 
-WaitKind = Literal["sleep", "event", "interrupt"]
+WaitKind = Literal["sleep", "event", "interrupt", "child", "children"]
 BEFORE = "before"
 AFTER = "after"
 
@@ -32,6 +32,10 @@ class Wait:
     until: float | None = None
     # The event waited for.
     event: str | None = None
+    # The child run waited for; for "children" (ctx.map), the prefix of their ids.
+    child: str | None = None
+    # For "children": how many there are.
+    count: int | None = None
     # After an interrupt_after: the visits the node made ready, dispatched on resume.
     ready: tuple[Visit, ...] = field(default=())
 
@@ -55,6 +59,10 @@ class Wait:
             data["until"] = self.until
         if self.event is not None:
             data["event"] = self.event
+        if self.child is not None:
+            data["child"] = self.child
+        if self.count is not None:
+            data["count"] = self.count
         if self.ready:
             data["ready"] = [list(v) for v in self.ready]
         return data
@@ -68,6 +76,8 @@ class Wait:
             slot=str(data["slot"]),
             until=data.get("until"),
             event=data.get("event"),
+            child=data.get("child"),
+            count=data.get("count"),
             ready=tuple((n, int(v)) for n, v in data.get("ready", [])),
         )
 
@@ -78,6 +88,10 @@ class Wait:
             shown["when"] = self.slot
         if self.event is not None:
             shown["event"] = self.event
+        if self.kind == "child":
+            shown["child"] = self.child
+        if self.kind == "children":
+            shown["children"] = self.count
         if self.until is not None:
             shown["until"] = datetime.fromtimestamp(self.until, UTC).isoformat()
         return shown

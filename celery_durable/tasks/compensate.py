@@ -12,10 +12,12 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
+from celery_durable.engine import waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import validate
 from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.saga import compensation
+from celery_durable.saga.coordinator import Cursor
 from celery_durable.signals import intervention_required
 from celery_durable.status import Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
@@ -58,7 +60,8 @@ def after_failure(run: Attempt, error: ErrorRecord) -> Outcome:
 
 def _after(run: Attempt, commit: Commit) -> None:
     if commit.status == Status.COMPENSATED:
-        run.runtime.hooks.execution_finished(run.execution_id, run.graph.name, commit.status)
+        parent = Cursor.from_json(commit.cursor).parent
+        waits.finished(run.runtime, run.execution_id, run.graph.name, commit.status, parent)
     else:
         run.runtime.dispatch_undo(run.graph.name, run.execution_id, Base.after(commit))
 

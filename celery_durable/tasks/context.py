@@ -3,12 +3,15 @@ durable waits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
-from celery_durable.errors import EventTimeout
+from pydantic import BaseModel
+
+from celery_durable.errors import ChildFailed, EventTimeout
 from celery_durable.persistence import codec
+from celery_durable.persistence.records import ExecutionRecord
 
 T = TypeVar("T")
 
@@ -19,8 +22,17 @@ class Memo(Protocol):
     def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any: ...
 
     def wait(
-        self, kind: Literal["sleep", "event"], *, seconds: float | None, event: str | None
+        self,
+        kind: Literal["sleep", "event", "child"],
+        *,
+        seconds: float | None = None,
+        event: str | None = None,
+        child: str | None = None,
     ) -> dict[str, Any]: ...
+
+    def start_child(self, graph: Any, input: dict[str, Any], key: str | None) -> str: ...
+
+    def map(self, graph: Any, inputs: list[dict[str, Any]]) -> list[ExecutionRecord]: ...
 
 
 class Context:
@@ -69,6 +81,34 @@ class Context:
         if woke.get("timeout"):
             raise EventTimeout(self.node, name, seconds or 0.0)
         return woke.get("payload")
+
+    def start_child(
+        self, graph: Any, input: dict[str, Any] | BaseModel | None = None, key: str | None = None
+    ) -> str:
+        """Start a run of ``graph`` (a graph or saga) as a child of this run; returns its id.
+        The id is derived from this run's id, node, visit and ``key`` (default: the order of
+        the calls), so a node that runs again never starts a child twice."""
+        values = input.model_dump(mode="json") if isinstance(input, BaseModel) else input or {}
+        return str(self._recorder("ctx.start_child()").start_child(graph, values, key))
+
+    def wait_child(self, child_id: str) -> dict[str, Any]:
+        """The final state of a child run, waiting for it without holding a worker. Raises
+        ChildFailed if it ended failed, compensated or cancelled."""
+        woke = self._recorder("ctx.wait_child()").wait("child", child=child_id)
+        if woke["status"] != "succeeded":
+            raise ChildFailed(child_id, woke["status"], woke.get("error"))
+        return dict(woke["state"])
+
+    def map(self, graph: Any, inputs: Iterable[dict[str, Any] | BaseModel]) -> list[dict[str, Any]]:
+        """Run ``graph`` once per input, as child runs in parallel, and return their final
+        states in input order (up to 10,000). Raises ChildFailed naming the first child, in
+        input order, that did not succeed."""
+        values = [i.model_dump(mode="json") if isinstance(i, BaseModel) else i for i in inputs]
+        children = self._recorder("ctx.map()").map(graph, values)
+        for child in children:
+            if child.status != "succeeded":
+                raise ChildFailed(child.id, child.status, child.error)
+        return [dict(child.state) for child in children]
 
     def _recorder(self, what: str) -> Memo:
         if self._memo is None:

@@ -15,9 +15,11 @@ from typing import Any
 
 from celery_durable.engine import waits
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.start import start_run
 from celery_durable.errors import VersionConflict
-from celery_durable.persistence.records import Checkpoint, Commit, Kind
+from celery_durable.persistence.records import Checkpoint, Commit, ExecutionRecord, Kind
 from celery_durable.saga.retry import NonRetryable
+from celery_durable.saga.shape import GraphShape
 from celery_durable.saga.waits import Wait, WaitKind
 from celery_durable.status import Status
 from celery_durable.tasks.attempt import Attempt, Superseded, Suspend
@@ -30,6 +32,7 @@ class VisitMemo:
     def __init__(self, run: Attempt) -> None:
         self.run = run
         self._slots = 0
+        self._children = 0
         self._recorded: dict[tuple[Kind, str], Checkpoint] | None = None
 
     @property
@@ -55,15 +58,61 @@ class VisitMemo:
         self._commit(lambda: self.run.commit(Kind.STEP, node=node, output=result))
         return result
 
-    def wait(self, kind: WaitKind, *, seconds: float | None, event: str | None) -> dict[str, Any]:
+    def wait(
+        self,
+        kind: WaitKind,
+        *,
+        seconds: float | None = None,
+        event: str | None = None,
+        child: str | None = None,
+    ) -> dict[str, Any]:
         """What ended the visit's next wait; suspends the attempt if it has not ended."""
-        run = self.run
-        if run.base.status == Status.COMPENSATING:
-            raise NonRetryable(f"node {run.name!r} cannot wait while its saga is compensating")
-        slot = str(self._slots)
-        self._slots += 1
         until = None if seconds is None else time.time() + seconds
-        wait = Wait(kind, run.name, run.visit, slot, until=until, event=event)
+        return self._wait(
+            Wait(kind, self.run.name, self.run.visit, self._slot(), until, event, child)
+        )
+
+    def start_child(self, graph: GraphShape, input: dict[str, Any], key: str | None) -> str:
+        """Start a run of ``graph`` whose id says whose child it is: the parent's id, node, visit
+        and ``key`` (else its place among this visit's children), so a re-run finds it started."""
+        if key is None:
+            key = f"c{self._children}"
+            self._children += 1
+        child = f"{self.run.execution_id}.{self.run.name}.{self.run.visit}.{key}"
+        self._start(graph, input, child)
+        return child
+
+    def map(self, graph: GraphShape, inputs: list[dict[str, Any]]) -> list[ExecutionRecord]:
+        """One child per input, started once, waited for together; their runs in input order."""
+        run = self.run
+        slot = self._slot()
+        prefix = f"{run.execution_id}.{run.name}.{run.visit}.m{slot}."
+        wait = Wait("children", run.name, run.visit, slot, child=prefix, count=len(inputs))
+        if not any((k, wait.checkpoint_node) in self.recorded for k in (Kind.WAIT, Kind.WAKE)):
+            for i, values in enumerate(inputs):
+                self._start(graph, values, f"{prefix}{i:06d}")
+        self._wait(wait)
+        return run.runtime.store.children(run.execution_id, prefix)
+
+    def _slot(self) -> str:
+        if self.run.base.status == Status.COMPENSATING:
+            raise NonRetryable(f"node {self.run.name!r} cannot wait while its saga compensates")
+        self._slots += 1
+        return str(self._slots - 1)
+
+    def _start(self, graph: GraphShape, input: dict[str, Any], child: str) -> None:
+        run = self.run
+        start_run(
+            run.runtime,
+            graph,
+            input,
+            execution_id=child,
+            queue=run.base.cursor.queue,
+            parent=run.execution_id,
+        )
+
+    def _wait(self, wait: Wait) -> dict[str, Any]:
+        run = self.run
         if (woke := self.recorded.get((Kind.WAKE, wait.checkpoint_node))) is not None:
             self._timed(wait, woke)
             return dict(woke.output)
@@ -93,12 +142,14 @@ class VisitMemo:
             found = waits.next_event(self.run.runtime, self.run.execution_id, wait.event)
             if found is not None:
                 return {"event": found.id, "payload": found.payload}
+        if wait.kind in ("child", "children"):
+            return waits.child_result(self.run.runtime, self.run.execution_id, wait)
         return None
 
     def _begin(self, wait: Wait) -> None:
         """Commit the wait; its timer row goes first, so no committed wait lacks one."""
         run = self.run
-        due = waits.due_at(wait)
+        due = waits.due_at(run.runtime, wait)
         if due is not None:
             run.runtime.visits.schedule(
                 run.execution_id, Kind.WAIT, wait.checkpoint_node, run.visit, due
@@ -118,9 +169,14 @@ class VisitMemo:
             )
 
         self._commit(build)
+        # What ended while this wait was being committed found no wait to wake: look again.
         if wait.kind == "event":
-            # An event sent while this wait was being committed found no wait to wake.
             waits.wake_event_waits(run.runtime, run.execution_id)
+        elif wait.kind in ("child", "children"):
+            result = waits.child_result
+            waits.wake(
+                run.runtime, run.execution_id, wait.key, lambda r, w: result(run.runtime, r.id, w)
+            )
 
     def _commit(self, build: Callable[[], Commit]) -> Checkpoint:
         """A commit in the middle of the node: rebase on whatever moved the run meanwhile

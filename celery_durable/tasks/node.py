@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from celery_durable import faults
+from celery_durable.engine import waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, validate
 from celery_durable.errors import (
@@ -231,7 +232,8 @@ class NodeRun(Attempt):
         elif commit.status == Status.COMPENSATING:
             runtime.dispatch_undo(self.graph.name, self.execution_id, after)
         elif commit.status.finished:
-            runtime.hooks.execution_finished(self.execution_id, self.graph.name, commit.status)
+            parent = after.cursor.parent
+            waits.finished(runtime, self.execution_id, self.graph.name, commit.status, parent)
 
     def _may_inline(self, ready: list[Visit]) -> bool:
         """Run the one node that follows in this task rather than publish it, where the
@@ -273,7 +275,8 @@ class NodeRun(Attempt):
             self.name,
             error["message"],
         )
-        self.runtime.hooks.execution_finished(self.execution_id, self.graph.name, Status.FAILED)
+        parent = self.base.cursor.parent
+        waits.finished(self.runtime, self.execution_id, self.graph.name, Status.FAILED, parent)
         return Outcome.FAILED
 
 

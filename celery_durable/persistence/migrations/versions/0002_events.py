@@ -1,4 +1,5 @@
-"""Events sent to runs: kept until a wait consumes them, in the order sent.
+"""Events sent to runs (kept until a wait consumes them, in the order sent), and child runs'
+links to their parent.
 
 Revision ID: 0002
 Revises: 0001
@@ -14,6 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("durable_executions", sa.Column("parent_id", sa.String(255), nullable=True))
+    op.create_index("ix_durable_executions_parent_id", "durable_executions", ["parent_id"])
     op.create_table(
         "durable_events",
         # SQLite autoincrements an INTEGER PRIMARY KEY only.
@@ -44,3 +47,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_durable_events_execution_id_name_id", "durable_events")
     op.drop_table("durable_events")
+    op.drop_index("ix_durable_executions_parent_id", "durable_executions")
+    op.drop_column("durable_executions", "parent_id")

@@ -1,0 +1,54 @@
+"""Starting a run: validate, store, publish the entry node, in that order, so bad input
+changes nothing. Idempotent on the run's id: the same id twice is one run, which is how a
+parent node that runs again never starts its child twice."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery_durable.engine.base import Base
+from celery_durable.engine.runtime import Runtime
+from celery_durable.engine.state import validate
+from celery_durable.errors import ExecutionIdInUse
+from celery_durable.persistence.records import ExecutionRecord
+from celery_durable.saga.coordinator import Cursor
+from celery_durable.saga.shape import GraphShape
+
+
+def start_run(
+    runtime: Runtime,
+    graph: GraphShape,
+    input: dict[str, Any],
+    *,
+    execution_id: str | None = None,
+    countdown: float | None = None,
+    queue: str | None = None,
+    parent: str | None = None,
+) -> ExecutionRecord:
+    fingerprint = graph.validate()
+    state = validate(graph.name, graph.state, input).model_dump(mode="json")
+    state_json = runtime.state_json(state)
+    execution_id = execution_id or uuid.uuid4().hex
+    assert graph.entry_node is not None
+    cursor = Cursor.start(graph.entry_node, queue, parent)
+    go = cursor.interrupt(graph, cursor.frontier)
+    record, created = runtime.store.create_execution(
+        execution_id=execution_id,
+        graph=graph.name,
+        fingerprint=fingerprint,
+        state=state,
+        cursor=cursor.to_json(),
+        status=cursor.settled(),
+        state_json=state_json,
+        parent_id=parent,
+    )
+    if record.graph != graph.name:
+        raise ExecutionIdInUse(execution_id, record.graph, graph.name)
+    if created:
+        base = Base(0, state, cursor, record.status)
+        for node, visit in go:
+            runtime.dispatcher.dispatch(
+                graph.name, node, visit, execution_id, base, countdown=countdown
+            )
+    return record
