@@ -10,6 +10,7 @@ from celery_durable.engine.execution import Execution, Progress
 from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
     CheckpointCorrupted,
+    ChildFailed,
     Compensated,
     DurableError,
     EventTimeout,
@@ -65,4 +66,5 @@ __all__ = [
     "CheckpointCorrupted",
     "EventTimeout",
     "NotWaiting",
+    "ChildFailed",
 ]

@@ -168,9 +168,13 @@ class Durable:
         graph: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        *,
+        parent: str | None = None,
     ) -> builtins.list[Execution]:
-        """Executions, newest first."""
-        records = self.store.list_executions(status=status, graph=graph, since=since, limit=limit)
+        """Executions, newest first; ``parent``: only the children of that run."""
+        records = self.store.list_executions(
+            status=status, graph=graph, since=since, parent=parent, limit=limit
+        )
         return [Execution(self.runtime, r.id, r) for r in records]
 
     def stuck(self, threshold: timedelta | None = None) -> builtins.list[Execution]:

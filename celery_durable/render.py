@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,14 @@ def waiting(wait: dict[str, Any]) -> str:
         until = datetime.fromtimestamp(wait["until"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         what += f" until {until}"
     return f"{what} at {wait['node']}"
+
+
+def children(records: Sequence[ExecutionRecord]) -> str:
+    """``12 (10 succeeded, 2 running)``, then the first few ids."""
+    counts = Counter(str(r.status) for r in records)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    shown = " ".join(r.id for r in records[:5]) + (" ..." if len(records) > 5 else "")
+    return f"{len(records)} ({summary}): {shown}"
 
 
 def history(checkpoints: Iterable[Checkpoint]) -> str:

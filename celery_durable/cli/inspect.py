@@ -17,6 +17,7 @@ from celery_durable.cli.common import Obj, emit, json_option, parse_age, record_
 @click.option("--graph", default=None, help="Filter by graph name.")
 @click.option("--since", default=None, help="Started within this age: 15m, 2h, 7d.")
 @click.option("--stuck", is_flag=True, help="Only runs with no progress past stuck_after.")
+@click.option("--parent", default=None, help="Only the child runs of this execution.")
 @click.option("--limit", default=50, show_default=True)
 @json_option
 @click.pass_obj
@@ -26,6 +27,7 @@ def ls(
     graph: str | None,
     since: str | None,
     stuck: bool,
+    parent: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -35,7 +37,9 @@ def ls(
         runs = durable.stuck()[:limit]
     else:
         after = datetime.now(UTC) - parse_age(since) if since else None
-        runs = durable.list(status=list(status) or None, graph=graph, since=after, limit=limit)
+        runs = durable.list(
+            status=list(status) or None, graph=graph, since=after, parent=parent, limit=limit
+        )
     records = [run.record for run in runs]
     emit([record_json(r) for r in runs], as_json, lambda: render.executions(records))
 
@@ -51,6 +55,7 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
     record = execution.record
     checkpoints = execution.history()
     states = render.node_states(record, checkpoints)
+    children = [child.record for child in execution.children()]
 
     def human() -> str:
         lines = [
@@ -59,6 +64,8 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
         ]
         if record.error:
             lines.append(f"error: {record.error.get('type')}: {record.error.get('message')}")
+        if children:
+            lines.append(f"children: {render.children(children)}")
         graph = durable.graphs.get(record.graph)
         if graph is not None:
             lines.append(render.graph(graph, states))
@@ -69,7 +76,8 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
             )
         return "\n".join(lines)
 
-    emit({**record_json(execution), "nodes": states}, as_json, human)
+    listed = [{"id": c.id, "graph": c.graph, "status": str(c.status)} for c in children]
+    emit({**record_json(execution), "nodes": states, "children": listed}, as_json, human)
 
 
 @click.command("history")

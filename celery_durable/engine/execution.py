@@ -28,7 +28,7 @@ from celery_durable.persistence.records import (
     error_record,
 )
 from celery_durable.saga.coordinator import Cursor
-from celery_durable.status import ENDS_WAIT, Status
+from celery_durable.status import ENDS_WAIT, FINISHED, Status
 
 ENDINGS: dict[Status, type[ExecutionFailed]] = {
     Status.COMPENSATED: Compensated,
@@ -45,11 +45,16 @@ class Progress:
     percent: float
     eta: float | None
     status: Status
+    children: int = 0
+    children_done: int = 0
 
     def __str__(self) -> str:
         eta = f", eta {self.eta:.1f}s" if self.eta is not None else ""
         now = f" at {', '.join(self.current)}" if self.current else ""
-        return f"{self.done}/{self.total} nodes ({self.percent:.0f}%){now}{eta} [{self.status}]"
+        kids = f", children {self.children_done}/{self.children}" if self.children else ""
+        return (
+            f"{self.done}/{self.total} nodes ({self.percent:.0f}%){now}{eta}{kids} [{self.status}]"
+        )
 
 
 class Execution:
@@ -129,7 +134,10 @@ class Execution:
         if committed > 0 and not record.status.finished:
             mean = (nodes[-1].created_at - nodes[0].created_at).total_seconds() / committed
             eta = mean * max(total - done, 0)
-        return Progress(done, total, current, percent, eta, record.status)
+        store = self.runtime.store
+        children = store.count_children(self.id, "", Status)
+        done_children = store.count_children(self.id, "", FINISHED) if children else 0
+        return Progress(done, total, current, percent, eta, record.status, children, done_children)
 
     # -- control operations: each appends an audited checkpoint, or raises and changes nothing
 
@@ -154,6 +162,10 @@ class Execution:
         """Send an event: the run's next ``ctx.wait_for_event(name)`` gets ``payload``. Kept
         until consumed; the same ``idempotency_key`` twice stores one event."""
         return waits.send_event(self.runtime, self.id, name, payload, idempotency_key)
+
+    def children(self) -> list[Execution]:
+        """The runs this one started as children (ctx.start_child, ctx.map), in id order."""
+        return [Execution(self.runtime, r.id, r) for r in self.runtime.store.children(self.id)]
 
     @property
     def waiting_on(self) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ does not allow it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery_durable.engine import waits
@@ -124,6 +125,10 @@ class Operations(Audited):
             for name, visit in Cursor.from_json(record.cursor).frontier
         ]
         self.runtime.dispatcher.revoke(execution_id, in_flight)
+        for child in self.runtime.store.children(execution_id):
+            if not child.status.finished:
+                with contextlib.suppress(InvalidTransition):
+                    self.cancel(child.id, by=by, reason=f"its parent {execution_id} was cancelled")
 
     def retry(self, execution_id: str, *, by: str | None = None, reason: str | None = None) -> None:
         """A failed run from its failure point, or a stuck compensation from where it stopped."""

@@ -8,13 +8,16 @@ line, the ``intervention_required`` signal, a hook) until an operator retries or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
 from celery_durable.engine import waits
 from celery_durable.engine.base import Base
+from celery_durable.engine.operations import Operations
 from celery_durable.engine.state import validate
+from celery_durable.errors import InvalidTransition
 from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.saga import compensation
 from celery_durable.saga.coordinator import Cursor
@@ -23,6 +26,10 @@ from celery_durable.status import Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
 
 logger = logging.getLogger("celery_durable.saga")
+# A child saga in one of these is compensated when the parent step that started it is undone.
+UNDOABLE = frozenset(
+    {Status.RUNNING, Status.PAUSED, Status.WAITING, Status.FAILED, Status.SUCCEEDED}
+)
 
 
 def after_failure(run: Attempt, error: ErrorRecord) -> Outcome:
@@ -86,6 +93,7 @@ class CompensationRun(Attempt):
         ctx = self.context(None)
         # A long undo holds a lease like a long node: the sweep leaves it alone, and a
         # superseded attempt cannot commit.
+        self._undo_children()
         with self.runtime.leases.watch(self.key) as lease:
             try:
                 as_committed = self.runtime.store.load(self.execution_id, seq).state
@@ -101,6 +109,22 @@ class CompensationRun(Attempt):
         if lease.lost:
             return Outcome.DROPPED
         return self._commit(seq, lease_token=lease.token)
+
+    def _undo_children(self) -> None:
+        """The child sagas this step's visit started are compensated too, newest first (their
+        undos run on their own; this one does not wait for them)."""
+        prefix = f"{self.execution_id}.{self.name}.{self.visit}."
+        children = self.runtime.store.children(self.execution_id, prefix)
+        for child in sorted(children, key=lambda c: c.created_at, reverse=True):
+            graph = self.runtime.graphs.get(child.graph)
+            undoable = graph is not None and any(
+                node.compensator is not None for node in graph.nodes.values()
+            )
+            if undoable and child.status in UNDOABLE:
+                with contextlib.suppress(InvalidTransition):
+                    Operations(self.runtime).compensate(
+                        child.id, by="parent", reason=f"parent {self.execution_id} compensates"
+                    )
 
     def is_due(self, base: Base) -> bool:
         undo = compensation.due(base.status, base.cursor)

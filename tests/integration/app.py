@@ -79,6 +79,16 @@ class Poison(BaseModel):
     ran: bool = False
 
 
+class Batch(BaseModel):
+    """A parent that maps ``size`` children (squares), or one child of it."""
+
+    n: int = 0
+    size: int = 0
+    fail_at: int = -1
+    sleep: float = 0.0
+    results: list[int] = []
+
+
 class Errand(BaseModel):
     """Every kind of wait: a step, a sleep, an event with a timeout, an approval."""
 
@@ -116,6 +126,10 @@ class DurableApp:
     poison: Graph
     errand: Graph
     nap: Graph
+    square: Graph
+    batch: Graph
+    leg: Saga
+    journey: Saga
     trip: Saga
     order: Saga
     hold: Saga
@@ -141,6 +155,7 @@ def build() -> DurableApp:
         poison=_poison(durable),
         errand=_errand(durable),
         nap=_nap(durable),
+        **_children(durable),
         trip=_saga(durable, "trip", TRIP_STEPS, TRIP_STEPS, TRIP_RETRY, TRIP_COMPENSATION_RETRY),
         order=_saga(
             durable, "order", ORDER_STEPS, ORDER_COMPENSATED, ORDER_RETRY, ORDER_COMPENSATION_RETRY
@@ -238,6 +253,59 @@ def _nap(durable: Durable) -> Graph:
 
     nap.entry(doze)
     return nap
+
+
+def _children(durable: Durable) -> dict[str, Graph]:
+    """square (a child: n*n, fails at fail_at, sleeps first if asked), batch (maps squares),
+    and two sagas: journey's first step starts a leg saga, its second always fails.
+    Ledger lines: ``<execution> square <n>``, ``<execution> undo leg|journey``."""
+    square = durable.graph("square", state=Batch)
+
+    @square.node(retry=RetryPolicy.never())
+    def calc(state: Batch, ctx: Context) -> dict[str, int]:
+        ledger(ctx.execution_id, "square", state.n)
+        if state.sleep:
+            ctx.sleep(state.sleep)
+        if state.n == state.fail_at:
+            raise NonRetryable(f"no square for {state.n}")
+        return {"n": state.n * state.n}
+
+    square.entry(calc)
+    batch = durable.graph("batch", state=Batch)
+
+    @batch.node(retry=RetryPolicy.never())
+    def fan(state: Batch, ctx: Context) -> dict[str, object]:
+        inputs = [
+            {"n": i, "fail_at": state.fail_at, "sleep": state.sleep} for i in range(state.size)
+        ]
+        return {"results": [child["n"] for child in ctx.map(square, inputs)]}
+
+    batch.entry(fan)
+    leg = durable.saga("leg", state=Batch)
+
+    @leg.step
+    def book_leg(state: Batch) -> None:
+        return None
+
+    @book_leg.compensation
+    def cancel_leg(state: Batch, ctx: Context) -> None:
+        ledger(ctx.execution_id, "undo", "leg")
+
+    journey = durable.saga("journey", state=Batch)
+
+    @journey.step
+    def book(state: Batch, ctx: Context) -> None:
+        ctx.wait_child(ctx.start_child(leg, {"n": state.n}))
+
+    @book.compensation
+    def unbook(state: Batch, ctx: Context) -> None:
+        ledger(ctx.execution_id, "undo", "journey")
+
+    @journey.step(retry=RetryPolicy.never())
+    def pay(state: Batch) -> None:
+        raise NonRetryable("card declined")
+
+    return {"square": square, "batch": batch, "leg": leg, "journey": journey}
 
 
 def _poison(durable: Durable) -> Graph:

@@ -4,11 +4,12 @@ worker, survives SIGKILL while it waits and just after it wakes, and commits not
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from celery_durable import Status
+from celery_durable import Compensated, ExecutionFailed, Status
 from tests.integration.app import DurableApp
 from tests.integration.harness import Workers, assert_one_checkpoint_per_visit, ledger_lines
 from tests.waiting import wait_for
@@ -66,3 +67,42 @@ def test_sleeping_runs_hold_no_worker_slot(durable: DurableApp, workers: Workers
     # Then they all finish within 2 s and a few timer and sweep rounds of the last start
     assert all(run.status == Status.SUCCEEDED for run in started)
     assert max(f.woke for f in finals) - last_start < 2 + 3 * 1.0 + 10
+
+
+def test_map_over_a_thousand_children_on_one_worker(
+    durable: DurableApp, workers: Workers, ledger_path: Path
+) -> None:
+    workers.start(concurrency=2)
+    run = durable.durable.start(durable.batch, {"size": 1000})
+    final = run.wait(timeout=240)
+    assert final.results == [i * i for i in range(1000)]
+    squares = Counter(ln[0] for ln in ledger_lines(ledger_path) if ln[1] == "square")
+    assert len(squares) == 1000 and set(squares.values()) == {1}  # each child ran once
+    assert len(run.children()) == 1000
+
+
+def test_a_failing_child_cancel_and_compensation_reach_children(
+    durable: DurableApp, workers: Workers, ledger_path: Path
+) -> None:
+    workers.start(concurrency=2)
+    failing = durable.durable.start(durable.batch, {"size": 20, "fail_at": 7})
+    with pytest.raises(ExecutionFailed) as failed:
+        failing.wait(timeout=60)
+    assert failed.value.error["type"] == "ChildFailed"
+    assert f"{failing.id}.fan.1.m0.000007" in failed.value.error["message"]
+
+    sleepy = durable.durable.start(durable.batch, {"size": 5, "sleep": 3600})
+    wait_for(
+        lambda: [c for c in sleepy.children() if c.status == Status.WAITING][4:], 60, what="naps"
+    )
+    sleepy.cancel(reason="batch withdrawn")
+    assert {c.status for c in sleepy.children()} == {Status.CANCELLED}
+
+    trip = durable.durable.start(durable.journey, {"n": 1})
+    with pytest.raises(Compensated):
+        trip.wait(timeout=60)
+    (leg,) = trip.children()
+    with pytest.raises(Compensated):
+        leg.wait(timeout=60)
+    undone = [ln[2] for ln in ledger_lines(ledger_path) if ln[1] == "undo"]
+    assert sorted(undone) == ["journey", "leg"]

@@ -57,6 +57,7 @@ def test_public_api_is_pinned() -> None:
         "CheckpointCorrupted",
         "EventTimeout",
         "NotWaiting",
+        "ChildFailed",
     ]
     for name in celery_durable.__all__:
         assert getattr(celery_durable, name).__doc__ or name == "intervention_required", name
