@@ -22,6 +22,7 @@ import signal
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from pydantic import BaseModel
@@ -97,6 +98,7 @@ class Errand(BaseModel):
     paid: int = 0
     approved: bool = False
     woke: float = 0.0
+    checked: int = 0
     shipped: bool = False
 
 
@@ -146,6 +148,7 @@ def build() -> DurableApp:
     )
     durable = Durable(app)
     _durables.add(durable)
+    children = _children(durable)
     return DurableApp(
         app=app,
         durable=durable,
@@ -153,9 +156,9 @@ def build() -> DurableApp:
         chain=_chain(durable),
         items=_items(durable),
         poison=_poison(durable),
-        errand=_errand(durable),
+        errand=_errand(durable, children["square"]),
         nap=_nap(durable),
-        **_children(durable),
+        **children,
         trip=_saga(durable, "trip", TRIP_STEPS, TRIP_STEPS, TRIP_RETRY, TRIP_COMPENSATION_RETRY),
         order=_saga(
             durable, "order", ORDER_STEPS, ORDER_COMPENSATED, ORDER_RETRY, ORDER_COMPENSATION_RETRY
@@ -214,8 +217,8 @@ def _items(durable: Durable) -> Graph:
     return items
 
 
-def _errand(durable: Durable) -> Graph:
-    """prepare (a step, a sleep, an event) -> ship (waits for approval before it runs).
+def _errand(durable: Durable, square: Graph) -> Graph:
+    """prepare (a step, a sleep, an event, a child run) -> ship (waits for approval first).
     Ledger lines: ``<execution> label made``, ``<execution> prepare|ship start <pid>``."""
     errand = durable.graph("errand", state=Errand)
 
@@ -230,7 +233,8 @@ def _errand(durable: Durable) -> Graph:
         label = ctx.step("label", make_label)
         ctx.sleep(state.sleep)
         paid = ctx.wait_for_event("paid", timeout=300)
-        return {"label": label, "paid": paid["amount"]}
+        checked = ctx.wait_child(ctx.start_child(square, {"n": paid["amount"]}))
+        return {"label": label, "paid": paid["amount"], "checked": checked["n"]}
 
     @errand.node(interrupt_before=True)
     def ship(state: Errand, ctx: Context) -> dict[str, object]:
@@ -255,7 +259,7 @@ def _nap(durable: Durable) -> Graph:
     return nap
 
 
-def _children(durable: Durable) -> dict[str, Graph]:
+def _children(durable: Durable) -> dict[str, Any]:
     """square (a child: n*n, fails at fail_at, sleeps first if asked), batch (maps squares),
     and two sagas: journey's first step starts a leg saga, its second always fails.
     Ledger lines: ``<execution> square <n>``, ``<execution> undo leg|journey``."""
