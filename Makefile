@@ -40,6 +40,7 @@ demo: install
 bench: install services
 	$(PY) bench/store.py
 	$(PY) bench/engine.py
+	$(PY) bench/waits.py
 
 fleet:
 	docker compose up -d --build
