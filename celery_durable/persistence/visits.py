@@ -7,10 +7,11 @@ upsert keyed like the checkpoint it precedes, (execution, kind, node, visit).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, or_, select, update
 
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
@@ -71,13 +72,7 @@ class VisitLedger:
             rows = conn.execute(
                 select(node_visits).where(node_visits.c.due_at.is_not(None)).with_for_update()
             ).all()
-            for row in rows:
-                m = row._mapping
-                conn.execute(
-                    update(node_visits)
-                    .where(_key(m["execution_id"], m["kind"], m["node"], m["visit"]))
-                    .values(due_at=as_utc(m["due_at"]) - by)  # type: ignore[operator]
-                )
+            _reschedule(conn, rows, lambda row: _earlier(row, by), utcnow())
         return len(rows)
 
     def record_redelivery(self, execution_id: str, kind: str, node: str, visit: int) -> VisitRecord:
@@ -133,13 +128,7 @@ class VisitLedger:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
-            for row in rows:
-                m = row._mapping
-                conn.execute(
-                    update(node_visits)
-                    .where(_key(m["execution_id"], m["kind"], m["node"], m["visit"]))
-                    .values(due_at=None, updated_at=now)
-                )
+            _reschedule(conn, rows, lambda row: None, now)
         return [_visit(row) for row in rows]
 
     def busy(self, execution_id: str, now: datetime) -> set[tuple[str, str, int]]:
@@ -194,6 +183,28 @@ class VisitLedger:
         )
         with self.db.engine.begin() as conn:
             return conn.execute(statement).one()
+
+
+def _reschedule(
+    conn: Connection,
+    rows: Sequence[Row[Any]],
+    due: Callable[[Row[Any]], datetime | None],
+    now: datetime,
+) -> None:
+    """Give each of ``rows`` (locked by the caller's transaction) the due time ``due`` says."""
+    for row in rows:
+        m = row._mapping
+        conn.execute(
+            update(node_visits)
+            .where(_key(m["execution_id"], m["kind"], m["node"], m["visit"]))
+            .values(due_at=due(row), updated_at=now)
+        )
+
+
+def _earlier(row: Row[Any], by: timedelta) -> datetime:
+    due = as_utc(row.due_at)
+    assert due is not None  # only rows with a due time are moved
+    return due - by
 
 
 def _key(execution_id: str, kind: str, node: str, visit: int) -> Any:
