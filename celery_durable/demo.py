@@ -91,8 +91,10 @@ def run(database_url: str | None = None) -> None:
 
 
 def _return(returns: Graph) -> None:
-    click.echo("\n5. A return: inspection is a durable sleep, the refund waits for approval")
+    click.echo("\n5. A return: the parcel arrives (an event), inspection is a durable sleep,")
+    click.echo("   the refund waits for approval")
     run = returns.delay(order_id="o-1003", amount=120)
+    run.send_event("parcel", {"tracking": "RT-1003"})
     for kind in ("sleep", "interrupt"):
         while not (run.waiting_on and run.waiting_on["kind"] == kind):
             time.sleep(0.05)

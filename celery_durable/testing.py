@@ -16,11 +16,14 @@ makes an hour pass for durable sleeps, event timeouts and retries waiting in the
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
@@ -29,7 +32,10 @@ from celery.worker import state as worker_state
 
 from celery_durable.constants import RECOVERY_TASK
 from celery_durable.durable import Durable
-from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport
+from celery_durable.engine.execution import Execution
+from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
+from celery_durable.persistence.records import Kind, utcnow
+from celery_durable.status import Status
 
 POLLING_INTERVAL = 0.01
 SHUTDOWN_TIMEOUT = 10.0
@@ -98,10 +104,54 @@ def in_process_worker(
 
 
 def fast_forward(durable: Durable, duration: float | timedelta) -> RecoveryReport:
-    """Let ``duration`` pass for every timer in ``durable``'s database (durable sleeps, event
-    wait timeouts, retries waiting there), then fire those now due, as a worker's sweep would:
-    a test of an hour-long sleep takes no hour. Returns the sweep's report (``woken``,
-    ``retries``)."""
-    by = duration if isinstance(duration, timedelta) else timedelta(seconds=duration)
-    durable.visits.shift_due(by)
-    return durable.recover()
+    """Let ``duration`` pass, as far as durable timers and the recovery sweep can tell, and
+    sweep once: sleeps and event timeouts due by then wake, retries waiting in the database
+    are dispatched, and runs with no progress for ``stale_after`` by then (a crashed attempt,
+    see ``faults.crash_at``) are dispatched again. Time passed so far adds up across calls,
+    per Durable. Returns the sweep's report (``woken``, ``retries``, ``redispatched``).
+
+    Call it while the worker is idle: a node still running counts as no progress too."""
+    by = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+    _passed[durable] = _passed.get(durable, 0.0) + by
+    return sweep(durable.runtime, now=utcnow() + timedelta(seconds=_passed[durable]))
+
+
+# How much time fast_forward() let pass for each Durable: it only ever moves forward.
+_passed: WeakKeyDictionary[Durable, float] = WeakKeyDictionary()
+
+
+def assert_status(run: Execution, status: Status | str) -> None:
+    """The run ended (or stands) in ``status``; otherwise say where it is and why."""
+    assert run.status == status, f"{run.id} is {run.status}, not {status}: {run.error}"
+
+
+def assert_committed_once(run: Execution, nodes: Iterable[str]) -> None:
+    """Each of ``nodes`` committed exactly one visit, whatever ran twice."""
+    visits = Counter(cp.node for cp in run.history() if cp.kind == Kind.NODE)
+    wrong = {node: visits[node] for node in nodes if visits[node] != 1}
+    assert not wrong, f"{run.id}: nodes not committed exactly once (node: commits): {wrong}"
+
+
+def assert_compensated_in_order(run: Execution, steps: Sequence[str]) -> None:
+    """The compensations that committed, in the order they did."""
+    undone = [cp.node for cp in run.history() if cp.kind == Kind.COMPENSATION]
+    assert undone == list(steps), f"{run.id}: compensated {undone}, expected {list(steps)}"
+
+
+def assert_once_per_key(keys: Iterable[str]) -> None:
+    """Side effects recorded by idempotency key (``ctx.idempotency_key``) happened once each."""
+    repeated = {key: n for key, n in Counter(keys).items() if n > 1}
+    assert not repeated, f"side effects repeated for these idempotency keys: {repeated}"
+
+
+def waiting_for(run: Execution, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Block until the run waits for ``kind`` (sleep, event, interrupt, child, children);
+    returns ``run.waiting_on``. Raises TimeoutError, saying what it waits for instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waits = run.waiting_on
+        if waits is not None and waits["kind"] == kind:
+            return waits
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run.id} is {run.status}, waiting for {waits}, not a {kind}")
+        time.sleep(0.005)

@@ -30,7 +30,16 @@ from typing import Annotated
 from celery import Celery
 from pydantic import BaseModel, Field
 
-from celery_durable import Context, Durable, Graph, NonRetryable, Reduce, RetryPolicy, Saga
+from celery_durable import (
+    Context,
+    Durable,
+    EventTimeout,
+    Graph,
+    NonRetryable,
+    Reduce,
+    RetryPolicy,
+    Saga,
+)
 from celery_durable.metrics import instrument
 
 CARD_LIMIT = 1_000
@@ -57,9 +66,31 @@ class CardDeclined(NonRetryable):
 class Return(BaseModel):
     order_id: str
     amount: int = Field(gt=0)
+    received: bool = False
     inspected: bool = False
     approved: bool = False
     refunded: int = 0
+
+
+class Payments:
+    """Stands in for a payment provider: like a real one, it charges once per idempotency
+    key, however often it is asked (``requests`` keeps every ask, ``charges`` the charges)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.charges: list[str] = []
+        self.refunded: list[str] = []
+
+    def charge(self, key: str, amount: int) -> None:
+        self.requests.append(key)
+        if key not in self.charges:
+            self.charges.append(key)
+
+    def refund(self, key: str) -> None:
+        self.refunded.append(key)
+
+
+payments = Payments()
 
 
 # How long the returned parcel takes to inspect: a durable sleep, no worker held meanwhile.
@@ -120,22 +151,27 @@ def define_fulfilment(durable: Durable) -> Graph:
     return fulfilment
 
 
-def define_returns(durable: Durable) -> Graph:
-    """A return: the parcel is inspected (a durable sleep), then someone approves the refund
-    (the run waits before ``refund`` until ``resume(update={"approved": True})``)."""
+def define_returns(durable: Durable, inspection: float = INSPECTION_SECONDS) -> Graph:
+    """A return: the parcel comes back (the event ``parcel``, or after a day the return
+    expires), it is inspected (a durable sleep of ``inspection`` seconds), then someone
+    approves the refund (the run waits before ``refund`` until ``resume(update=...)``)."""
     returns = durable.graph("returns", state=Return)
 
     @returns.node
     def inspect(ret: Return, ctx: Context) -> dict[str, object]:
-        ctx.sleep(INSPECTION_SECONDS)
-        return {"inspected": True}
+        try:
+            ctx.wait_for_event("parcel", timeout=86400)
+        except EventTimeout:
+            return {"received": False}
+        ctx.sleep(inspection)
+        return {"received": True, "inspected": True}
 
     @returns.node(interrupt_before=True)
     def refund(ret: Return) -> dict[str, object]:
         return {"refunded": ret.amount if ret.approved else 0}
 
     returns.entry(inspect)
-    returns.edge(inspect, refund)
+    returns.branch(inspect, lambda ret: "refund" if ret.received else None, paths=[refund])
     return returns
 
 
@@ -154,14 +190,16 @@ def define_orders(durable: Durable) -> Saga:
     @orders.step(retry=RetryPolicy(max_attempts=3, initial_delay=0.2))
     def charge(order: Order, ctx: Context) -> dict[str, object]:
         time.sleep(WORK)
-        # ctx.idempotency_key is what a payment API takes to never charge twice.
         if order.amount > CARD_LIMIT:
             raise CardDeclined(f"card declined: {order.amount} is over the limit")
+        # ctx.idempotency_key is what a payment API takes to never charge twice.
+        payments.charge(ctx.idempotency_key, order.amount)
         return {"charged": True}
 
     @charge.compensation
     def refund(order: Order, ctx: Context) -> None:
         time.sleep(WORK)
+        payments.refund(ctx.idempotency_key)
 
     @orders.step(retry=CARRIER)
     def ship(order: Order, ctx: Context) -> dict[str, object]:

@@ -19,6 +19,7 @@ from celery_durable.engine import waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, VersionConflict
+from celery_durable.faults import SimulatedCrash
 from celery_durable.persistence.records import (
     ExecutionRecord,
     Kind,
@@ -55,7 +56,11 @@ def fire_timers(
         if due.kind == Kind.WAIT:
             node, _, slot = due.node.rpartition("@")
             key = f"{node}:{due.visit}:{slot}"
-            if waits.wake(runtime, due.execution_id, key, waits.timer_result(runtime)):
+            try:
+                woken = waits.wake(runtime, due.execution_id, key, waits.timer_result(runtime))
+            except SimulatedCrash:
+                continue  # crash_at("after_wake"): woken, not dispatched; the sweep heals it
+            if woken:
                 report.woken += 1
                 fired.add(due.execution_id)
             else:

@@ -7,11 +7,10 @@ upsert keyed like the checkpoint it precedes, (execution, kind, node, visit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, or_, select, update
+from sqlalchemy import Row, and_, delete, or_, select, update
 
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
@@ -66,15 +65,6 @@ class VisitLedger:
         wait times out). Written before the wait commits, so a wait never lacks its timer."""
         self._upsert(execution_id, kind, node, visit, increments={}, values={"due_at": due_at})
 
-    def shift_due(self, by: timedelta) -> int:
-        """Bring every timer ``by`` closer (testing.fast_forward); returns how many moved."""
-        with self.db.engine.begin() as conn:
-            rows = conn.execute(
-                select(node_visits).where(node_visits.c.due_at.is_not(None)).with_for_update()
-            ).all()
-            _reschedule(conn, rows, lambda row: _earlier(row, by), utcnow())
-        return len(rows)
-
     def record_redelivery(self, execution_id: str, kind: str, node: str, visit: int) -> VisitRecord:
         """Count one more redelivery of this visit's message; returns the visit as it stands."""
         return _visit(self._upsert(execution_id, kind, node, visit, increments={"redeliveries": 1}))
@@ -128,7 +118,13 @@ class VisitLedger:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
-            _reschedule(conn, rows, lambda row: None, now)
+            for row in rows:
+                m = row._mapping
+                conn.execute(
+                    update(node_visits)
+                    .where(_key(m["execution_id"], m["kind"], m["node"], m["visit"]))
+                    .values(due_at=None, updated_at=now)
+                )
         return [_visit(row) for row in rows]
 
     def busy(self, execution_id: str, now: datetime) -> set[tuple[str, str, int]]:
@@ -183,28 +179,6 @@ class VisitLedger:
         )
         with self.db.engine.begin() as conn:
             return conn.execute(statement).one()
-
-
-def _reschedule(
-    conn: Connection,
-    rows: Sequence[Row[Any]],
-    due: Callable[[Row[Any]], datetime | None],
-    now: datetime,
-) -> None:
-    """Give each of ``rows`` (locked by the caller's transaction) the due time ``due`` says."""
-    for row in rows:
-        m = row._mapping
-        conn.execute(
-            update(node_visits)
-            .where(_key(m["execution_id"], m["kind"], m["node"], m["visit"]))
-            .values(due_at=due(row), updated_at=now)
-        )
-
-
-def _earlier(row: Row[Any], by: timedelta) -> datetime:
-    due = as_utc(row.due_at)
-    assert due is not None  # only rows with a due time are moved
-    return due - by
 
 
 def _key(execution_id: str, kind: str, node: str, visit: int) -> Any:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
+from celery_durable import faults
 from celery_durable.engine import waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.operations import Operations
@@ -136,6 +137,8 @@ class CompensationRun(Attempt):
         return Outcome.REPLAYED
 
     def _commit(self, seq: int, lease_token: int = 0) -> Outcome:
+        faults.hit(faults.COMPENSATION, self.name)
+
         def build() -> Commit:
             cursor = self.base.cursor.copy()
             cursor.undo.pop(0)

@@ -185,6 +185,7 @@ class NodeRun(Attempt):
                 state_json=state_json,
             )
 
+        faults.hit(faults.BEFORE_COMMIT, self.name)
         commit = self.save(build)
         if isinstance(commit, Outcome):
             return commit

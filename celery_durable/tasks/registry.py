@@ -18,6 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import UnsafeSerializer
+from celery_durable.faults import SimulatedCrash
 from celery_durable.tasks.attempt import Attempt, Outcome
 from celery_durable.tasks.compensate import CompensationRun
 from celery_durable.tasks.events import InlineEvents
@@ -95,6 +96,10 @@ class NodeTasks:
                     outcome = self._run_one(run, task.request)
                 except (OperationalError, InterfaceError) as exc:
                     return self._database_down(task, run, exc)
+                except SimulatedCrash as crash:
+                    # An armed fault (faults.crash_at): end here, as a dead process would.
+                    logger.warning("simulated crash at %s", crash)
+                    return "crashed"
                 run = run.successor if isinstance(run, NodeRun) else None
             return str(outcome)
 
