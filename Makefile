@@ -25,6 +25,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The example tests' real-worker case and the pytest plugin's PostgreSQL fixtures use it.
+export CELERY_DURABLE_TEST_PG ?= postgresql://root@127.0.0.1:5432/postgres
+
 test: install services lint typecheck
 	$(BIN)/pytest
 

@@ -5,14 +5,22 @@ server (SQLite, an in-process broker and worker). ``pytest examples/`` runs it.
 The pattern: arm a fault point with ``crash_at`` (the attempt stops dead there, as if its worker
 died), let time pass with ``fast_forward`` (the recovery sweep finds the crashed run and sends
 it on, timers come due), then check how the run ended and what happened how often.
+
+The last test does it for real: ``celery worker`` processes on RabbitMQ and PostgreSQL (the
+pytest plugin's ``durable_postgres_url`` and ``durable_workers``; skipped unless
+CELERY_DURABLE_TEST_PG names a PostgreSQL admin URL), one SIGKILLed right after a commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from celery_durable import Durable, Graph, Saga, Status
 from celery_durable.faults import crash_at
@@ -26,6 +34,7 @@ from celery_durable.testing import (
     in_process_worker,
     waiting_for,
 )
+from celery_durable.worker_processes import WorkerProcesses
 from examples import order_app
 
 STEPS = ["reserve", "charge", "ship"]
@@ -108,3 +117,34 @@ def test_a_return_whose_parcel_never_comes_expires_after_a_day(shop: Shop) -> No
     fast_forward(shop.durable, 86400)
     final = run.wait(timeout=5)
     assert (final.received, final.refunded) == (False, 0)
+
+
+def test_a_worker_killed_right_after_the_charge_commits(
+    durable_postgres_url: str, durable_workers: Callable[..., WorkerProcesses]
+) -> None:
+    broker = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    queue = f"shop-test-{uuid.uuid4().hex[:8]}"
+    env = {
+        "CELERY_BROKER_URL": broker,
+        "CELERY_DURABLE_DATABASE_URL": durable_postgres_url,
+        "SHOP_QUEUE": queue,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    client = Celery("shop-client", broker=broker)
+    client.conf.task_default_queue = queue
+    durable = Durable(client, durable_postgres_url)
+    durable.migrate()
+    _, orders = order_app.define(durable)
+    workers = durable_workers("examples.order_app", env)
+    doomed = workers.start(queue, extra_env={"CELERY_DURABLE_FAULT": "after_commit:charge"})
+    try:
+        run = orders.delay(order_id="o-9", amount=100)
+        assert doomed.wait_exit(timeout=60) != 0  # SIGKILLed itself after charge committed
+        workers.start(queue)  # the unacked message comes back to this one: a replay
+        run.wait(timeout=60)
+        assert_status(run, Status.SUCCEEDED)
+        assert_committed_once(run, STEPS)
+    finally:
+        with client.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+        durable.db.dispose()

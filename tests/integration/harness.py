@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +13,11 @@ from pathlib import Path
 from kombu import Connection
 
 from celery_durable.persistence.records import Checkpoint
+from celery_durable.worker_processes import WorkerProcess, WorkerProcesses
 from tests.integration import app as app_module
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_URL = os.environ.get("CELERY_BROKER_URL") or app_module.DEFAULT_BROKER
-READY_TIMEOUT = 30.0
 
 
 # How a worker hands a node on: the next node inline in the same task (the default), or a
@@ -29,104 +25,28 @@ READY_TIMEOUT = 30.0
 HAND_ON = {"inline": {}, "message": {"CELERY_DURABLE_INLINE_NODES": "0"}}
 
 
-class Worker:
-    """One ``celery worker`` process group."""
-
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log = log
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "ready." in self.output():
-                return
-            if not self.alive():
-                raise RuntimeError(f"worker {self.name} exited:\n{self.output()[-3000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"worker {self.name} not ready in {timeout}s:\n{self.output()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole group (main process and pool children), as a machine failure."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown (running tasks finish); SIGKILL if it takes longer than ``timeout``."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=timeout)
-        self.kill()
-
-    def wait_exit(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
+# The worker subprocesses tests start: celery_durable's own test helpers, used as users would.
+Worker = WorkerProcess
 
 
-class Workers:
-    """Starts worker subprocesses on the test's queue; ``cleanup`` kills every one of them."""
+class Workers(WorkerProcesses):
+    """Workers of ``tests.integration.app`` on the test's queue; ``cleanup`` also deletes it."""
 
     def __init__(self, env: dict[str, str], queue: str, logs: Path) -> None:
-        self.env = env
+        super().__init__("tests.integration.app", env, logs, cwd=REPO)
         self.queue = queue
-        self.logs = logs
-        self.started: list[Worker] = []
 
-    def start(
+    def start(  # type: ignore[override]
         self,
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
         wait: bool = True,
         args: Sequence[str] | None = None,
     ) -> Worker:
-        """``args`` replace the worker arguments after ``-A <app>`` (queue and name are added)."""
-        name = f"w{len(self.started)}-{uuid.uuid4().hex[:6]}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_DURABLE_")}
-        environ.update(self.env)
-        environ.update(extra_env or {})
-        log = self.logs / f"worker-{name}.log"
-        if args is None:
-            args = (
-                "worker", "-P", "prefork", "-c", str(concurrency),
-                "--prefetch-multiplier", "1", "-l", "INFO", "--without-gossip", "--without-mingle",
-            )  # fmt: skip
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "tests.integration.app", *args,
-            "-Q", self.queue, "-n", f"{name}@%h",
-        ]  # fmt: skip
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                cmd, cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        worker = Worker(name, proc, log)
-        self.started.append(worker)
-        if wait:
-            worker.wait_ready()
-        return worker
-
-    def alive(self) -> list[Worker]:
-        return [w for w in self.started if w.alive()]
+        return super().start(self.queue, concurrency, extra_env, wait, args)
 
     def cleanup(self) -> None:
-        for worker in self.started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
-        for worker in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(timeout=10)
+        super().cleanup()
         with contextlib.suppress(Exception), Connection(BROKER_URL, connect_timeout=5) as conn:
             channel = conn.default_channel
             with contextlib.suppress(Exception):

@@ -1,0 +1,93 @@
+"""pytest fixtures for testing your own workflows, loaded by pytest through celery-durable's
+``pytest11`` entry point. They do nothing unless a test asks for them (no hooks, no options).
+
+- ``durable_database_url``: a SQLite file in the test's ``tmp_path``; with
+  ``CELERY_DURABLE_TEST_PG`` set to a PostgreSQL admin URL, a database created for the test
+  under it and dropped after.
+- ``durable_postgres_url``: the same, PostgreSQL only; the test is skipped when
+  ``CELERY_DURABLE_TEST_PG`` is unset.
+- ``durable_embedded``: a ``Durable`` on an in-memory broker and ``durable_database_url``,
+  migrated. Define your graphs on it (``define(durable_embedded)``).
+- ``durable_worker``: ``with durable_worker(): ...`` runs an in-process worker for it.
+- ``durable_workers``: real ``celery worker`` subprocesses (``durable_workers.start(app)``)
+  that a test can SIGKILL (``worker.kill()``); all are killed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from celery_durable.durable import Durable
+    from celery_durable.worker_processes import WorkerProcesses
+
+PG_ENV = "CELERY_DURABLE_TEST_PG"
+
+
+@pytest.fixture
+def durable_postgres_url() -> Iterator[str]:
+    admin = os.environ.get(PG_ENV)
+    if not admin:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL to test against")
+    import psycopg
+
+    dsn = admin.replace("postgresql+psycopg://", "postgresql://", 1)
+    name = f"durable_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = dsn.rpartition("/")[0]
+        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def durable_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if os.environ.get(PG_ENV):
+        return str(request.getfixturevalue("durable_postgres_url"))
+    return f"sqlite:///{tmp_path / 'durable.sqlite3'}"
+
+
+@pytest.fixture
+def durable_embedded(durable_database_url: str) -> Iterator[Durable]:
+    from celery_durable.durable import Durable
+    from celery_durable.testing import embedded_app
+
+    durable = Durable(embedded_app(f"tests-{uuid.uuid4().hex[:8]}"), durable_database_url)
+    durable.migrate()
+    yield durable
+    durable.db.dispose()
+
+
+@pytest.fixture
+def durable_worker(
+    durable_embedded: Durable,
+) -> Callable[..., AbstractContextManager[Any]]:
+    from celery_durable.testing import in_process_worker
+
+    return lambda **options: in_process_worker(durable_embedded, **options)
+
+
+@pytest.fixture
+def durable_workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcesses]]:
+    """``durable_workers(app, env)``: worker processes for ``celery -A app``."""
+    from celery_durable.worker_processes import WorkerProcesses
+
+    pools: list[WorkerProcesses] = []
+
+    def pool(app: str, env: dict[str, str] | None = None) -> WorkerProcesses:
+        pools.append(WorkerProcesses(app, env or {}, tmp_path))
+        return pools[-1]
+
+    yield pool
+    for started in pools:
+        started.cleanup()
