@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from celery_durable import worker_processes
 from tests.integration import harness
 from tests.integration.test_flower import FLOWER_ARGS, WORKER_ARGS
 
@@ -108,7 +109,7 @@ def test_the_crash_tests_worker_has_the_same_shape(
         def poll(self) -> int:
             return 0
 
-    monkeypatch.setattr(harness.subprocess, "Popen", NotStarted)
+    monkeypatch.setattr(worker_processes.subprocess, "Popen", NotStarted)
     harness.Workers({}, "q", tmp_path).start(concurrency=2, wait=False)
     (cmd,) = started
     celery = cmd[cmd.index("celery") :]
