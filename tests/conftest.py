@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-# Where PostgreSQL lives: tests create a database of their own under it and drop it.
-PG_ADMIN_URL = os.environ.get("CELERY_DURABLE_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
-
-
-def _admin_dsn() -> str:
-    return PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-
-
-def _with_database(dsn: str, name: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    return f"{base}/{name}"
+# Where PostgreSQL lives: tests create a database of their own under it and drop it (through
+# celery-durable's pytest plugin, which reads this variable).
+os.environ.setdefault("CELERY_DURABLE_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture
@@ -29,17 +18,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"durable_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin_dsn()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(admin, name).replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def pg_url(durable_postgres_url: str) -> str:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards (the plugin's)."""
+    return durable_postgres_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
