@@ -3,8 +3,9 @@
 A node may wait inside its function (``ctx.sleep``, ``ctx.wait_for_event``, ``ctx.wait_child``,
 ``ctx.map``) or before or after it runs (``interrupt_before=``, ``interrupt_after=``). Each
 wait is a slot of its node visit: in-node waits are numbered in the order the function asks
-for them ("0", "1", ...); interrupts are "before" and "after". While a wait is open it is in the cursor, and its
-visit (or, after an interrupt_after, the visits the node made ready) is not in flight.
+for them ("0", "1", ...); interrupts are "before" and "after". While a wait is open it is in
+the cursor, and its visit (or, after an interrupt_after, the visits the node made ready) is
+not in flight.
 """
 
 from __future__ import annotations
