@@ -87,6 +87,8 @@ from typing import Any
 
 import psycopg
 
+from celery_durable.testing import throwaway_database
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("BENCH_ENGINE_PG", "postgresql://root@127.0.0.1:5432/postgres")
 BROKER = os.environ.get("BENCH_ENGINE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
@@ -147,18 +149,6 @@ def parse_args() -> argparse.Namespace:
 
 
 # -- database and broker ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def throwaway_database(name: str) -> Iterator[str]:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = ADMIN_DSN.rpartition("/")[0]
-        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def server_version() -> str:
@@ -432,7 +422,7 @@ def main() -> None:
     run_id = uuid.uuid4().hex[:10]
     queues = {side: f"bench-engine-{run_id}-{side}" for side in SIDES}
     database = f"bench_engine_{run_id}"
-    with throwaway_database(database) as url:
+    with throwaway_database(ADMIN_DSN, database) as url:
         os.environ.update(
             BENCH_ENGINE_BROKER=BROKER,
             BENCH_ENGINE_PLAIN_QUEUE=queues["plain"],

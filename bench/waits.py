@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from engine import ROOT, delete_queues, pct, server_version, stop, throwaway_database
+from engine import ADMIN_DSN, ROOT, delete_queues, pct, server_version, stop
+
+from celery_durable.testing import throwaway_database
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,7 +96,7 @@ def phase(name: str, dsn: str, nap: Any, runs: int, rate: float | None, sleep: f
 def main() -> None:
     args = parse_args()
     queue = f"bench-waits-{uuid.uuid4().hex[:8]}"
-    with throwaway_database(f"bench_waits_{uuid.uuid4().hex[:8]}") as url:
+    with throwaway_database(ADMIN_DSN, f"bench_waits_{uuid.uuid4().hex[:8]}") as url:
         env = {**os.environ, "CELERY_DURABLE_DATABASE_URL": url, "BENCH_WAITS_QUEUE": queue}
         env["PYTHONPATH"] = str(ROOT)
         os.environ.update({"CELERY_DURABLE_DATABASE_URL": url, "BENCH_WAITS_QUEUE": queue})

@@ -36,18 +36,10 @@ def durable_postgres_url() -> Iterator[str]:
     admin = os.environ.get(PG_ENV)
     if not admin:
         pytest.skip(f"{PG_ENV} is not set: no PostgreSQL to test against")
-    import psycopg
+    from celery_durable.testing import throwaway_database
 
-    dsn = admin.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"durable_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = dsn.rpartition("/")[0]
-        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(admin) as url:
+        yield url
 
 
 @pytest.fixture

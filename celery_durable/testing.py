@@ -41,6 +41,24 @@ POLLING_INTERVAL = 0.01
 SHUTDOWN_TIMEOUT = 10.0
 
 
+@contextmanager
+def throwaway_database(admin_url: str, name: str | None = None) -> Iterator[str]:
+    """A PostgreSQL database created under ``admin_url`` (a server URL with a database to log
+    in to) and dropped at exit, open connections and all; yields its SQLAlchemy URL."""
+    import psycopg
+
+    dsn = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    name = name or f"durable_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = dsn.rpartition("/")[0]
+        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def embedded_app(name: str = "durable-embedded") -> Celery:
     """A Celery app on kombu's in-memory transport: broker and worker live in this process."""
     app = Celery(name, broker="memory://localhost/", set_as_current=False)

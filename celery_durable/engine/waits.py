@@ -117,6 +117,11 @@ def child_result(runtime: Runtime, parent: str, wait: Wait) -> dict[str, Any] | 
     return {"status": str(child.status), "state": child.state, "error": child.error}
 
 
+def children_result(runtime: Runtime) -> Result:
+    """A wake for a child wait, from the waiting run as committed (see child_result)."""
+    return lambda record, wait: child_result(runtime, record.id, wait)
+
+
 def finished(
     runtime: Runtime, execution_id: str, graph: str, status: Status, parent: str | None
 ) -> None:
@@ -133,7 +138,7 @@ def finished(
             wait.child == execution_id
             or (wait.kind == "children" and execution_id.startswith(wait.child))
         ):
-            wake(runtime, parent, key, lambda r, w: child_result(runtime, parent, w))
+            wake(runtime, parent, key, children_result(runtime))
 
 
 def next_event(runtime: Runtime, execution_id: str, name: str) -> EventRecord | None:

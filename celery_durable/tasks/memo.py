@@ -173,10 +173,7 @@ class VisitMemo:
         if wait.kind == "event":
             waits.wake_event_waits(run.runtime, run.execution_id)
         elif wait.kind in ("child", "children"):
-            result = waits.child_result
-            waits.wake(
-                run.runtime, run.execution_id, wait.key, lambda r, w: result(run.runtime, r.id, w)
-            )
+            waits.wake(run.runtime, run.execution_id, wait.key, waits.children_result(run.runtime))
 
     def _commit(self, build: Callable[[], Commit]) -> Checkpoint:
         """A commit in the middle of the node: rebase on whatever moved the run meanwhile
