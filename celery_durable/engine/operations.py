@@ -144,7 +144,7 @@ class Operations(Audited):
             if r.status == S.NEEDS_INTERVENTION and c.undo:
                 original = r.error.get("original") if r.error else None
                 return Change(r.state, c, compensation.status_of(c), original)
-            return Change(r.state, c, _running(r), None)
+            return Change(r.state, c, c.settled(), None)
 
         record, commit = self.apply(
             execution_id, "retry", {S.FAILED, S.NEEDS_INTERVENTION}, change, by=by, reason=reason
@@ -217,7 +217,3 @@ class Operations(Audited):
     def _attempts(self, execution_id: str, kind: Kind, node: str, visit: int) -> int:
         found = self.runtime.visits.get(execution_id, kind, node, visit)
         return found.attempts if found else 0
-
-
-def _running(record: ExecutionRecord) -> Status:
-    return Cursor.from_json(record.cursor).settled()
