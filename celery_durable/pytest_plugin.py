@@ -6,7 +6,10 @@
   under it and dropped after.
 - ``durable_postgres_url``: the same, PostgreSQL only; the test is skipped when
   ``CELERY_DURABLE_TEST_PG`` is unset.
-- ``durable_embedded``: a ``Durable`` on an in-memory broker and ``durable_database_url``,
+- ``durable_celery_app``: the Celery app ``durable_embedded`` runs on, ``embedded_app()``
+  (an in-memory broker). Override it to run on another, such as pytest-celery's classic
+  ``celery_app`` fixture: then your ``celery_config`` and ``@pytest.mark.celery(...)`` apply.
+- ``durable_embedded``: a ``Durable`` on ``durable_celery_app`` and ``durable_database_url``,
   migrated. Define your graphs on it (``define(durable_embedded)``).
 - ``durable_worker``: ``with durable_worker(): ...`` runs an in-process worker for it.
 - ``durable_workers``: real ``celery worker`` subprocesses (``durable_workers.start(app)``)
@@ -25,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from celery_durable.durable import Durable
     from celery_durable.worker_processes import WorkerProcesses
 
@@ -50,11 +55,17 @@ def durable_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def durable_embedded(durable_database_url: str) -> Iterator[Durable]:
-    from celery_durable.durable import Durable
+def durable_celery_app() -> Celery:
     from celery_durable.testing import embedded_app
 
-    durable = Durable(embedded_app(f"tests-{uuid.uuid4().hex[:8]}"), durable_database_url)
+    return embedded_app(f"tests-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def durable_embedded(durable_celery_app: Celery, durable_database_url: str) -> Iterator[Durable]:
+    from celery_durable.durable import Durable
+
+    durable = Durable(durable_celery_app, durable_database_url)
     durable.migrate()
     yield durable
     durable.db.dispose()
