@@ -11,6 +11,7 @@ from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
     CheckpointCorrupted,
     ChildFailed,
+    CircuitOpen,
     Compensated,
     DurableError,
     EventTimeout,
@@ -25,6 +26,7 @@ from celery_durable.errors import (
 )
 from celery_durable.hooks import Hooks
 from celery_durable.persistence.records import Checkpoint
+from celery_durable.saga.flow import RateLimit
 from celery_durable.saga.retry import NonRetryable, RetryPolicy
 from celery_durable.settings import Settings
 from celery_durable.signals import intervention_required
@@ -47,6 +49,7 @@ __all__ = [
     "RetryPolicy",
     "NonRetryable",
     "Reduce",
+    "RateLimit",
     # Runs
     "Execution",
     "Progress",
@@ -67,4 +70,5 @@ __all__ = [
     "EventTimeout",
     "NotWaiting",
     "ChildFailed",
+    "CircuitOpen",
 ]

@@ -6,6 +6,8 @@ EXECUTIONS_TABLE: Final = "durable_executions"
 CHECKPOINTS_TABLE: Final = "durable_checkpoints"
 NODE_VISITS_TABLE: Final = "durable_node_visits"
 EVENTS_TABLE: Final = "durable_events"
+BREAKERS_TABLE: Final = "durable_breakers"
+RATE_LIMITS_TABLE: Final = "durable_rate_limits"
 ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
 # A node's task is <TASK_PREFIX>.<graph>.<node>; the engine's own tasks share the prefix.

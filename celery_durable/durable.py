@@ -15,21 +15,25 @@ from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 
+from celery_durable.engine.audit import actor
 from celery_durable.engine.execution import Execution
+from celery_durable.engine.flow import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
 from celery_durable.engine.retention import PruneReport, prune
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.start import start_run
 from celery_durable.engine.waits import send_event
-from celery_durable.errors import ConfigurationError, GraphDefinitionError
+from celery_durable.errors import ConfigurationError, GraphDefinitionError, InvalidFlowOption
 from celery_durable.hooks import Hooks
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.events import EventLog
-from celery_durable.persistence.records import EventRecord, utcnow
+from celery_durable.persistence.flow import BreakerStatus, FlowStore
+from celery_durable.persistence.records import BreakerState, EventRecord, utcnow
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
+from celery_durable.saga.flow import BreakerPolicy
 from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks.dispatch import CeleryDispatcher
@@ -76,6 +80,7 @@ class Durable:
             hooks=self._hooks,
             settings=self.settings,
             graphs=self.graphs,
+            flow=FlowControl(FlowStore(self.db), probe_ttl=self.settings.lease_ttl),
             signal_sender=self,
         )
         self._tasks = NodeTasks(app, self.runtime)
@@ -146,6 +151,7 @@ class Durable:
         execution_id: str | None = None,
         countdown: float | None = None,
         queue: str | None = None,
+        priority: int | None = None,
     ) -> Execution:
         """Validate, store, publish the entry node: in that order, so bad input changes nothing."""
         record = start_run(
@@ -155,6 +161,7 @@ class Durable:
             execution_id=execution_id,
             countdown=countdown,
             queue=queue,
+            priority=priority,
         )
         return Execution(self.runtime, record.id, record)
 
@@ -194,6 +201,35 @@ class Durable:
         return send_event(self.runtime, execution_id, name, payload, idempotency_key)
 
     # -- maintenance ------------------------------------------------------------------------
+
+    def breaker(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        window: float = 60.0,
+        reset_after: float = 30.0,
+    ) -> str:
+        """Declare a circuit breaker shared by every worker: ``failure_threshold`` failures
+        within ``window`` seconds open it; while open, nodes behind it wait in the database
+        (no worker held, no attempt counted); after ``reset_after`` seconds one probe goes
+        through. Returns the name, for ``@g.node(breaker=...)`` and ``ctx.step(breaker=...)``."""
+        self.runtime.flow.declare(BreakerPolicy(name, failure_threshold, window, reset_after))
+        return name
+
+    def breakers(self) -> builtins.list[BreakerStatus]:
+        """Every declared breaker with its shared state."""
+        return self.runtime.flow.breakers()
+
+    def set_breaker(self, name: str, state: str, *, by: str | None = None) -> None:
+        """An operator opens ("open": as if it had just tripped) or closes ("closed") a breaker."""
+        try:
+            wanted = BreakerState(state)
+        except ValueError:
+            raise InvalidFlowOption(f"breaker state {state!r}", "use open or closed") from None
+        if wanted == BreakerState.HALF_OPEN:
+            raise InvalidFlowOption("breaker state 'half_open'", "use open or closed")
+        self.runtime.flow.set(name, wanted, actor(by))
 
     def migrate(self) -> tuple[str | None, str]:
         """Create or upgrade the schema; a no-op when it is current."""

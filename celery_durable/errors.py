@@ -36,7 +36,11 @@
     ├── NodeTimeout
     ├── EventTimeout
     ├── ChildFailed
-    └── NotWaiting
+    ├── NotWaiting
+    ├── InvalidPriority
+    ├── InvalidFlowOption (also a ValueError)
+    ├── UnknownBreaker
+    └── CircuitOpen
 
 Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
 ``raise ... from exc``, so callers only need to know this tree.
@@ -45,6 +49,7 @@ Errors that enter from SQLAlchemy, psycopg or Celery are translated where they e
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 
@@ -375,3 +380,39 @@ class ChildFailed(DurableError):
             f"Child run {child_id!r} ended {status}{detail}. Its history() shows why; catch "
             "ChildFailed in the node to go on without it, or retry the child and this node."
         )
+
+
+class InvalidPriority(DurableError):
+    def __init__(self, priority: object) -> None:
+        super().__init__(
+            f"priority={priority!r} is not a message priority: give an int from 0 (lowest) to 9 "
+            "(highest), or None for the queue's default. Nothing was stored or sent."
+        )
+
+
+class UnknownBreaker(DurableError):
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        super().__init__(
+            f"No circuit breaker named {name!r} (known: {', '.join(sorted(known)) or 'none'}). "
+            f"Declare it with durable.breaker({name!r}, ...) where the graphs are defined."
+        )
+
+
+class CircuitOpen(DurableError):
+    """Raised in a node whose breaker is open and that asked to fail fast (``when_open="fail"``)."""
+
+    def __init__(self, name: str, retry_at: datetime) -> None:
+        self.breaker = name
+        self.retry_at = retry_at
+        super().__init__(
+            f"Circuit breaker {name!r} is open until {retry_at.isoformat()}: the call was not "
+            f"made. It half-opens then and lets one probe through; `durable breakers` shows it, "
+            f"`durable breaker close {name}` closes it by hand."
+        )
+
+
+class InvalidFlowOption(DurableError, ValueError):
+    """A breaker or rate limit declared with values that cannot work."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(f"{what}: {detail}. Fix the declaration; nothing was changed.")

@@ -54,6 +54,9 @@ class Hooks:
         """A node runs again after a timer (``kind``: sleep, or event for a timeout) that came
         due ``lag`` seconds ago: the wake-up lag."""
 
+    def node_held(self, graph: str, node: str, by: str) -> None:
+        """Flow control held a node visit back (``by``: "breaker payments", "rate stripe")."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in EVENTS & cls.__dict__.keys():

@@ -68,6 +68,9 @@ def fire_timers(
                 fired.add(due.execution_id)
             else:
                 _rearm(runtime, due, key)
+        elif due.kind == Kind.HOLD:
+            if _release(runtime, due):
+                fired.add(due.execution_id)
         elif _retry(runtime, due, now):
             report.retries += 1
             fired.add(due.execution_id)
@@ -105,6 +108,27 @@ def _rearm(runtime: Runtime, due: VisitRecord, key: str) -> None:
     when = waits.due_at(runtime, wait) if wait is not None and wait.until is None else None
     if when is not None:
         runtime.visits.schedule(due.execution_id, due.kind, due.node, due.visit, when)
+
+
+def _release(runtime: Runtime, due: VisitRecord) -> bool:
+    """Send again a visit flow control held back, as the attempt it was, if still due."""
+    record = _live(runtime, due.execution_id)
+    graph = runtime.graphs.get(record.graph) if record else None
+    if record is None or graph is None or due.node not in graph.nodes:
+        return False
+    base = Base.of(record)
+    if not base.cursor.holds(due.node, due.visit):
+        return False
+    runtime.dispatcher.dispatch(
+        graph.name,
+        due.node,
+        due.visit,
+        record.id,
+        base,
+        attempt=max(due.attempts, 1),
+        passed=due.waiting_for,
+    )
+    return True
 
 
 def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery_durable.engine.base import Base
+from celery_durable.engine.flow import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.errors import StateTooLarge, UnknownGraph
 from celery_durable.hooks import Hooks
@@ -40,8 +41,10 @@ class Dispatcher(Protocol):
         countdown: float | None = None,
         compensation: bool = False,
         recovered: bool = False,
+        passed: str | None = None,
     ) -> None:
-        """Publish one visit's message, carrying ``base``: the state it runs on."""
+        """Publish one visit's message, carrying ``base``: the state it runs on; ``passed``
+        names the flow control hold it was sent again after."""
         ...
 
     def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:
@@ -63,6 +66,7 @@ class Runtime:
     hooks: Hooks
     settings: Settings
     graphs: Mapping[str, GraphShape]
+    flow: FlowControl
     # Who sends the Celery signals of this runtime (the Durable), so receivers can tell apps apart.
     signal_sender: object = None
 

@@ -10,7 +10,7 @@ from typing import Any
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.state import validate
-from celery_durable.errors import ExecutionIdInUse
+from celery_durable.errors import ExecutionIdInUse, InvalidPriority
 from celery_durable.persistence.records import ExecutionRecord
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
@@ -25,13 +25,18 @@ def start_run(
     countdown: float | None = None,
     queue: str | None = None,
     parent: str | None = None,
+    priority: int | None = None,
 ) -> ExecutionRecord:
     fingerprint = graph.validate()
     state = validate(graph.name, graph.state, input).model_dump(mode="json")
     state_json = runtime.state_json(state)
     execution_id = execution_id or uuid.uuid4().hex
     assert graph.entry_node is not None
-    cursor = Cursor.start(graph.entry_node, queue, parent)
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9
+    ):
+        raise InvalidPriority(priority)
+    cursor = Cursor.start(graph.entry_node, queue, parent, priority)
     go = cursor.interrupt(graph, cursor.frontier)
     record, created = runtime.store.create_execution(
         execution_id=execution_id,

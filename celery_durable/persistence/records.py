@@ -24,6 +24,25 @@ class Kind(StrEnum):
     # A node visit began waiting (its function asked to, or an interrupt), and what woke it.
     WAIT = "wait"
     WAKE = "wake"
+    # Not a checkpoint: a visit-ledger row for a node visit held back by flow control.
+    HOLD = "hold"
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRow:
+    """A circuit breaker as stored; saga/flow.py decides how it changes."""
+
+    state: BreakerState = BreakerState.CLOSED
+    failures: int = 0
+    window_started_at: datetime | None = None
+    opened_at: datetime | None = None
+    probe_until: datetime | None = None
 
 
 class ErrorRecord(TypedDict):
@@ -135,6 +154,7 @@ class VisitRecord:
     lease_expires_at: datetime | None
     due_at: datetime | None
     last_error: dict[str, Any] | None
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

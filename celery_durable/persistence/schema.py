@@ -24,10 +24,12 @@ from sqlalchemy import (
 )
 
 from celery_durable.constants import (
+    BREAKERS_TABLE,
     CHECKPOINTS_TABLE,
     EVENTS_TABLE,
     EXECUTIONS_TABLE,
     NODE_VISITS_TABLE,
+    RATE_LIMITS_TABLE,
 )
 
 metadata = MetaData(
@@ -118,6 +120,8 @@ node_visits = Table(
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
     Column("due_at", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
+    # A visit held back by flow control says by what: "breaker payments", "rate stripe".
+    Column("waiting_for", String(NAME_LENGTH), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("execution_id", "kind", "node", "visit"),
     Index(None, "due_at"),
@@ -140,4 +144,27 @@ events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("execution_id", "idempotency_key"),
     Index(None, "execution_id", "name", "id"),
+)
+
+# One row per circuit breaker, shared by the fleet; changed under a row lock.
+breakers = Table(
+    BREAKERS_TABLE,
+    metadata,
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("window_started_at", DateTime(timezone=True), nullable=True),
+    Column("opened_at", DateTime(timezone=True), nullable=True),
+    Column("probe_until", DateTime(timezone=True), nullable=True),
+    Column("rejections", BigInteger, nullable=False),
+    Column("changed_by", String(NAME_LENGTH), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per fleet-wide rate limit: the moment its next call may start (GCRA).
+rate_limits = Table(
+    RATE_LIMITS_TABLE,
+    metadata,
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("next_free_at", DateTime(timezone=True), nullable=False),
 )

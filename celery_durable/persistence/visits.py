@@ -65,6 +65,32 @@ class VisitLedger:
         wait times out). Written before the wait commits, so a wait never lacks its timer."""
         self._upsert(execution_id, kind, node, visit, increments={}, values={"due_at": due_at})
 
+    def hold(
+        self, execution_id: str, node: str, visit: int, attempt: int, due_at: datetime, by: str
+    ) -> None:
+        """Flow control holds a node visit back until ``due_at``: the sweep sends attempt
+        ``attempt`` again then. Its own row, so the visit's attempt count stays as it was."""
+        self._upsert(
+            execution_id,
+            Kind.HOLD,
+            node,
+            visit,
+            increments={},
+            values={"due_at": due_at, "attempts": attempt, "waiting_for": by},
+        )
+
+    def held(self, execution_id: str) -> dict[tuple[str, int], str]:
+        """(node, visit) of this execution held back by flow control, and by what."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(node_visits).where(
+                    node_visits.c.execution_id == execution_id,
+                    node_visits.c.kind == str(Kind.HOLD),
+                    node_visits.c.due_at.is_not(None),
+                )
+            ).all()
+        return {(row.node, row.visit): row.waiting_for for row in rows}
+
     def record_redelivery(self, execution_id: str, kind: str, node: str, visit: int) -> VisitRecord:
         """Count one more redelivery of this visit's message; returns the visit as it stands."""
         return _visit(self._upsert(execution_id, kind, node, visit, increments={"redeliveries": 1}))
@@ -139,7 +165,10 @@ class VisitLedger:
                     ),
                 )
             ).all()
-        return {(row.kind, row.node, row.visit) for row in rows}
+        # A visit held back by flow control is as busy as one waiting to retry.
+        return {
+            (Kind.NODE if row.kind == Kind.HOLD else row.kind, row.node, row.visit) for row in rows
+        }
 
     def _upsert(
         self,
@@ -204,4 +233,5 @@ def _visit(row: Row[Any]) -> VisitRecord:
         lease_expires_at=as_utc(m["lease_expires_at"]),
         due_at=as_utc(m["due_at"]),
         last_error=codec.loads(m["last_error"]),
+        waiting_for=m["waiting_for"],
     )

@@ -39,10 +39,24 @@ class Cursor:
     waits: dict[str, Wait] = field(default_factory=dict)
     # A child run's parent: told when this run ends (it may wait for it).
     parent: str | None = None
+    # The message priority (0-9) of every node of the run, on queues declared with one.
+    priority: int | None = None
 
     @classmethod
-    def start(cls, entry: str, queue: str | None = None, parent: str | None = None) -> Cursor:
-        return cls(frontier=[(entry, 1)], visits={entry: 1}, queue=queue, parent=parent)
+    def start(
+        cls,
+        entry: str,
+        queue: str | None = None,
+        parent: str | None = None,
+        priority: int | None = None,
+    ) -> Cursor:
+        return cls(
+            frontier=[(entry, 1)],
+            visits={entry: 1},
+            queue=queue,
+            parent=parent,
+            priority=priority,
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cursor:
@@ -55,6 +69,7 @@ class Cursor:
             held=[(n, int(v)) for n, v in data.get("held", [])],
             waits={k: Wait.from_json(w) for k, w in data.get("waits", {}).items()},
             parent=data.get("parent"),
+            priority=data.get("priority"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +88,8 @@ class Cursor:
             data["waits"] = {k: w.to_json() for k, w in self.waits.items()}
         if self.parent is not None:
             data["parent"] = self.parent
+        if self.priority is not None:
+            data["priority"] = self.priority
         return data
 
     def copy(self) -> Cursor:

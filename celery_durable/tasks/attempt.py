@@ -49,6 +49,7 @@ class Outcome(StrEnum):
     NEEDS_INTERVENTION = "needs_intervention"
     DEFERRED = "deferred"
     WAITING = "waiting"
+    HELD = "held"
 
 
 class Suspend(BaseException):
@@ -81,6 +82,8 @@ class Attempt:
     base: Base
     attempt: int = 1
     redelivered: bool = False
+    # The flow control hold this attempt was sent again after (see engine/flow.py).
+    passed: str | None = None
 
     @property
     def key(self) -> tuple[str, Kind, str, int]:
@@ -99,8 +102,10 @@ class Attempt:
     def give_up(self, error: ErrorRecord) -> Outcome:
         raise NotImplementedError
 
-    def redispatch(self, attempt: int, countdown: float, *, recovered: bool = False) -> None:
-        """Publish this visit again for its next attempt."""
+    def redispatch(
+        self, attempt: int, countdown: float, *, recovered: bool = False, passed: str | None = None
+    ) -> None:
+        """Publish this visit again for its next attempt (or, held back, for this one)."""
         self.runtime.dispatcher.dispatch(
             self.graph.name,
             self.name,
@@ -111,6 +116,7 @@ class Attempt:
             countdown=countdown,
             compensation=self.kind == Kind.COMPENSATION,
             recovered=recovered,
+            passed=passed,
         )
 
     def commit(

@@ -19,7 +19,9 @@ T = TypeVar("T")
 class Memo(Protocol):
     """What the node visit records across its re-runs (``tasks.memo.VisitMemo``)."""
 
-    def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any: ...
+    def step(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], breaker: str | None = None
+    ) -> Any: ...
 
     def wait(
         self,
@@ -56,14 +58,15 @@ class Context:
         self.idempotency_key = idempotency_key
         """Stable across retries and redeliveries of this node visit: pass it to payment APIs."""
 
-    def step(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+    def step(self, name: str, fn: Callable[..., T], *args: Any, breaker: str | None = None) -> T:
         """Run ``fn(*args)`` once per node visit and checkpoint its result.
 
         When the node runs again (a retry, a crash and redelivery), a step that already
         committed returns its stored result instead of running: a node looping over 100 items
-        killed at item 61 resumes at item 61. Names must be unique within a node.
+        killed at item 61 resumes at item 61. Names must be unique within a node. Behind a
+        ``breaker`` (``durable.breaker``), an open one holds the whole visit back.
         """
-        result: T = self._recorder("ctx.step()").step(name, fn, args)
+        result: T = self._recorder("ctx.step()").step(name, fn, args, breaker)
         return result
 
     def sleep(self, duration: float | timedelta) -> None:

@@ -32,15 +32,17 @@ class CeleryDispatcher:
         countdown: float | None = None,
         compensation: bool = False,
         recovered: bool = False,
+        passed: str | None = None,
     ) -> None:
         target = self.graphs[graph].nodes[node]
-        message = Message(execution_id, visit, base, attempt, recovered)
+        message = Message(execution_id, visit, base, attempt, recovered, passed)
         self.app.send_task(
             target.compensation_task_name if compensation else target.task_name,
             args=message.args(),
             kwargs=message.kwargs(),
             queue=target.queue or base.cursor.queue,
             countdown=countdown,
+            priority=base.cursor.priority,
             task_id=task_id(execution_id, node, visit, attempt, compensation),
             serializer="json",
             argsrepr=message.argsrepr(),

@@ -26,12 +26,15 @@ from celery_durable.errors import (
     UnknownNode,
     UnreachableNode,
 )
+from celery_durable.saga.flow import RateLimit
 from celery_durable.saga.retry import RetryPolicy
 from celery_durable.saga.shape import Router
 
 P = ParamSpec("P")
 R = TypeVar("R")
 OnFailure = Literal["fail", "compensate"]
+# While a node's breaker is open: wait in the database, or fail the attempt with CircuitOpen.
+WhenOpen = Literal["wait", "fail"]
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(
     max_attempts=10, initial_delay=1.0, backoff=2.0, max_delay=60.0, jitter=True
 )
@@ -53,6 +56,7 @@ class Owner(Protocol):
         execution_id: str | None = None,
         countdown: float | None = None,
         queue: str | None = None,
+        priority: int | None = None,
     ) -> Execution: ...
 
 
@@ -85,6 +89,10 @@ class Node(Generic[P, R]):
         self.compensator: Callable[..., Any] | None = None
         self.compensator_wants_context = False
         self.compensation_retry = DEFAULT_COMPENSATION_RETRY
+        # Flow control (engine/flow.py): a shared circuit breaker, a fleet-wide rate limit.
+        self.breaker: str | None = None
+        self.when_open: WhenOpen = "wait"
+        self.rate: RateLimit | None = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -171,6 +179,9 @@ class Graph:
         compensation_retry: RetryPolicy | None = None,
         interrupt_before: bool = False,
         interrupt_after: bool = False,
+        breaker: str | None = None,
+        when_open: WhenOpen = "wait",
+        rate: RateLimit | None = None,
         **unknown: Any,
     ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
@@ -186,6 +197,9 @@ class Graph:
         compensation_retry: RetryPolicy | None = None,
         interrupt_before: bool = False,
         interrupt_after: bool = False,
+        breaker: str | None = None,
+        when_open: WhenOpen = "wait",
+        rate: RateLimit | None = None,
         **unknown: Any,
     ) -> Any:
         """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``."""
@@ -193,13 +207,14 @@ class Graph:
             raise InvalidNodeOption(
                 f"Graph {self.name!r}: unknown node option(s) {', '.join(sorted(unknown))}; "
                 "use retry=, timeout=, queue=, compensate=, compensation_retry=, "
-                "interrupt_before=, interrupt_after= or name=."
+                "interrupt_before=, interrupt_after=, breaker=, when_open=, rate= or name=."
             )
         for option, value in (("retry", retry), ("compensation_retry", compensation_retry)):
             if value is not None and not isinstance(value, RetryPolicy):
                 raise InvalidNodeOption(f"Graph {self.name!r}: {option}= takes a RetryPolicy.")
         if timeout is not None and not timeout > 0:
             raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
+        _check_flow(self.name, breaker, when_open, rate)
 
         def decorate(func: Callable[P, R]) -> Node[P, R]:
             node_name = name or func.__name__
@@ -215,6 +230,7 @@ class Graph:
                 interrupt_before=bool(interrupt_before),
                 interrupt_after=bool(interrupt_after),
             )
+            node.breaker, node.when_open, node.rate = breaker, when_open, rate
             self.nodes[node_name] = node
             self._fingerprint = None
             self.owner.register(node)
@@ -336,10 +352,17 @@ class Graph:
         execution_id: str | None = None,
         countdown: float | None = None,
         queue: str | None = None,
+        priority: int | None = None,
     ) -> Execution:
-        """Start a run. The same ``execution_id`` twice gives one execution."""
+        """Start a run. The same ``execution_id`` twice gives one execution. ``priority``
+        (0-9, higher first) goes with every node message of the run."""
         return self.owner.start(
-            self, kwargs or {}, execution_id=execution_id, countdown=countdown, queue=queue
+            self,
+            kwargs or {},
+            execution_id=execution_id,
+            countdown=countdown,
+            queue=queue,
+            priority=priority,
         )
 
     def __repr__(self) -> str:
@@ -380,3 +403,12 @@ def _arity(fn: Callable[..., Any], name: str) -> int:
             f"Node {name!r} must take (state) or (state, ctx), not {len(params)} parameters."
         )
     return len(params)
+
+
+def _check_flow(graph: str, breaker: object, when_open: object, rate: object) -> None:
+    if breaker is not None and not (isinstance(breaker, str) and breaker):
+        raise InvalidNodeOption(f"Graph {graph!r}: breaker= takes the name of a breaker.")
+    if when_open not in ("wait", "fail"):
+        raise InvalidNodeOption(f"Graph {graph!r}: when_open= is 'wait' or 'fail'.")
+    if rate is not None and not isinstance(rate, RateLimit):
+        raise InvalidNodeOption(f"Graph {graph!r}: rate= takes a RateLimit(name, limit, per=).")

@@ -49,12 +49,15 @@ class VisitMemo:
             }
         return self._recorded
 
-    def step(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def step(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], breaker: str | None = None
+    ) -> Any:
         """Run ``fn`` once per visit, its result a checkpoint of its own."""
         node = f"{self.run.name}/{name}"
         if (done := self.recorded.get((Kind.STEP, node))) is not None:
             return done.output
-        result = json_roundtrip(fn(*args))
+        flow = self.run.runtime.flow
+        result = json_roundtrip(fn(*args) if breaker is None else flow.call(breaker, fn, args))
         self._commit(lambda: self.run.commit(Kind.STEP, node=node, output=result))
         return result
 

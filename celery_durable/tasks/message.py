@@ -31,6 +31,8 @@ class Message:
     attempt: int = 1
     # Sent by the recovery sweep or after a crash: gets a redelivered message's checks.
     recovered: bool = False
+    # Sent again after a flow control hold: what held it ("rate stripe"), its turn now taken.
+    passed: str | None = None
 
     @classmethod
     def read(cls, execution_id: str, visit: int, kwargs: dict[str, Any]) -> Message:
@@ -46,6 +48,7 @@ class Message:
             base,
             int(kwargs.get("attempt", 1)),
             bool(kwargs.get("recovered", False)),
+            kwargs.get("passed"),
         )
 
     def args(self) -> tuple[str, int]:
@@ -61,6 +64,8 @@ class Message:
         }
         if self.recovered:
             kwargs["recovered"] = True
+        if self.passed is not None:
+            kwargs["passed"] = self.passed
         if base.status != Status.RUNNING:
             kwargs["status"] = str(base.status)
         return kwargs

@@ -23,15 +23,18 @@ from pydantic import BaseModel
 from celery_durable import faults
 from celery_durable.engine import waits
 from celery_durable.engine.base import Base
+from celery_durable.engine.flow import Held, HeldBack
 from celery_durable.engine.state import apply_update, validate
 from celery_durable.errors import (
+    CircuitOpen,
     InvalidInput,
     MergeConflict,
     NodeTimeout,
     NotJSONSerializable,
     StateTooLarge,
+    UnknownBreaker,
 )
-from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
+from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind, utcnow
 from celery_durable.saga import compensation
 from celery_durable.saga.coordinator import Cursor, Handed, advance
 from celery_durable.saga.waits import Visit
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Errors no retry can fix: the node's output itself is wrong.
-PERMANENT = (InvalidInput, NotJSONSerializable, StateTooLarge, MergeConflict)
+PERMANENT = (InvalidInput, NotJSONSerializable, StateTooLarge, MergeConflict, UnknownBreaker)
 # A message stays unacked while the nodes it runs inline run: past this many seconds, hand on
 # by message, so that no delivery is held near the broker's ack timeout and other runs queued
 # behind it get their turn.
@@ -83,6 +86,9 @@ class NodeRun(Attempt):
             return outcome
         self._read_at = self.base.version
         node = self.node
+        probe = self._admit(node)
+        if isinstance(probe, Outcome):
+            return probe
         ctx = self.context(VisitMemo(self))
         with self.runtime.leases.watch(self.key) as lease:
             try:
@@ -91,11 +97,51 @@ class NodeRun(Attempt):
                 return Outcome.DROPPED
             except Suspend:
                 return Outcome.WAITING
+            except HeldBack as back:
+                return self._hold(back.held)
             except Exception as exc:
-                return self.failed(_translate(exc, node), node.retry, isinstance(exc, PERMANENT))
+                permanent = isinstance(exc, PERMANENT)
+                if node.breaker is not None and not permanent:
+                    self.runtime.flow.report(node.breaker, False, probe)
+                return self.failed(_translate(exc, node), node.retry, permanent)
+        if node.breaker is not None:
+            self.runtime.flow.report(node.breaker, True, probe)
         if lease.lost:
             return Outcome.DROPPED
         return self._commit(update, lease.token)
+
+    def _admit(self, node: Node[..., Any]) -> bool | Outcome:
+        """Flow control before the call: go (True: as the probe of the node's breaker), or
+        the outcome of holding the visit back."""
+        flow = self.runtime.flow
+        if node.rate is not None:
+            held = flow.take_turn(node.rate, f"rate {node.rate.name}", self.passed)
+            if held is not None:
+                return self._hold(held, by_message=True)
+        if node.breaker is None:
+            return False
+        admission = flow.admit(node.breaker)
+        if admission.retry_at is None:
+            return admission.probe
+        if node.when_open == "fail":
+            return self.failed(CircuitOpen(node.breaker, admission.retry_at), node.retry)
+        return self._hold(Held(admission.retry_at, f"breaker {node.breaker}"))
+
+    def _hold(self, held: Held, by_message: bool = False) -> Outcome:
+        """Wait without holding a worker or counting an attempt: in the database, where the
+        sweep sends this attempt again at ``held.until``; or, for a rate limit's turn within
+        ``eta_threshold``, as a message with a countdown, which keeps the calls evenly spaced
+        rather than in bursts at each sweep."""
+        runtime = self.runtime
+        delay = (held.until - utcnow()).total_seconds()
+        if by_message and delay <= runtime.settings.eta_threshold:
+            self.redispatch(self.attempt, max(delay, 0.0), passed=held.by)
+        else:
+            runtime.visits.hold(
+                self.execution_id, self.name, self.visit, self.attempt, held.until, held.by
+            )
+        runtime.hooks.node_held(self.graph.name, self.name, held.by)
+        return Outcome.HELD
 
     def _call(self, node: Node[..., Any], ctx: Context) -> dict[str, Any]:
         """The user's function on the validated state; its result as a state update."""

@@ -89,6 +89,7 @@ class NodeTasks:
                 # A copy the recovery sweep sent gets the checks of a redelivered one: its
                 # visit may have committed, be poison, or be leased by a live attempt.
                 redelivered=message.recovered or bool(delivery.get("redelivered")),
+                passed=message.passed,
             )
             outcome = Outcome.DROPPED
             while run is not None:

@@ -40,6 +40,7 @@ def test_public_api_is_pinned() -> None:
         "RetryPolicy",
         "NonRetryable",
         "Reduce",
+        "RateLimit",
         "Execution",
         "Progress",
         "Status",
@@ -58,6 +59,7 @@ def test_public_api_is_pinned() -> None:
         "EventTimeout",
         "NotWaiting",
         "ChildFailed",
+        "CircuitOpen",
     ]
     for name in celery_durable.__all__:
         assert getattr(celery_durable, name).__doc__ or name == "intervention_required", name
