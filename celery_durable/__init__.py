@@ -26,7 +26,7 @@ from celery_durable.errors import (
 )
 from celery_durable.hooks import Hooks
 from celery_durable.persistence.records import Checkpoint
-from celery_durable.saga.flow import RateLimit
+from celery_durable.saga.flow import Limit, RateLimit
 from celery_durable.saga.retry import NonRetryable, RetryPolicy
 from celery_durable.settings import Settings
 from celery_durable.signals import intervention_required
@@ -50,6 +50,7 @@ __all__ = [
     "NonRetryable",
     "Reduce",
     "RateLimit",
+    "Limit",
     # Runs
     "Execution",
     "Progress",

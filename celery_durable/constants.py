@@ -8,6 +8,8 @@ NODE_VISITS_TABLE: Final = "durable_node_visits"
 EVENTS_TABLE: Final = "durable_events"
 BREAKERS_TABLE: Final = "durable_breakers"
 RATE_LIMITS_TABLE: Final = "durable_rate_limits"
+SLOTS_TABLE: Final = "durable_slots"
+SLOT_QUEUE_TABLE: Final = "durable_slot_queue"
 ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
 # A node's task is <TASK_PREFIX>.<graph>.<node>; the engine's own tasks share the prefix.

@@ -31,9 +31,10 @@ from celery_durable.persistence.database import Database
 from celery_durable.persistence.events import EventLog
 from celery_durable.persistence.flow import BreakerStatus, FlowStore
 from celery_durable.persistence.records import BreakerState, EventRecord, utcnow
+from celery_durable.persistence.slots import SlotTable
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
-from celery_durable.saga.flow import BreakerPolicy
+from celery_durable.saga.flow import BreakerPolicy, Limit
 from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks.dispatch import CeleryDispatcher
@@ -80,7 +81,9 @@ class Durable:
             hooks=self._hooks,
             settings=self.settings,
             graphs=self.graphs,
-            flow=FlowControl(FlowStore(self.db), probe_ttl=self.settings.lease_ttl),
+            flow=FlowControl(
+                FlowStore(self.db), SlotTable(self.db), probe_ttl=self.settings.lease_ttl
+            ),
             signal_sender=self,
         )
         self._tasks = NodeTasks(app, self.runtime)
@@ -116,13 +119,21 @@ class Durable:
 
     # -- definition -------------------------------------------------------------------------
 
-    def graph(self, name: str, state: type[BaseModel], *, on_failure: OnFailure = "fail") -> Graph:
-        """A new graph; nodes are added with ``@graph.node``."""
-        return self._add(Graph(self, name, state, on_failure=on_failure))
+    def graph(
+        self,
+        name: str,
+        state: type[BaseModel],
+        *,
+        on_failure: OnFailure = "fail",
+        concurrency: Limit | None = None,
+    ) -> Graph:
+        """A new graph; nodes are added with ``@graph.node``. ``concurrency`` bounds its
+        running executions per key."""
+        return self._add(Graph(self, name, state, on_failure=on_failure, concurrency=concurrency))
 
-    def saga(self, name: str, state: type[BaseModel]) -> Saga:
+    def saga(self, name: str, state: type[BaseModel], *, concurrency: Limit | None = None) -> Saga:
         """A new saga; steps are added in order with ``@saga.step``."""
-        return self._add(Saga(self, name, state))
+        return self._add(Saga(self, name, state, concurrency))
 
     def _add(self, graph: G) -> G:
         if graph.name in self.graphs:
@@ -221,15 +232,20 @@ class Durable:
         """Every declared breaker with its shared state."""
         return self.runtime.flow.breakers()
 
-    def set_breaker(self, name: str, state: str, *, by: str | None = None) -> None:
-        """An operator opens ("open": as if it had just tripped) or closes ("closed") a breaker."""
+    def set_breaker(
+        self, name: str, state: str, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """An operator opens ("open": as if it had just tripped) or closes ("closed") a breaker;
+        who did it (and why) is kept on the breaker's row and logged."""
         try:
             wanted = BreakerState(state)
         except ValueError:
             raise InvalidFlowOption(f"breaker state {state!r}", "use open or closed") from None
         if wanted == BreakerState.HALF_OPEN:
             raise InvalidFlowOption("breaker state 'half_open'", "use open or closed")
-        self.runtime.flow.set(name, wanted, actor(by))
+        who = actor(by) if reason is None else f"{actor(by)}: {reason}"
+        logger.warning("circuit breaker %s set %s by %s", name, wanted, who)
+        self.runtime.flow.set(name, wanted, who[:200])
 
     def migrate(self) -> tuple[str | None, str]:
         """Create or upgrade the schema; a no-op when it is current."""

@@ -56,6 +56,7 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
     checkpoints = execution.history()
     states = render.node_states(record, checkpoints)
     children = [child.record for child in execution.children()]
+    held = execution.held_back
 
     def human() -> str:
         lines = [
@@ -66,6 +67,8 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
             lines.append(f"error: {record.error.get('type')}: {record.error.get('message')}")
         if children:
             lines.append(f"children: {render.children(children)}")
+        for visit, by in sorted(held.items()):
+            lines.append(f"held: {visit} waits for {by}")
         graph = durable.graphs.get(record.graph)
         if graph is not None:
             lines.append(render.graph(graph, states))
@@ -77,7 +80,8 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
         return "\n".join(lines)
 
     listed = [{"id": c.id, "graph": c.graph, "status": str(c.status)} for c in children]
-    emit({**record_json(execution), "nodes": states, "children": listed}, as_json, human)
+    data = {**record_json(execution), "nodes": states, "children": listed, "held": held}
+    emit(data, as_json, human)
 
 
 @click.command("history")

@@ -177,6 +177,18 @@ class Execution:
         open_waits = Cursor.from_json(record.cursor).waits.values()
         return next((wait.public() for wait in open_waits), None)
 
+    @property
+    def held_back(self) -> dict[str, str]:
+        """Node visits flow control holds back ("node:visit"), and by what: "breaker
+        payments", "rate stripe", "slot <key>" (in line for a concurrency key's place)."""
+        held = {
+            f"{node}:{visit}": by for (node, visit), by in self.runtime.visits.held(self.id).items()
+        }
+        _, queued = self.runtime.flow.slots.holders(self.id)
+        for holder in queued:
+            held[f"{holder.node}:{holder.visit}"] = f"slot {holder.key}"
+        return held
+
     def cancel(self, *, by: str | None = None, reason: str | None = None) -> None:
         """Stop for good: nothing new is dispatched and the tasks in flight are revoked."""
         self._operations.cancel(self.id, by=by, reason=reason)

@@ -1,4 +1,5 @@
-"""Flow control at a node visit's door: circuit breakers and fleet-wide rate limits.
+"""Flow control at a node visit's door: circuit breakers and fleet-wide rate limits
+(concurrency keys build on the slots here, in engine/slots.py).
 
 A visit that may not run now is held: a row in the visit ledger, due when it may try again,
 saying what holds it. No worker waits and no attempt is counted; the recovery sweep's timer
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from celery_durable.errors import UnknownBreaker
 from celery_durable.persistence.flow import BreakerStatus, FlowStore
 from celery_durable.persistence.records import BreakerRow, BreakerState, utcnow
+from celery_durable.persistence.slots import SlotTable
 from celery_durable.saga.flow import Admission, BreakerPolicy, RateLimit, admit, record
 
 T = TypeVar("T")
@@ -41,8 +43,9 @@ class HeldBack(BaseException):
 class FlowControl:
     """The breakers declared on one Durable, and the shared rows behind them and the rates."""
 
-    def __init__(self, store: FlowStore, probe_ttl: float) -> None:
+    def __init__(self, store: FlowStore, slots: SlotTable, probe_ttl: float) -> None:
         self.store = store
+        self.slots = slots
         self.probe_ttl = probe_ttl
         self.policies: dict[str, BreakerPolicy] = {}
 
@@ -97,15 +100,16 @@ class FlowControl:
 
     def set(self, name: str, state: BreakerState, by: str) -> None:
         """An operator opens or closes a breaker; an opened one half-opens after reset_after."""
-        self.policy(name)
+        if name not in self.policies and name not in {b.name for b in self.store.breakers()}:
+            raise UnknownBreaker(name, self.policies)
         now = utcnow()
         row = BreakerRow(state, opened_at=now) if state == BreakerState.OPEN else BreakerRow()
         self.store.set_breaker(name, row, by)
 
     def breakers(self) -> list[BreakerStatus]:
-        """Every declared breaker, with its stored state (closed when never used)."""
+        """Every declared or stored breaker, with its state (closed when never used)."""
         stored = {status.name: status for status in self.store.breakers()}
         return [
             stored.get(name) or BreakerStatus(name, BreakerRow(), 0, None, None)
-            for name in sorted(self.policies)
+            for name in sorted(set(self.policies) | set(stored))
         ]

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from celery_durable.engine import waits
+from celery_durable.engine import slots, waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, VersionConflict
@@ -52,6 +52,7 @@ def fire_timers(
     due row is claimed by one caller, however many workers fire timers at once."""
     report = report or RecoveryReport()
     fired: set[str] = set()
+    slots.reap(runtime, now)
     for due in runtime.visits.claim_due(now, limit):
         if due.kind == Kind.WAIT:
             node, _, slot = due.node.rpartition("@")

@@ -34,6 +34,7 @@ class _Instruments:
     finished: Counter
     interventions: Counter
     recoveries: Counter
+    held: Counter
     wake_lag: Histogram
     node_duration: Histogram
     checkpoint_write: Histogram
@@ -65,6 +66,12 @@ class _Instruments:
             ),
             recoveries=counter(
                 "recoveries", "Node messages the recovery sweep published again.", ("reason",)
+            ),
+            held=counter(
+                "flow_held",
+                "Node attempts held back by flow control, by what: 'breaker <name>' (its "
+                "rejections), 'rate <name>', or 'slot' (in line for a concurrency key).",
+                ("graph", "node", "by"),
             ),
             wake_lag=Histogram(
                 f"{PREFIX}_wake_lag_seconds",
@@ -139,6 +146,10 @@ class PrometheusHooks(Hooks):
 
     def woke(self, graph: str, node: str, kind: str, lag: float) -> None:
         self.m.wake_lag.labels(graph, kind).observe(max(lag, 0.0))
+
+    def node_held(self, graph: str, node: str, by: str) -> None:
+        # A slot's key would make a label per customer: count the slot, not the key.
+        self.m.held.labels(graph, node, "slot" if by.startswith("slot ") else by).inc()
 
     def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
         self.m.node_duration.labels(graph, node, kind).observe(seconds)

@@ -17,13 +17,13 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from celery_durable.metrics.hooks import PREFIX
-from celery_durable.persistence.records import utcnow
+from celery_durable.persistence.records import BreakerState, utcnow
 from celery_durable.status import Status
 
 if TYPE_CHECKING:
@@ -115,7 +115,26 @@ class DatabaseCollector(Collector):
             f"{PREFIX}_stuck_threshold_seconds", "The no-commit age that counts as stuck."
         )
         threshold.add_metric([], self.stuck_after)
-        return [total, needs, stuck, longest, waiting, threshold]
+        return [total, needs, stuck, longest, waiting, threshold, *self._breakers()]
+
+    def _breakers(self) -> list[Metric]:
+        state = GaugeMetricFamily(
+            f"{PREFIX}_breaker_state",
+            "Each circuit breaker's state: 0 closed, 1 half-open, 2 open.",
+            labels=["breaker"],
+        )
+        rejections = CounterMetricFamily(
+            f"{PREFIX}_breaker_rejections",
+            "Calls a circuit breaker held back or failed fast, over the fleet.",
+            labels=["breaker"],
+        )
+        for b in self.durable.breakers():
+            state.add_metric([b.name], BREAKER_LEVELS[b.row.state])
+            rejections.add_metric([b.name], b.rejections)
+        return [state, rejections]
+
+
+BREAKER_LEVELS = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 def _stuck_after(durable: Durable) -> float:

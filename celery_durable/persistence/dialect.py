@@ -112,6 +112,10 @@ class Dialect(ABC):
         """Hold, until ``conn``'s transaction ends, the lock that lets one process migrate."""
 
     @abstractmethod
+    def lock_name(self, conn: Connection, name: str) -> None:
+        """Hold, until ``conn``'s transaction ends, a lock on ``name`` (a concurrency key)."""
+
+    @abstractmethod
     def waiter(self, execution_id: str) -> Waiter:
         """Something to wait on until ``execution_id`` ends (or it is time to look again)."""
 

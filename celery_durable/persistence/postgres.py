@@ -111,6 +111,11 @@ class PostgresDialect(Dialect):
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
 
+    def lock_name(self, conn: Connection, name: str) -> None:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
+        )
+
     def waiter(self, execution_id: str) -> Waiter:
         pid = os.getpid()
         with self._lock:

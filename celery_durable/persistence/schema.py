@@ -30,6 +30,8 @@ from celery_durable.constants import (
     EXECUTIONS_TABLE,
     NODE_VISITS_TABLE,
     RATE_LIMITS_TABLE,
+    SLOT_QUEUE_TABLE,
+    SLOTS_TABLE,
 )
 
 metadata = MetaData(
@@ -167,4 +169,37 @@ rate_limits = Table(
     metadata,
     Column("name", String(NAME_LENGTH), primary_key=True),
     Column("next_free_at", DateTime(timezone=True), nullable=False),
+)
+
+# Concurrency slots: who holds one of a key's ``max`` places. A node visit's slot is a lease
+# (expires_at, kept alive by the visit's own lease while it runs); a run's slot is held until
+# the run ends.
+slots = Table(
+    SLOTS_TABLE,
+    metadata,
+    Column("scope", String(NAME_LENGTH), nullable=False),
+    Column("key", String(NAME_LENGTH), nullable=False),
+    Column("execution_id", String(ID_LENGTH), nullable=False),
+    Column("node", String(NAME_LENGTH), nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("scope", "key", "execution_id", "node", "visit"),
+    Index(None, "expires_at"),
+    Index(None, "execution_id"),
+)
+
+# Visits waiting for a slot, first come first served (id) per (scope, key).
+slot_queue = Table(
+    SLOT_QUEUE_TABLE,
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("scope", String(NAME_LENGTH), nullable=False),
+    Column("key", String(NAME_LENGTH), nullable=False),
+    Column("execution_id", String(ID_LENGTH), nullable=False),
+    Column("node", String(NAME_LENGTH), nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("scope", "key", "execution_id", "node", "visit"),
+    Index(None, "scope", "key", "id"),
 )

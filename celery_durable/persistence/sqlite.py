@@ -106,6 +106,9 @@ class SQLiteDialect(Dialect):
     def lock_migrations(self, conn: Connection) -> None:
         """Nothing to take: the migration's BEGIN IMMEDIATE already holds the write lock."""
 
+    def lock_name(self, conn: Connection, name: str) -> None:
+        """Nothing to take: every write transaction's BEGIN IMMEDIATE holds the write lock."""
+
     def waiter(self, execution_id: str) -> Waiter:
         return Waiter()
 

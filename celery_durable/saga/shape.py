@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from celery_durable.saga.flow import Limit
+
 Router = Callable[[Any], "str | Sequence[str] | None"]
 
 
@@ -23,6 +25,9 @@ class NodeShape(Protocol):
 
     @property
     def interrupt_after(self) -> bool: ...
+
+    @property
+    def concurrency(self) -> Limit | None: ...
 
 
 class GraphShape(Protocol):
@@ -46,6 +51,9 @@ class GraphShape(Protocol):
 
     @property
     def branches(self) -> Mapping[str, tuple[Router, tuple[str, ...] | None]]: ...
+
+    @property
+    def concurrency(self) -> Limit | None: ...
 
     def validate(self) -> str:
         """The graph's fingerprint, once the whole definition checks out."""

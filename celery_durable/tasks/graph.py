@@ -26,7 +26,7 @@ from celery_durable.errors import (
     UnknownNode,
     UnreachableNode,
 )
-from celery_durable.saga.flow import RateLimit
+from celery_durable.saga.flow import Limit, RateLimit
 from celery_durable.saga.retry import RetryPolicy
 from celery_durable.saga.shape import Router
 
@@ -93,6 +93,7 @@ class Node(Generic[P, R]):
         self.breaker: str | None = None
         self.when_open: WhenOpen = "wait"
         self.rate: RateLimit | None = None
+        self.concurrency: Limit | None = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -139,6 +140,7 @@ class Graph:
         name: str,
         state: type[BaseModel],
         on_failure: OnFailure = "fail",
+        concurrency: Limit | None = None,
     ) -> None:
         if not (isinstance(state, type) and issubclass(state, BaseModel)):
             raise GraphDefinitionError(
@@ -152,6 +154,12 @@ class Graph:
         self.name = name
         self.state = state
         self.on_failure: OnFailure = on_failure
+        if concurrency is not None and not isinstance(concurrency, Limit):
+            raise GraphDefinitionError(
+                f"Graph {name!r}: concurrency= takes a Limit(key=..., max=...)."
+            )
+        # Running executions per key (engine/slots.py): taken at the entry node, held to the end.
+        self.concurrency = concurrency
         self.task_prefix = f"{TASK_PREFIX}.{name}"
         self.nodes: dict[str, Node[..., Any]] = {}
         self.edges: dict[str, list[str]] = {}
@@ -182,6 +190,7 @@ class Graph:
         breaker: str | None = None,
         when_open: WhenOpen = "wait",
         rate: RateLimit | None = None,
+        concurrency: Limit | None = None,
         **unknown: Any,
     ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
@@ -200,6 +209,7 @@ class Graph:
         breaker: str | None = None,
         when_open: WhenOpen = "wait",
         rate: RateLimit | None = None,
+        concurrency: Limit | None = None,
         **unknown: Any,
     ) -> Any:
         """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``."""
@@ -207,14 +217,15 @@ class Graph:
             raise InvalidNodeOption(
                 f"Graph {self.name!r}: unknown node option(s) {', '.join(sorted(unknown))}; "
                 "use retry=, timeout=, queue=, compensate=, compensation_retry=, "
-                "interrupt_before=, interrupt_after=, breaker=, when_open=, rate= or name=."
+                "interrupt_before=, interrupt_after=, breaker=, when_open=, rate=, concurrency= "
+                "or name=."
             )
         for option, value in (("retry", retry), ("compensation_retry", compensation_retry)):
             if value is not None and not isinstance(value, RetryPolicy):
                 raise InvalidNodeOption(f"Graph {self.name!r}: {option}= takes a RetryPolicy.")
         if timeout is not None and not timeout > 0:
             raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
-        _check_flow(self.name, breaker, when_open, rate)
+        _check_flow(self.name, breaker, when_open, rate, concurrency)
 
         def decorate(func: Callable[P, R]) -> Node[P, R]:
             node_name = name or func.__name__
@@ -231,6 +242,7 @@ class Graph:
                 interrupt_after=bool(interrupt_after),
             )
             node.breaker, node.when_open, node.rate = breaker, when_open, rate
+            node.concurrency = concurrency
             self.nodes[node_name] = node
             self._fingerprint = None
             self.owner.register(node)
@@ -374,8 +386,10 @@ class Saga(Graph):
     fails for good or when someone asks. ``@saga.step`` adds a step after the last one;
     ``@step.compensation`` says how to undo it."""
 
-    def __init__(self, owner: Owner, name: str, state: type[BaseModel]) -> None:
-        super().__init__(owner, name, state, on_failure="compensate")
+    def __init__(
+        self, owner: Owner, name: str, state: type[BaseModel], concurrency: Limit | None = None
+    ) -> None:
+        super().__init__(owner, name, state, on_failure="compensate", concurrency=concurrency)
         self._last: str | None = None
 
     # A step is a node; what makes it a step is _added() chaining it after the last one.
@@ -405,10 +419,14 @@ def _arity(fn: Callable[..., Any], name: str) -> int:
     return len(params)
 
 
-def _check_flow(graph: str, breaker: object, when_open: object, rate: object) -> None:
+def _check_flow(
+    graph: str, breaker: object, when_open: object, rate: object, concurrency: object
+) -> None:
     if breaker is not None and not (isinstance(breaker, str) and breaker):
         raise InvalidNodeOption(f"Graph {graph!r}: breaker= takes the name of a breaker.")
     if when_open not in ("wait", "fail"):
         raise InvalidNodeOption(f"Graph {graph!r}: when_open= is 'wait' or 'fail'.")
     if rate is not None and not isinstance(rate, RateLimit):
         raise InvalidNodeOption(f"Graph {graph!r}: rate= takes a RateLimit(name, limit, per=).")
+    if concurrency is not None and not isinstance(concurrency, Limit):
+        raise InvalidNodeOption(f"Graph {graph!r}: concurrency= takes a Limit(key=..., max=...).")

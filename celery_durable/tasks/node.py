@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from celery_durable import faults
-from celery_durable.engine import waits
+from celery_durable.engine import slots, waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.flow import Held, HeldBack
 from celery_durable.engine.state import apply_update, validate
@@ -34,7 +34,9 @@ from celery_durable.errors import (
     StateTooLarge,
     UnknownBreaker,
 )
+from celery_durable.faults import SimulatedCrash
 from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind, utcnow
+from celery_durable.persistence.slots import Holder
 from celery_durable.saga import compensation
 from celery_durable.saga.coordinator import Cursor, Handed, advance
 from celery_durable.saga.waits import Visit
@@ -86,6 +88,23 @@ class NodeRun(Attempt):
             return outcome
         self._read_at = self.base.version
         node = self.node
+        place = self._take_place(node)
+        if isinstance(place, Outcome):
+            return place
+        if place is None:
+            return self._attempt(node)
+        try:
+            outcome = self._attempt(node)
+        except SimulatedCrash:
+            raise  # as a dead worker: the place is freed when its lease runs out
+        except BaseException:
+            slots.leave(self.runtime, place)
+            raise
+        slots.leave(self.runtime, place)
+        return outcome
+
+    def _attempt(self, node: Node[..., Any]) -> Outcome:
+        """Past the concurrency limits: the rate limit, the breaker, the call, the commit."""
         probe = self._admit(node)
         if isinstance(probe, Outcome):
             return probe
@@ -109,6 +128,32 @@ class NodeRun(Attempt):
         if lease.lost:
             return Outcome.DROPPED
         return self._commit(update, lease.token)
+
+    def _take_place(self, node: Node[..., Any]) -> Holder | Outcome | None:
+        """Concurrency keys: a run's place at its entry node (held to its end), then this
+        visit's place (given up when the attempt ends). Without one, the visit waits in line."""
+        graph, runtime = self.graph, self.runtime
+        run_limit = graph.concurrency if self.name == graph.entry_node and self.visit == 1 else None
+        if run_limit is None and node.concurrency is None:
+            return None
+        model = validate(graph.name, graph.state, self.base.state)
+        if run_limit is not None:
+            key = run_limit.key_of(model)
+            run = Holder(slots.graph_scope(graph.name), key, self.execution_id, self.name, 1)
+            if not slots.enter(runtime, replace(run, attempt=self.attempt), run_limit, None):
+                return self._queued(run)
+        if node.concurrency is None:
+            return None
+        key = node.concurrency.key_of(model)
+        scope = slots.node_scope(graph.name, self.name)
+        mine = Holder(scope, key, self.execution_id, self.name, self.visit, self.attempt)
+        if not slots.enter(runtime, mine, node.concurrency, runtime.settings.lease_ttl):
+            return self._queued(mine)
+        return mine
+
+    def _queued(self, holder: Holder) -> Outcome:
+        self.runtime.hooks.node_held(self.graph.name, self.name, f"slot {holder.key}")
+        return Outcome.HELD
 
     def _admit(self, node: Node[..., Any]) -> bool | Outcome:
         """Flow control before the call: go (True: as the probe of the node's breaker), or

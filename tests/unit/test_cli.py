@@ -137,3 +137,19 @@ def test_waiting_runs_are_listed_approved_and_sent_events(
     assert woke[0].output["payload"] == "fine"
     again = celery(sqlite_url, "send-event", second.id, "note", "--data", "not json")
     assert again.returncode == 2 and "not JSON" in again.stderr
+
+
+def test_breakers_are_listed_and_opened_and_closed_by_hand(
+    sqlite_url: str, durable: Durable
+) -> None:
+    listed = celery(sqlite_url, "breakers", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(b["name"], b["state"]) for b in json.loads(listed.stdout)] == [("payments", "closed")]
+    opened = celery(sqlite_url, "breaker", "open", "payments", "--by", "ops", "--reason", "outage")
+    assert opened.returncode == 0, opened.stderr
+    table = celery(sqlite_url, "breakers").stdout
+    assert "payments" in table and "open" in table and "by ops: outage" in table, table
+    assert celery(sqlite_url, "breaker", "close", "payments").returncode == 0
+    assert json.loads(celery(sqlite_url, "breakers", "--json").stdout)[0]["state"] == "closed"
+    unknown = celery(sqlite_url, "breaker", "open", "nope")
+    assert unknown.returncode == 1 and "No circuit breaker named 'nope'" in unknown.stderr

@@ -41,6 +41,7 @@ def test_public_api_is_pinned() -> None:
         "NonRetryable",
         "Reduce",
         "RateLimit",
+        "Limit",
         "Execution",
         "Progress",
         "Status",

@@ -3,6 +3,7 @@ message priority, on SQLite with the in-process worker."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import BaseModel
 
-from celery_durable import CircuitOpen, Context, Durable, RateLimit, RetryPolicy
+from celery_durable import CircuitOpen, Context, Durable, Execution, RateLimit, RetryPolicy
 from celery_durable.errors import InvalidFlowOption, InvalidNodeOption, InvalidPriority
 from celery_durable.persistence.records import BreakerRow, BreakerState, Kind
-from celery_durable.saga.flow import BreakerPolicy, admit, record
+from celery_durable.saga.flow import BreakerPolicy, Limit, admit, record
 from celery_durable.testing import assert_status, in_process_worker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -199,3 +200,76 @@ def test_priority_must_be_0_to_9_and_changes_nothing(durable_embedded: Durable) 
     with pytest.raises(InvalidPriority):
         g.apply_async(priority=10)
     assert durable_embedded.list() == []
+
+
+class Order(BaseModel):
+    customer: str
+    n: int = 0
+
+
+def overlaps(intervals: list[tuple[float, float]]) -> bool:
+    ordered = sorted(intervals)
+    return any(b[0] < a[1] for a, b in itertools.pairwise(ordered))
+
+
+def test_one_visit_per_key_at_once_first_come_first_served(durable_embedded: Durable) -> None:
+    durable = durable_embedded
+    g = durable.graph("keyed", state=Order)
+    seen: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": []}
+    lock = threading.Lock()
+
+    @g.node(concurrency=Limit(key=lambda state: state.customer, max=1))
+    def work(state: Order) -> None:
+        started = time.monotonic()
+        time.sleep(0.05)
+        with lock:
+            seen[state.customer].append((started, time.monotonic(), state.n))
+
+    g.entry(work)
+    with in_process_worker(durable, pool="threads", concurrency=4, timers=True):
+        runs = [g.delay(customer="ab"[i % 2], n=i) for i in range(12)]
+        for run in runs:
+            run.wait(timeout=30)
+    for customer, visits in seen.items():
+        assert len(visits) == 6
+        assert not overlaps([(s, e) for s, e, _ in visits]), customer
+        order = [n for _, _, n in sorted(visits)]
+        # The first may overtake the queue only by arriving first; after it, submission order.
+        assert order[1:] == sorted(order[1:]), (customer, order)
+
+
+def test_a_graph_limit_holds_a_second_run_of_the_key_until_the_first_ends(
+    durable_embedded: Durable,
+) -> None:
+    durable = durable_embedded
+    g = durable.graph("one_at_a_time", state=Order, concurrency=Limit(key=lambda s: s.customer))
+
+    @g.node
+    def approve(state: Order, ctx: Context) -> dict[str, int]:
+        return {"n": ctx.wait_for_event("go")}
+
+    g.entry(approve)
+    with in_process_worker(durable, timers=True):
+        first = g.delay(customer="c")
+        second = g.delay(customer="c")
+        other = g.delay(customer="d")
+        assert waiting_until(first, "waiting") and waiting_until(other, "waiting")
+        time.sleep(0.6)  # a timer tick: the second is still in line, its node not run
+        assert second.refresh().status == "running"
+        assert [cp.kind for cp in second.history()] == [Kind.START]
+        assert second.held_back == {"approve:1": "slot c"}
+        first.send_event("go", 1)
+        assert first.wait(timeout=10).n == 1
+        assert waiting_until(second, "waiting")
+        second.send_event("go", 2)
+        other.send_event("go", 3)
+        assert second.wait(timeout=10).n == 2 and other.wait(timeout=10).n == 3
+
+
+def waiting_until(run: Execution, status: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run.refresh().status == status:
+            return True
+        time.sleep(0.02)
+    return False

@@ -232,6 +232,16 @@ def test_stuck_executions_are_counted_from_the_database(client: Durable) -> None
     assert sample("celery_durable_stuck_threshold_seconds") == 600
 
 
+def test_breakers_are_scraped_from_the_database(client: Durable) -> None:
+    client.breaker("payments")
+    client.set_breaker("payments", "open", by="ops")
+    client.runtime.flow.admit("payments")  # rejected: it is open
+    registry = metrics_registry(client, stuck_after=600, in_process=None)
+    sample = registry.get_sample_value
+    assert sample("celery_durable_breaker_state", {"breaker": "payments"}) == 2
+    assert sample("celery_durable_breaker_rejections_total", {"breaker": "payments"}) == 1
+
+
 def test_a_database_outage_reads_as_down_not_as_a_failed_scrape() -> None:
     durable = Durable(embedded_app(), database_url="postgresql+psycopg://nobody@127.0.0.1:1/x")
     registry = metrics_registry(durable, in_process=None)

@@ -35,9 +35,48 @@ def upgrade() -> None:
         sa.Column("next_free_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_durable_rate_limits"),
     )
+    op.create_table(
+        "durable_slots",
+        sa.Column("scope", sa.String(200), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("execution_id", sa.String(255), nullable=False),
+        sa.Column("node", sa.String(200), nullable=False),
+        sa.Column("visit", sa.Integer(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint(
+            "scope", "key", "execution_id", "node", "visit", name="pk_durable_slots"
+        ),
+    )
+    op.create_index("ix_durable_slots_expires_at", "durable_slots", ["expires_at"])
+    op.create_index("ix_durable_slots_execution_id", "durable_slots", ["execution_id"])
+    op.create_table(
+        "durable_slot_queue",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("scope", sa.String(200), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("execution_id", sa.String(255), nullable=False),
+        sa.Column("node", sa.String(200), nullable=False),
+        sa.Column("visit", sa.Integer(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_durable_slot_queue"),
+        sa.UniqueConstraint(
+            "scope",
+            "key",
+            "execution_id",
+            "node",
+            "visit",
+            name="uq_durable_slot_queue_scope_key_execution_id_node_visit",
+        ),
+    )
+    op.create_index(
+        "ix_durable_slot_queue_scope_key_id", "durable_slot_queue", ["scope", "key", "id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("durable_slot_queue")
+    op.drop_table("durable_slots")
     op.drop_table("durable_rate_limits")
     op.drop_table("durable_breakers")
     op.drop_column("durable_node_visits", "waiting_for")
