@@ -129,6 +129,8 @@ def _release(runtime: Runtime, due: VisitRecord) -> bool:
         attempt=max(due.attempts, 1),
         passed=due.waiting_for,
     )
+    # Sent again is progress: not stale, so the sweep does not send a second copy.
+    runtime.store.touch(record, utcnow())
     return True
 
 

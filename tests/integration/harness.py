@@ -30,10 +30,13 @@ Worker = WorkerProcess
 
 
 class Workers(WorkerProcesses):
-    """Workers of ``tests.integration.app`` on the test's queue; ``cleanup`` also deletes it."""
+    """Workers of ``app`` (``tests.integration.app``) on the test's queue; ``cleanup`` also
+    deletes the queue."""
 
-    def __init__(self, env: dict[str, str], queue: str, logs: Path) -> None:
-        super().__init__("tests.integration.app", env, logs, cwd=REPO)
+    def __init__(
+        self, env: dict[str, str], queue: str, logs: Path, app: str = "tests.integration.app"
+    ) -> None:
+        super().__init__(app, env, logs, cwd=REPO)
         self.queue = queue
 
     def start(  # type: ignore[override]

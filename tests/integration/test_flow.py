@@ -1,0 +1,162 @@
+"""Flow control across a fleet of real workers on RabbitMQ and PostgreSQL: a breaker that
+keeps 200 runs off a failing dependency, one visit per key at once over 300 runs, a place
+freed by a SIGKILL, a rate held over 20 s, priorities served first."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celery_durable import Status
+from celery_durable.persistence.records import Kind
+from tests.integration import flow_app
+from tests.integration.flow_app import FlowApp
+from tests.integration.harness import Workers, ledger_lines
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def flow(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[FlowApp]:
+    for name in list(os.environ):
+        if name.startswith("CELERY_DURABLE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    built = flow_app.build()
+    built.durable.migrate()
+    try:
+        yield built
+    finally:
+        built.app.close()
+        built.durable.db.dispose()
+
+
+@pytest.fixture
+def fleet(env: dict[str, str], queue: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(env, queue, tmp_path, app="tests.integration.flow_app")
+    try:
+        yield pool
+    finally:
+        pool.cleanup()
+
+
+def rows(ledger: Path, what: str) -> list[list[str]]:
+    return [line[1:] for line in ledger_lines(ledger) if line[0] == what]
+
+
+def test_a_breaker_keeps_200_runs_off_a_failing_dependency(
+    flow: FlowApp, fleet: Workers, env: dict[str, str], ledger_path: Path, tmp_path: Path
+) -> None:
+    outage = tmp_path / "outage"
+    fleet.env["DURABLE_TEST_OUTAGE"] = str(outage)
+    for _ in range(2):
+        fleet.start(concurrency=4)
+    outage.write_text(str(time.time() + 10))
+    runs = [flow.pay.delay(n=i) for i in range(200)]
+    for run in runs:
+        run.wait(timeout=90)
+    assert all(run.status == Status.SUCCEEDED for run in runs)
+    calls = rows(ledger_path, "call")
+    failed = [c for c in calls if c[1] == "fail"]
+    # Up to the threshold fails, plus those already running when it opened (8 worker
+    # processes), then only the half-open probes: about one per reset_after in 10 s.
+    probes = 10 / flow_app.BREAKER_RESET + 2
+    assert len(failed) <= flow_app.BREAKER_THRESHOLD + 8 + probes, len(failed)
+    print(f"breaker: {len(failed)} failed calls in the outage, {len(calls)} calls in all")
+    assert len(calls) - len(failed) == 200  # each run paid once
+    # No attempt budget was spent while held: three attempts could not cover a 10 s outage.
+    attempts = [
+        cp.meta.get("attempt", 1) for run in runs for cp in run.history() if cp.kind == Kind.NODE
+    ]
+    assert max(attempts) <= flow_app.PAY_RETRY.max_attempts
+    status = flow.durable.breakers()[0]
+    assert status.row.state == "closed" and status.rejections > 0
+
+
+def intervals(ledger: Path) -> dict[str, list[tuple[float, float, int]]]:
+    by_key: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for started, customer, n, ended in rows(ledger, "end"):
+        by_key[customer].append((float(started), float(ended), int(n)))
+    return by_key
+
+
+def test_300_runs_over_10_keys_never_overlap_and_keep_their_order(
+    flow: FlowApp, fleet: Workers, ledger_path: Path
+) -> None:
+    for _ in range(2):
+        fleet.start(concurrency=4)
+    runs = [flow.keyed.delay(customer=f"c{i % 10}", n=i) for i in range(300)]
+    for run in runs:
+        run.wait(timeout=120)
+    by_key = intervals(ledger_path)
+    assert sorted(by_key) == [f"c{k}" for k in range(10)]
+    for key, visits in by_key.items():
+        assert len(visits) == 30, key
+        ordered = sorted(visits)
+        overlaps = [(a, b) for a, b in itertools.pairwise(ordered) if b[0] < a[1]]
+        assert not overlaps, (key, overlaps[:3])
+        assert len({n for _, _, n in visits}) == 30, key  # each visit ran once
+        served = [n for _, _, n in ordered]
+        # First come, first served: after the first visit (which found the slot free), in the
+        # order the runs were started.
+        assert served[1:] == sorted(served[1:]), (key, served)
+
+
+def test_a_sigkill_frees_the_slot_within_the_lease_time(
+    flow: FlowApp, fleet: Workers, ledger_path: Path
+) -> None:
+    lease = {"CELERY_DURABLE_LEASE_AFTER": "1", "CELERY_DURABLE_LEASE_TTL": "3"}
+    doomed = fleet.start(concurrency=2, extra_env=lease)
+    first = flow.keyed.delay(customer="z", n=1, hold=30)
+    wait_for(lambda: rows(ledger_path, "start"), 30, what="the first visit to start")
+    second = flow.keyed.delay(customer="z", n=2, hold=0.05)
+    time.sleep(1.5)  # past lease_after: the visit holds a lease, renewed by its worker
+    assert second.held_back == {"work:1": "slot z"}
+    fleet.start(concurrency=2, extra_env=lease)
+    doomed.kill()
+    killed_at = time.time()
+    wait_for(lambda: second.status == Status.SUCCEEDED, 30, what="the second run")
+    started = {int(n): float(t) for t, _, n, _ in rows(ledger_path, "start")}
+    # The place comes free once the slot's lease runs out (3 s), plus a timer tick or two.
+    print(f"slot free {started[2] - killed_at:.2f} s after the SIGKILL (lease_ttl 3 s)")
+    assert started[2] - killed_at <= 3 + 2, started[2] - killed_at
+    assert first.status == Status.RUNNING  # the killed visit is sent again later, in line
+
+
+def test_a_rate_limit_holds_over_the_fleet(
+    flow: FlowApp, fleet: Workers, ledger_path: Path
+) -> None:
+    for _ in range(2):
+        fleet.start(concurrency=4)
+    for i in range(1300):  # 26 s of work at 50/s: a backlog through the window measured
+        flow.limited.delay(customer="r", n=i)
+    first = float(wait_for(lambda: rows(ledger_path, "rate"), 30)[0][0])
+    time.sleep(max(0.0, first + 23 - time.time()))
+    times = sorted(float(t) for t, _ in rows(ledger_path, "rate"))
+    window = [t for t in times if first + 2 <= t < first + 22]
+    rate = len(window) / 20
+    print(f"rate over 20 s: {rate:.1f}/s (limit {flow_app.RATE}/s)")
+    assert abs(rate - flow_app.RATE) <= 0.1 * flow_app.RATE, rate
+
+
+def test_priority_9_runs_overtake_a_backlog_of_priority_0(
+    flow: FlowApp, fleet: Workers, ledger_path: Path
+) -> None:
+    low = [flow.ranked.apply_async({"customer": "low", "n": i}, priority=0) for i in range(20)]
+    high = [flow.ranked.apply_async({"customer": "high", "n": i}, priority=9) for i in range(20)]
+    fleet.start(concurrency=1, extra_env={"CELERY_DURABLE_INLINE_NODES": "0"})
+    for run in low + high:
+        run.wait(timeout=60)
+    order = [customer for _, customer, _ in sorted(rows(ledger_path, "ranked"))]
+    # Every node message of a run carries its priority: the high runs' second nodes are
+    # served before the low runs', save the one or two the worker had already taken.
+    print(f"priority: {order[:20].count('high')} of the first 20 served were priority 9")
+    assert order[:20].count("high") >= 18, order
