@@ -36,3 +36,23 @@ def test_the_script_migrates_a_database_url(database_url: str) -> None:
     assert "schema migrated from empty to 0003" in first.stdout
     again = subprocess.run([*command, database_url], capture_output=True, text=True, cwd=ROOT)
     assert "schema already at revision 0003" in again.stdout
+
+
+def test_the_migrations_build_the_schema_the_code_declares(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from celery_durable.persistence.schema import metadata
+
+    durable = Durable(Celery("x"), database_url=database_url)
+    durable.migrate()
+    with durable.db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": False})
+        diff = [
+            d
+            for d in compare_metadata(context, metadata)
+            # Alembic's own version table is not part of the declared schema.
+            if not (d[0] == "remove_table" and d[1].name.endswith("alembic_version"))
+        ]
+    durable.db.dispose()
+    assert diff == []
