@@ -67,9 +67,9 @@ class Settings(BaseModel):
     inline_nodes: int = Field(
         16,
         ge=0,
-        description="When one node follows another, bound for the same queue, and no time "
-        "or rate limit applies, the worker runs it in the same task after the commit instead "
-        "of publishing a message, up to this many in a row; 0 publishes every node.",
+        description="When one node follows another, bound for the same queue, and no Celery "
+        "time or rate limit applies, the worker runs it in the same task after the commit "
+        "instead of publishing a message, up to this many in a row; 0 publishes every node.",
     )
     pool_size: int = Field(5, ge=1, description="Database connections per worker process.")
     retention_succeeded_days: float = Field(

@@ -121,6 +121,20 @@ class VisitLedger:
             )
         return result.rowcount == 1
 
+    def drop_lease(self, execution_id: str, kind: str, node: str, visit: int) -> None:
+        """Give a lease up now (its process is about to end); the token bump fences it out."""
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(node_visits)
+                .where(_key(execution_id, kind, node, visit))
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    lease_token=node_visits.c.lease_token + 1,
+                    updated_at=utcnow(),
+                )
+            )
+
     def reset(self, execution_id: str, kind: str, node: str, visit: int) -> None:
         """Forget a visit's attempts and redeliveries: an operator's retry starts it afresh."""
         with self.db.engine.begin() as conn:

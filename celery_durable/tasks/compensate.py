@@ -25,6 +25,7 @@ from celery_durable.saga.coordinator import Cursor
 from celery_durable.signals import intervention_required
 from celery_durable.status import Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
+from celery_durable.tasks.deadline import time_limit
 
 logger = logging.getLogger("celery_durable.saga")
 # A child saga in one of these is compensated when the parent step that started it is undone.
@@ -99,10 +100,11 @@ class CompensationRun(Attempt):
             try:
                 as_committed = self.runtime.store.load(self.execution_id, seq).state
                 model = validate(self.graph.name, self.graph.state, as_committed)
-                if node.compensator_wants_context:
-                    node.compensator(model, ctx)
-                else:
-                    node.compensator(model)
+                with time_limit(f"{self.name}.compensation", node.timeout):
+                    if node.compensator_wants_context:
+                        node.compensator(model, ctx)
+                    else:
+                        node.compensator(model)
             except Superseded:
                 return Outcome.DROPPED
             except Exception as exc:

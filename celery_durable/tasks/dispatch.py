@@ -51,7 +51,8 @@ class CeleryDispatcher:
 
     def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:
         """Only where ``there``'s message would go where ``here``'s went (node queues, the
-        run's queue, the app's task_routes) and no time or rate limit applies to either task:
+        run's queue, the app's task_routes) and no Celery time or rate limit applies to either
+        task (a node's ``timeout=`` is enforced per node by the engine, not by Celery):
         inline, a limit would cover several nodes or be skipped."""
         nodes = self.graphs[graph].nodes
         first, second = nodes[here], nodes[there]
@@ -80,7 +81,7 @@ class CeleryDispatcher:
         )
 
     def _unlimited(self, node: Node[..., Any]) -> bool:
-        """No ``timeout=``, app-wide time limit or rate limit (annotations included)."""
+        """No Celery time limit or rate limit on the task (annotations and app-wide included)."""
         task = self.app.tasks[node.task_name]
         conf = self.app.conf
         return not (

@@ -5,7 +5,8 @@ carries, commit checkpoint + execution advance (version-checked, unique per visi
 what follows. A redelivered message is the one case that reads first, to replay a visit that
 already committed instead of running it again.
 
-When exactly one node follows, bound for the same queue, with no time or rate limit, the worker
+When exactly one node follows, bound for the same queue, with no Celery time or rate limit
+(``timeout=`` is the engine's, per node: tasks/deadline.py), the worker
 runs it next in the same task instead of publishing a message for it (up to ``inline_nodes``
 in a row): the commit still comes first, and the message stays unacked until the last of
 them, so a crash redelivers it and its replay walks the committed visits to what is due.
@@ -13,6 +14,7 @@ them, so a crash redelivers it and its replay walks the committed visits to what
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -44,6 +46,7 @@ from celery_durable.status import LIVE, Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.tasks.compensate import after_failure
 from celery_durable.tasks.context import Context, json_roundtrip
+from celery_durable.tasks.deadline import time_limit
 from celery_durable.tasks.memo import VisitMemo
 
 if TYPE_CHECKING:
@@ -192,7 +195,13 @@ class NodeRun(Attempt):
         """The user's function on the validated state; its result as a state update."""
         started = time.monotonic()
         model = validate(self.graph.name, self.graph.state, self.base.state)
-        update = _as_update(node.fn(model, ctx) if node.wants_context else node.fn(model))
+        if node.timeout is None:
+            result = node.fn(model, ctx) if node.wants_context else node.fn(model)
+        else:
+            drop = functools.partial(self.runtime.visits.drop_lease, *self.key)
+            with time_limit(self.name, node.timeout, drop):
+                result = node.fn(model, ctx) if node.wants_context else node.fn(model)
+        update = _as_update(result)
         took = time.monotonic() - started
         if node.timeout is not None and took > node.timeout:
             raise NodeTimeout(self.name, node.timeout)

@@ -29,7 +29,6 @@ from celery_durable.tasks.node import NodeRun
 logger = logging.getLogger(__name__)
 
 JSON_TYPES = {"json", "application/json"}
-HARD_LIMIT_GRACE = 5.0
 DB_RETRY_MAX_DELAY = 30.0
 
 
@@ -45,12 +44,12 @@ class NodeTasks:
         body = self._body(NodeRun, node)
         body.__name__ = body.__qualname__ = node.name
         body.__doc__ = node.fn.__doc__
-        self._register(node.task_name, body, node.timeout)
+        self._register(node.task_name, body)
 
     def register_compensation(self, node: Node[..., Any]) -> None:
         body = self._body(CompensationRun, node)
         body.__name__ = body.__qualname__ = f"{node.name}_compensate"
-        self._register(node.compensation_task_name, body, node.timeout)
+        self._register(node.compensation_task_name, body)
 
     def register_maintenance(
         self, recover: Callable[[], dict[str, int]], prune: Callable[[], dict[str, int]]
@@ -149,10 +148,9 @@ class NodeTasks:
                 self.events.finished(run, request, took, outcome, error)
         return outcome
 
-    def _register(self, name: str, fn: Callable[..., str], timeout: float | None) -> None:
-        options: dict[str, Any] = {}
-        if timeout is not None:
-            options = {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_GRACE}
+    def _register(self, name: str, fn: Callable[..., str]) -> None:
+        # No Celery time limit: node timeouts are the engine's (tasks/deadline.py), per node,
+        # so that a timed node can run inline after another.
         self.app.task(
             name=name,
             bind=True,
@@ -162,7 +160,6 @@ class NodeTasks:
             serializer="json",
             ignore_result=True,
             typing=False,
-            **options,
         )(fn)
 
 

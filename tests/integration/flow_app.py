@@ -10,6 +10,8 @@ priority queue (``x-max-priority`` 10).
 - ``keyed``: one node, at most one visit per customer at once; sleeps ``hold`` seconds.
 - ``limited``: one node, 50 calls a second over the fleet.
 - ``ranked``: two nodes, for priorities.
+- ``timed``: three nodes with ``timeout=``: ``fast`` (30 s), ``slow`` (sleeps past its 0.5 s
+  on its first attempt), ``stubborn`` (ignores its 0.5 s on its first run: the hard limit).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 from celery import Celery
 from pydantic import BaseModel
 
-from celery_durable import Durable, Graph, Limit, RateLimit, RetryPolicy
+from celery_durable import Context, Durable, Graph, Limit, RateLimit, RetryPolicy
+from celery_durable.errors import NodeTimeout
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -59,6 +62,7 @@ class FlowApp:
     keyed: Graph
     limited: Graph
     ranked: Graph
+    timed: Graph
 
 
 def outage_until() -> float:
@@ -127,7 +131,37 @@ def build() -> FlowApp:
 
     ranked.entry(first)
     ranked.edge(first, second)
-    return FlowApp(app, durable, pay, keyed, limited, ranked)
+    return FlowApp(app, durable, pay, keyed, limited, ranked, _timed(durable))
+
+
+def _timed(durable: Durable) -> Graph:
+    timed = durable.graph("timed", state=Job)
+
+    @timed.node(timeout=30)
+    def fast(job: Job) -> None:
+        ledger("timed", "fast", os.getpid())
+
+    @timed.node(timeout=0.5, retry=RetryPolicy(max_attempts=2, initial_delay=0.1))
+    def slow(job: Job, ctx: Context) -> None:
+        ledger("timed", "slow", ctx.attempt, time.time())
+        if ctx.attempt == 1:
+            time.sleep(3)
+
+    @timed.node(timeout=0.5)
+    def stubborn(job: Job) -> None:
+        with open(os.environ["DURABLE_TEST_LEDGER"]) as seen:
+            first_run = "stubborn" not in seen.read()
+        ledger("timed", "stubborn", os.getpid(), time.time())
+        while first_run:
+            try:
+                time.sleep(10)
+            except NodeTimeout:
+                ledger("timed", "ignored", os.getpid(), time.time())
+
+    timed.entry(fast)
+    timed.edge(fast, slow)
+    timed.edge(slow, stubborn)
+    return timed
 
 
 flow = build()

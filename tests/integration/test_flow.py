@@ -160,3 +160,27 @@ def test_priority_9_runs_overtake_a_backlog_of_priority_0(
     # served before the low runs', save the one or two the worker had already taken.
     print(f"priority: {order[:20].count('high')} of the first 20 served were priority 9")
     assert order[:20].count("high") >= 18, order
+
+
+def test_timed_nodes_run_inline_and_their_limits_hold_in_a_prefork_worker(
+    flow: FlowApp, fleet: Workers, ledger_path: Path
+) -> None:
+    fleet.start(concurrency=1)
+    run = flow.timed.delay(customer="t")
+    run.wait(timeout=60)
+    lines = rows(ledger_path, "timed")
+    # slow: the soft limit raised inside the node at 0.5 s, its second attempt went through.
+    slow = [line for line in lines if line[0] == "slow"]
+    assert [attempt for _, attempt, _ in slow] == ["1", "2"]
+    soft = float(slow[1][2]) - float(slow[0][2])
+    assert soft < 2.5, soft  # not the 3 s it slept for
+    # stubborn ignored it: its pool process was killed at the hard limit, and the
+    # redelivered message ran it again in a new one.
+    stubborn = [line for line in lines if line[0] == "stubborn"]
+    assert len(stubborn) == 2 and stubborn[0][1] != stubborn[1][1]
+    assert any(line[0] == "ignored" for line in lines)
+    history = run.history()
+    assert [cp.node for cp in history if cp.kind == Kind.NODE] == ["fast", "slow", "stubborn"]
+    # fast -> slow went inline: a timeout no longer costs a message.
+    assert {cp.node: bool((cp.meta or {}).get("inline")) for cp in history[1:]}["fast"]
+    print(f"timeouts: soft limit fired after {soft:.2f} s; hard limit killed and redelivered")

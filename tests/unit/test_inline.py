@@ -111,16 +111,18 @@ def test_inline_nodes_caps_how_many_run_in_a_row(app: Celery, sqlite_url: str) -
     durable.db.dispose()
 
 
-def test_another_queue_or_a_timeout_gets_a_message_of_its_own(durable: Durable) -> None:
+def test_a_timeout_runs_inline_another_queue_gets_a_message_of_its_own(
+    durable: Durable,
+) -> None:
     g = chain(durable, c={"timeout": 30.0}, e={"queue": "elsewhere"})
     queues = [durable.app.conf.task_default_queue, "elsewhere"]
     with messages(durable.app) as seen, in_process_worker(durable, queues=queues):
         run = g.delay()
         assert run.wait(timeout=10).trail == list(NODES)
-    # b -> c: c has a time limit; c -> d: c's task has one; d -> e: e names another queue.
-    assert seen == ["a", "c", "d", "e"]
+    # c's timeout is the engine's, per node: c runs inline; d -> e: e names another queue.
+    assert seen == ["a", "e"]
     flags = inline_flags(run)
-    assert flags == [("a", True), ("b", False), ("c", False), ("d", False), ("e", False)]
+    assert flags == [("a", True), ("b", True), ("c", True), ("d", False), ("e", False)]
 
 
 def test_a_node_routed_elsewhere_by_task_routes_is_published(app: Celery, sqlite_url: str) -> None:
