@@ -176,7 +176,9 @@ def test_nodes_are_registered_tasks_with_safe_delivery(durable: Durable) -> None
 
     task = durable.app.tasks["durable.tasks.work"]
     assert (task.acks_late, task.reject_on_worker_lost, task.serializer) == (True, True, "json")
-    assert task.soft_time_limit == 5
+    # The timeout is the engine's, per node (tasks/deadline.py): none on the Celery task.
+    assert (task.soft_time_limit, task.time_limit) == (None, None)
+    assert work.timeout == 5
     assert work(S()) is None  # a node stays callable as the function it wraps
     assert work.__doc__ == "Does the work."
 
