@@ -9,7 +9,7 @@ and the ratios. It asserts nothing about timing.
 How to run, from the repository root (PostgreSQL, RabbitMQ on loopback)::
 
     .venv/bin/python bench/engine.py [--runs 500] [--latency-runs 100] [--concurrency 2]
-                                     [--warmup 20] [--rounds 3] [--inline-nodes N]
+                                     [--warmup 20] [--rounds 3] [--inline-nodes N] [--timeouts]
 
 BENCH_ENGINE_PG (an admin URL, default postgresql://root@127.0.0.1:5432/postgres) and
 BENCH_ENGINE_BROKER (default amqp://guest:guest@127.0.0.1:5672//) point it elsewhere.
@@ -39,6 +39,9 @@ node commits, the one node that follows runs in the same task, so a run is one m
 five commits; ``--inline-nodes 0`` publishes every node as a message of its own, five
 messages and five commits, like the plain chain's five messages. Either way every node
 commits its checkpoint before the next one starts. The "nodes/s" column is runs/s x 5.
+
+With ``--timeouts`` a third side, "timed", runs the same graph with ``timeout=30`` on every
+node, on a durable worker of its own: the ratio timed / durable is what a timeout costs.
 
 The plain side's completion signal: the ``redis`` client package is not installed here, so
 instead of a Redis result backend the plain app uses Celery's ``rpc://`` result backend on the
@@ -95,6 +98,7 @@ BROKER = os.environ.get("BENCH_ENGINE_BROKER", "amqp://guest:guest@127.0.0.1:567
 NODES_PER_RUN = 5
 SIDES = ("plain", "durable")
 BOOT_TIMEOUT = 60.0
+TIMED = "; timed: the same graph with timeout=30 on every node"
 RUN_TIMEOUT = 120.0
 
 
@@ -144,6 +148,11 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         help="the durable worker's inline_nodes (default: the engine's; 0: a message per node)",
+    )
+    parser.add_argument(
+        "--timeouts",
+        action="store_true",
+        help="also measure the durable graph with timeout=30 on every node (side 'timed')",
     )
     return parser.parse_args()
 
@@ -327,7 +336,10 @@ def make_sides(apps: Any) -> dict[str, Side]:
         ),
         "durable": Side(
             "durable", "durable_app", apps.DURABLE_QUEUE,
-            lambda: apps.graph.delay(count=0), durable_wait,
+            apps.graph.delay, durable_wait,
+        ),
+        "timed": Side(
+            "timed", "durable_app", apps.DURABLE_QUEUE, apps.timed_graph.delay, durable_wait,
         ),
     }  # fmt: skip
 
@@ -356,6 +368,7 @@ def summary(rounds: list[Round]) -> dict[str, float]:
 
 
 def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: str) -> None:
+    names = list(results)
     print()
     print(env_line)
     print()
@@ -365,14 +378,14 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
         f"  {'other load (cores)':>18}"
     )
     for i in range(args.rounds):
-        for side in SIDES:
+        for side in names:
             r = results[side][i]
             print(
                 f"  {i + 1:>5} {side:<8} {r.runs_per_s:>8.1f} "
                 f"{r.runs_per_s * NODES_PER_RUN:>8.0f} {statistics.fmean(r.seen_ms):>8.2f} "
                 f"{pct(r.seen_ms, 50):>7.2f}  {r.other_cpu:>18.2f}"
             )
-    s = {side: summary(results[side]) for side in SIDES}
+    s = {side: summary(results[side]) for side in names}
     print()
     print(
         f"Summary: throughput = median of {args.rounds} rounds of {args.runs} runs; latency "
@@ -384,7 +397,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
         f"   | submit ms/run"
     )
     print(head)
-    for side in SIDES:
+    for side in names:
         x = s[side]
         print(
             f"  {side:<8} {x['runs_s']:>8.1f} {x['runs_s'] * NODES_PER_RUN:>8.0f} "
@@ -396,7 +409,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
     print()
     print("CPU per run in the throughput phase, ms, all cores (median of the rounds):")
     print(f"  {'side':<8}" + "".join(f" {part:>9}" for part in (*CPU_PARTS, "total")))
-    for side in SIDES:
+    for side in names:
         parts = [statistics.median(r.cpu_ms[part] for r in results[side]) for part in CPU_PARTS]
         print(f"  {side:<8}" + "".join(f" {v:>9.2f}" for v in (*parts, sum(parts))))
     d, p = s["durable"], s["plain"]
@@ -411,6 +424,14 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
     print(f"  throughput   {d['engine_runs_s'] / p['engine_runs_s']:5.2f}")
     print(f"  latency mean {d['engine_mean'] / p['engine_mean']:5.2f}")
     print(f"  latency p50  {d['engine_p50'] / p['engine_p50']:5.2f}")
+    if "timed" in s:
+        t = s["timed"]
+        print("With timeout=30 on every node (timed), against the same graph without (durable):")
+        print(
+            f"  throughput   {t['runs_s'] / d['runs_s']:5.2f}   (timed / plain "
+            f"{t['runs_s'] / p['runs_s']:.2f})"
+        )
+        print(f"  latency mean {t['mean'] / d['mean']:5.2f}")
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -420,6 +441,7 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     run_id = uuid.uuid4().hex[:10]
+    names = [*SIDES, "timed"] if args.timeouts else list(SIDES)
     queues = {side: f"bench-engine-{run_id}-{side}" for side in SIDES}
     database = f"bench_engine_{run_id}"
     with throwaway_database(ADMIN_DSN, database) as url:
@@ -443,9 +465,9 @@ def main() -> None:
         try:
             apps.durable.migrate()
             sides = make_sides(apps)
-            results: dict[str, list[Round]] = {side: [] for side in SIDES}
+            results: dict[str, list[Round]] = {side: [] for side in names}
             for i in range(args.rounds):
-                for name in SIDES if i % 2 == 0 else SIDES[::-1]:
+                for name in names if i % 2 == 0 else names[::-1]:
                     side = sides[name]
                     with worker(side, args.concurrency, env, logdir) as (log, pgid):
                         warm_up(side, args.warmup, log)
@@ -462,7 +484,7 @@ def main() -> None:
                 f"Environment: {os.cpu_count()} cores, worker -P prefork -c {args.concurrency} "
                 f"(prefetch 1, acks late), N={args.runs} runs x {NODES_PER_RUN} nodes, "
                 f"{args.latency_runs} latency runs, {args.warmup} warm-up, {args.rounds} rounds; "
-                f"durable inline_nodes={inline}; "
+                f"durable inline_nodes={inline}{TIMED if args.timeouts else ''}; "
                 f"Python {platform.python_version()}, Celery {celery.__version__}, "
                 f"{server_version()}, RabbitMQ at {BROKER.rpartition('@')[2]}"
             )

@@ -3,7 +3,8 @@
 ``plain_app``: a plain Celery chain of five no-op tasks (``plain_chain()``), acks late, only
 the last task storing a result (on the ``rpc://`` backend, see bench/engine.py for why).
 ``durable_app``: a five-node durable graph, ``chain``, n1 -> n2 -> n3 -> n4 -> n5, each node
-returning ``{"count": state.count + 1}``.
+returning ``{"count": state.count + 1}``; ``timed_graph`` is the same with ``timeout=30`` on
+every node.
 
 Both apps get the same worker settings: the same broker, prefetch multiplier 1, acks late,
 requeue when a worker dies, JSON only. Configured by environment, so that these run from the
@@ -29,7 +30,7 @@ from celery import Celery, chain
 from celery.canvas import Signature
 from pydantic import BaseModel
 
-from celery_durable import Durable
+from celery_durable import Durable, Graph
 
 BROKER = os.environ.get("BENCH_ENGINE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 PLAIN_QUEUE = os.environ.get("BENCH_ENGINE_PLAIN_QUEUE", "bench-engine-plain")
@@ -107,19 +108,22 @@ class Count(BaseModel):
     count: int = 0
 
 
-graph = durable.graph("bench_chain", state=Count)
+def _chain(name: str, **options: Any) -> Graph:
+    """n1 -> ... -> n5, each node returning count + 1, with ``options`` on every node."""
+    g = durable.graph(name, state=Count)
+    for node_name in NODES:
+
+        def node(state: Count) -> dict[str, int]:
+            return {"count": state.count + 1}
+
+        node.__name__ = node.__qualname__ = node_name
+        g.node(**options)(node)
+    g.entry(NODES[0])
+    for a, b in itertools.pairwise(NODES):
+        g.edge(a, b)
+    return g
 
 
-def _make(name: str) -> None:
-    def node(state: Count) -> dict[str, int]:
-        return {"count": state.count + 1}
-
-    node.__name__ = node.__qualname__ = name
-    graph.node(node)
-
-
-for _name in NODES:
-    _make(_name)
-graph.entry(NODES[0])
-for _a, _b in itertools.pairwise(NODES):
-    graph.edge(_a, _b)
+graph = _chain("bench_chain")
+# --timeouts: the same chain with timeout=30 on every node.
+timed_graph = _chain("bench_chain_timed", timeout=30)

@@ -30,6 +30,7 @@ from celery_durable.errors import NodeTimeout
 logger = logging.getLogger(__name__)
 
 HARD_LIMIT_GRACE = 5.0
+WATCH_INTERVAL = 0.5
 
 
 @contextmanager
@@ -39,53 +40,59 @@ def time_limit(
     """Run the block under ``node``'s soft and hard limits (none when ``seconds`` is None).
     ``on_kill`` runs, best effort, just before the hard limit ends the process: it gives up
     the visit's lease, so that the redelivered message runs at once."""
+    global _soft
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise NodeTimeout(node, seconds)
-
-    previous = signal.signal(signal.SIGALRM, expire)
+    watchdog = _watchdog()
+    _soft = (node, seconds)
     signal.setitimer(signal.ITIMER_REAL, seconds)
-    token = _watchdog().arm(node, time.monotonic() + seconds + HARD_LIMIT_GRACE, on_kill)
+    token = watchdog.arm(node, time.monotonic() + seconds + HARD_LIMIT_GRACE, on_kill)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
-        _watchdog().disarm(token)
+        _soft = None
+        watchdog.disarm(token)
+
+
+# The node under a soft limit in this process's main thread; SIGALRM's handler raises for it.
+_soft: tuple[str, float] | None = None
+
+
+def _expire(signum: int, frame: FrameType | None) -> None:
+    if _soft is not None:
+        raise NodeTimeout(*_soft)
 
 
 class _Watchdog:
-    """One thread per process: ends the process when an armed hard limit passes."""
+    """One thread per process: ends the process when an armed hard limit passes. It looks
+    every WATCH_INTERVAL seconds instead of being woken, so arming costs a dict insert."""
 
     def __init__(self) -> None:
         self._armed: dict[int, tuple[float, str, Callable[[], None] | None]] = {}
         self._next = 0
-        self._wake = threading.Condition()
+        self._lock = threading.Lock()
         threading.Thread(target=self._run, name="durable-deadlines", daemon=True).start()
 
     def arm(self, node: str, at: float, on_kill: Callable[[], None] | None) -> int:
-        with self._wake:
+        with self._lock:
             self._next += 1
             self._armed[self._next] = (at, node, on_kill)
-            self._wake.notify()
             return self._next
 
     def disarm(self, token: int) -> None:
-        with self._wake:
+        with self._lock:
             self._armed.pop(token, None)
 
     def _run(self) -> None:
-        with self._wake:
-            while True:
-                now = time.monotonic()
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            now = time.monotonic()
+            with self._lock:
                 late = [(node, kill) for at, node, kill in self._armed.values() if at <= now]
-                if late:
-                    _end(*late[0])
-                soonest = min((at for at, _, _ in self._armed.values()), default=now + 60)
-                self._wake.wait(max(soonest - now, 0.01))
+            if late:
+                _end(*late[0])
 
 
 def _end(node: str, on_kill: Callable[[], None] | None) -> None:
@@ -109,9 +116,14 @@ _lock = threading.Lock()
 
 
 def _watchdog() -> _Watchdog:
-    """This process's watchdog; a forked child (a prefork pool process) starts its own."""
-    with _lock:
-        pid = os.getpid()
-        if pid not in _watchdogs:
-            _watchdogs[pid] = _Watchdog()
-        return _watchdogs[pid]
+    """This process's watchdog and SIGALRM handler; a forked child (a prefork pool process)
+    gets its own. The handler stays installed: it raises only while a node is under a limit."""
+    pid = os.getpid()
+    watchdog = _watchdogs.get(pid)
+    if watchdog is None:
+        with _lock:
+            if pid not in _watchdogs:
+                signal.signal(signal.SIGALRM, _expire)
+                _watchdogs[pid] = _Watchdog()
+            watchdog = _watchdogs[pid]
+    return watchdog
