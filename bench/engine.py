@@ -10,6 +10,7 @@ How to run, from the repository root (PostgreSQL, RabbitMQ on loopback)::
 
     .venv/bin/python bench/engine.py [--runs 500] [--latency-runs 100] [--concurrency 2]
                                      [--warmup 20] [--rounds 3] [--inline-nodes N] [--timeouts]
+                                     [--fan-out]
 
 BENCH_ENGINE_PG (an admin URL, default postgresql://root@127.0.0.1:5432/postgres) and
 BENCH_ENGINE_BROKER (default amqp://guest:guest@127.0.0.1:5672//) point it elsewhere.
@@ -39,6 +40,12 @@ node commits, the one node that follows runs in the same task, so a run is one m
 five commits; ``--inline-nodes 0`` publishes every node as a message of its own, five
 messages and five commits, like the plain chain's five messages. Either way every node
 commits its checkpoint before the next one starts. The "nodes/s" column is runs/s x 5.
+
+With ``--fan-out`` both sides run another shape: one node, ten in parallel, a join. The plain
+side is the Celery chord ``chain(root.s(0), group(part.s() x 10), join.s())`` on a Redis
+result backend (chords need one that counts: the ``redis`` client comes with the ``bench``
+extra; BENCH_ENGINE_CHORD_BACKEND, default redis://127.0.0.1:6379/15); the durable side is
+the graph root -> part0..part9 -> join, the parts' updates merged by a reducer. 12 nodes.
 
 With ``--timeouts`` a third side, "timed", runs the same graph with ``timeout=30`` on every
 node, on a durable worker of its own: the ratio timed / durable is what a timeout costs.
@@ -148,6 +155,11 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         help="the durable worker's inline_nodes (default: the engine's; 0: a message per node)",
+    )
+    parser.add_argument(
+        "--fan-out",
+        action="store_true",
+        help="one node, ten in parallel, a join: a durable graph against a Celery chord",
     )
     parser.add_argument(
         "--timeouts",
@@ -314,21 +326,45 @@ def measure(side: Side, runs: int, latency_runs: int, load: OtherLoad) -> Round:
     return result
 
 
-def make_sides(apps: Any) -> dict[str, Side]:
+def nodes_per_run(args: argparse.Namespace) -> int:
+    """5 for the chain; 12 for the fan-out (one, ten in parallel, the join)."""
+    return 12 if args.fan_out else NODES_PER_RUN
+
+
+def make_sides(apps: Any, fan_out: bool = False) -> dict[str, Side]:
+    expect = 1 + apps.FAN_OUT if fan_out else NODES_PER_RUN
+
     def plain_wait(handle: Any, timeout: float) -> float:
         # The parents store no result (ignore_result): there is nothing to follow, and
         # following them would add rpc round trips that are not part of the chain's work.
         count, finished_at = handle.get(timeout=timeout, follow_parents=False)
-        if count != NODES_PER_RUN:
+        if count != expect:
             raise RuntimeError(f"plain chain ended with count {count}")
         return float(finished_at)
 
     def durable_wait(run: Any, timeout: float) -> float:
         state = run.wait(timeout=timeout)
-        if state.count != NODES_PER_RUN:
+        if state.count != expect:
             raise RuntimeError(f"durable run {run.id} ended with count {state.count}")
         return float(run.record.finished_at.timestamp())
 
+    if fan_out:
+        return {
+            "plain": Side(
+                "plain",
+                "chord_app",
+                apps.CHORD_QUEUE,
+                lambda: apps.plain_fanout().apply_async(),
+                plain_wait,
+            ),
+            "durable": Side(
+                "durable",
+                "durable_app",
+                apps.DURABLE_QUEUE,
+                apps.fanout_graph.delay,
+                durable_wait,
+            ),
+        }
     return {
         "plain": Side(
             "plain", "plain_app", apps.PLAIN_QUEUE,
@@ -369,6 +405,7 @@ def summary(rounds: list[Round]) -> dict[str, float]:
 
 def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: str) -> None:
     names = list(results)
+    nodes = nodes_per_run(args)
     print()
     print(env_line)
     print()
@@ -382,7 +419,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
             r = results[side][i]
             print(
                 f"  {i + 1:>5} {side:<8} {r.runs_per_s:>8.1f} "
-                f"{r.runs_per_s * NODES_PER_RUN:>8.0f} {statistics.fmean(r.seen_ms):>8.2f} "
+                f"{r.runs_per_s * nodes:>8.0f} {statistics.fmean(r.seen_ms):>8.2f} "
                 f"{pct(r.seen_ms, 50):>7.2f}  {r.other_cpu:>18.2f}"
             )
     s = {side: summary(results[side]) for side in names}
@@ -400,7 +437,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
     for side in names:
         x = s[side]
         print(
-            f"  {side:<8} {x['runs_s']:>8.1f} {x['runs_s'] * NODES_PER_RUN:>8.0f} "
+            f"  {side:<8} {x['runs_s']:>8.1f} {x['runs_s'] * nodes:>8.0f} "
             f"{x['mean']:>8.2f} {x['p50']:>7.2f} {x['p95']:>7.2f}"
             f"   |         {x['engine_runs_s']:>7.1f} {x['engine_mean']:>8.2f} "
             f"{x['engine_p50']:>7.2f} {x['engine_p95']:>7.2f}"
@@ -441,7 +478,7 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     run_id = uuid.uuid4().hex[:10]
-    names = [*SIDES, "timed"] if args.timeouts else list(SIDES)
+    names = [*SIDES, "timed"] if args.timeouts and not args.fan_out else list(SIDES)
     queues = {side: f"bench-engine-{run_id}-{side}" for side in SIDES}
     database = f"bench_engine_{run_id}"
     with throwaway_database(ADMIN_DSN, database) as url:
@@ -449,6 +486,7 @@ def main() -> None:
             BENCH_ENGINE_BROKER=BROKER,
             BENCH_ENGINE_PLAIN_QUEUE=queues["plain"],
             BENCH_ENGINE_DURABLE_QUEUE=queues["durable"],
+            BENCH_ENGINE_CHORD_QUEUE=queues["plain"],
             CELERY_DURABLE_DATABASE_URL=url,
         )
         sys.path.insert(0, str(ROOT))
@@ -464,7 +502,7 @@ def main() -> None:
         logdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         try:
             apps.durable.migrate()
-            sides = make_sides(apps)
+            sides = make_sides(apps, args.fan_out)
             results: dict[str, list[Round]] = {side: [] for side in names}
             for i in range(args.rounds):
                 for name in names if i % 2 == 0 else names[::-1]:
@@ -482,7 +520,7 @@ def main() -> None:
                     )
             env_line = (
                 f"Environment: {os.cpu_count()} cores, worker -P prefork -c {args.concurrency} "
-                f"(prefetch 1, acks late), N={args.runs} runs x {NODES_PER_RUN} nodes, "
+                f"(prefetch 1, acks late), N={args.runs} runs x {nodes_per_run(args)} nodes, "
                 f"{args.latency_runs} latency runs, {args.warmup} warm-up, {args.rounds} rounds; "
                 f"durable inline_nodes={inline}{TIMED if args.timeouts else ''}; "
                 f"Python {platform.python_version()}, Celery {celery.__version__}, "

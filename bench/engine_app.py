@@ -2,6 +2,8 @@
 
 ``plain_app``: a plain Celery chain of five no-op tasks (``plain_chain()``), acks late, only
 the last task storing a result (on the ``rpc://`` backend, see bench/engine.py for why).
+``chord_app`` and ``fanout_graph``: one node, ten in parallel, a join; as a Celery chord (on
+a Redis result backend, which chords need) and as a durable graph on ``durable_app``.
 ``durable_app``: a five-node durable graph, ``chain``, n1 -> n2 -> n3 -> n4 -> n5, each node
 returning ``{"count": state.count + 1}``; ``timed_graph`` is the same with ``timeout=30`` on
 every node.
@@ -22,15 +24,16 @@ CELERY_DURABLE_DATABASE_URL   the durable side's checkpoint database (a throwawa
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from celery import Celery, chain
+from celery import Celery, chain, group
 from celery.canvas import Signature
 from pydantic import BaseModel
 
-from celery_durable import Durable, Graph
+from celery_durable import Durable, Graph, Reduce
 
 BROKER = os.environ.get("BENCH_ENGINE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 PLAIN_QUEUE = os.environ.get("BENCH_ENGINE_PLAIN_QUEUE", "bench-engine-plain")
@@ -127,3 +130,85 @@ def _chain(name: str, **options: Any) -> Graph:
 graph = _chain("bench_chain")
 # --timeouts: the same chain with timeout=30 on every node.
 timed_graph = _chain("bench_chain_timed", timeout=30)
+
+
+# -- fan-out: one node, ten in parallel, a join; against a Celery chord of the same shape ----
+
+FAN_OUT = 10
+CHORD_QUEUE = os.environ.get("BENCH_ENGINE_CHORD_QUEUE", "bench-engine-chord")
+# A chord needs a result backend that counts its header's results: Redis, as in production.
+CHORD_BACKEND = os.environ.get("BENCH_ENGINE_CHORD_BACKEND", "redis://127.0.0.1:6379/15")
+
+chord_app = Celery("bench_engine_chord", broker=BROKER, backend=CHORD_BACKEND)
+chord_app.conf.update(_config(CHORD_QUEUE))
+_root = chord_app.task(name="bench.chord.root", ignore_result=True, **_TASK_OPTIONS)(_step)
+_part = chord_app.task(name="bench.chord.part", ignore_result=False, **_TASK_OPTIONS)(_step)
+
+
+def _join(counts: list[int]) -> list[float]:
+    """1 (the root) + one per part: 11, and when the run finished."""
+    return [1 + len(counts), time.time()]
+
+
+_join_task = chord_app.task(name="bench.chord.join", ignore_result=False, **_TASK_OPTIONS)(_join)
+
+
+def plain_fanout() -> Signature:
+    """root -> group(10 parts) -> join: Celery makes the group and the join a chord."""
+    return chain(_root.s(0), group(_part.s() for _ in range(FAN_OUT)), _join_task.s())
+
+
+class Fan(BaseModel):
+    count: int = 0
+    parts: Annotated[list[int], Reduce(operator.add)] = []
+
+
+fanout_graph = durable.graph("bench_fanout", state=Fan)
+
+
+@fanout_graph.node
+def root(state: Fan) -> dict[str, int]:
+    return {"count": 1}
+
+
+def _fan_part(name: str) -> None:
+    def part(state: Fan) -> dict[str, list[int]]:
+        return {"parts": [1]}
+
+    part.__name__ = part.__qualname__ = name
+    fanout_graph.node(part)
+
+
+for _i in range(FAN_OUT):
+    _fan_part(f"part{_i}")
+
+
+@fanout_graph.node
+def join(state: Fan) -> dict[str, int]:
+    return {"count": state.count + len(state.parts)}
+
+
+fanout_graph.entry(root)
+fanout_graph.edge(root, [f"part{i}" for i in range(FAN_OUT)])
+fanout_graph.edge([f"part{i}" for i in range(FAN_OUT)], join)
+
+
+# -- profiling: BENCH_ENGINE_PROFILE=<dir> writes one cProfile file per pool process --------
+
+if os.environ.get("BENCH_ENGINE_PROFILE"):
+    import cProfile
+
+    from celery.signals import worker_process_init, worker_process_shutdown
+
+    _profiler = cProfile.Profile(time.process_time)
+
+    @worker_process_init.connect
+    def _start_profile(**_: Any) -> None:
+        _profiler.enable()
+
+    @worker_process_shutdown.connect
+    def _dump_profile(**_: Any) -> None:
+        _profiler.disable()
+        _profiler.dump_stats(
+            os.path.join(os.environ["BENCH_ENGINE_PROFILE"], f"{os.getpid()}.prof")
+        )

@@ -223,7 +223,9 @@ def measure_latest(
     state_text = codec.dumps(make_state(0))
     small, large = SMALL_ROWS // PER_EXECUTION, rows // PER_EXECUTION
     with psycopg.connect(dsn) as conn:
-        conn.execute("TRUNCATE durable_node_visits, durable_checkpoints, durable_executions")
+        conn.execute(
+            "TRUNCATE durable_node_visits, durable_checkpoints, durable_executions CASCADE"
+        )
         conn.commit()
         fill(conn, 1, small, state_text)
         _vacuum(dsn)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Connection, Table, create_engine, make_url, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.exc import DBAPIError
 
 from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
 from celery_durable.persistence.dialect import Advance, Dialect, Engines, Start
@@ -55,6 +58,9 @@ SAVE = {
     for fenced in (False, True)
     for wakes in (False, True)
 }
+# The same statements in psycopg's own parameter style, for the driver connection.
+_PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
+SAVE_SQL = {key: str(statement.compile(dialect=_PSYCOPG)) for key, statement in SAVE.items()}
 
 START = text(f"""
 WITH created AS (
@@ -71,6 +77,28 @@ INSERT INTO {CHECKPOINTS_TABLE}
 SELECT id, 0, :kind, :node, 0, :state, :cursor, NULL, :meta, :checksum, :now FROM created
 RETURNING seq
 """)
+
+
+START_SQL = str(START.compile(dialect=_PSYCOPG))
+
+
+def _one_row(engines: Engines, sql: str, params: Mapping[str, Any]) -> bool:
+    """Run one autocommitted statement on a pooled connection's psycopg connection, prepared;
+    whether it returned a row. SQLAlchemy's execution context around the node commit cost
+    more worker CPU than the statement's own client side (bench/engine.py --inline-nodes 0:
+    7.4 -> 6.6 ms per run). Errors come out as SQLAlchemy's, as everywhere else."""
+    pooled = engines.reader.raw_connection()
+    try:
+        with pooled.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute(sql, params, prepare=True)
+            row = cursor.fetchone()
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            pooled.invalidate(exc)
+        raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
+    finally:
+        pooled.close()
+    return row is not None
 
 
 class PostgresDialect(Dialect):
@@ -96,14 +124,11 @@ class PostgresDialect(Dialect):
         return Engines(engine=create_engine(self.url, **options), reader=autocommit)
 
     def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
-        with engines.reader.connect() as conn:
-            row = conn.execute(SAVE[fenced, wakes], advance).first()
-        return row is not None
+        """The node commit, one autocommitted statement (see ``_one_row``)."""
+        return _one_row(engines, SAVE_SQL[fenced, wakes], advance)
 
     def start(self, engines: Engines, start: Start) -> bool:
-        with engines.reader.connect() as conn:
-            row = conn.execute(START, start).first()
-        return row is not None
+        return _one_row(engines, START_SQL, start)
 
     def insert(self, table: Table) -> postgresql.Insert:
         return postgresql.insert(table)
