@@ -216,9 +216,11 @@ class DuplicateCheckpoint(StoreError):
 class VersionConflict(StoreError):
     """The execution moved on since the caller read it; reload and decide again."""
 
-    def __init__(self, execution_id: str, expected: int) -> None:
+    def __init__(self, execution_id: str, expected: int, current: Any = None) -> None:
         self.execution_id = execution_id
         self.expected = expected
+        # The execution as the store found it when it refused (an ExecutionRecord), if read.
+        self.current = current
         super().__init__(
             f"Execution {execution_id!r} is no longer at version {expected}: another node, a "
             "worker or an operator changed it. Reload the execution and decide again."

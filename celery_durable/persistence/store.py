@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, or_, select, update
+from sqlalchemy import Row, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
@@ -261,14 +261,30 @@ class CheckpointStore:
         )
 
     def _why_refused(self, commit: Commit) -> Exception:
-        """Off the happy path: tell a stale version from a lost lease or a missing execution."""
-        existing = self.find(commit.execution_id, commit.kind, commit.node, commit.visit)
-        if existing is not None:
+        """Off the happy path: tell a stale version from a duplicate, a lost lease or a missing
+        execution, in one read. A conflict carries the execution as read, for the rebase:
+        parallel branches meet this on every other commit."""
+        committed = (
+            exists()
+            .where(
+                checkpoints.c.execution_id == commit.execution_id,
+                checkpoints.c.kind == commit.kind,
+                checkpoints.c.node == commit.node,
+                checkpoints.c.visit == commit.visit,
+            )
+            .label("committed")
+        )
+        query = select(executions, committed).where(executions.c.id == commit.execution_id)
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return ExecutionNotFound(commit.execution_id)
+        if row.committed:
             return DuplicateCheckpoint(commit.execution_id, commit.kind, commit.node, commit.visit)
-        record = self.get_execution(commit.execution_id)
+        record = _execution(row)
         if record.version == commit.expected_version and commit.lease_token > 0:
             return LeaseLost(commit.execution_id, commit.node, commit.visit, commit.lease_token)
-        return VersionConflict(commit.execution_id, commit.expected_version)
+        return VersionConflict(commit.execution_id, commit.expected_version, record)
 
     def load(self, execution_id: str, seq: int) -> Checkpoint:
         query = select(checkpoints).where(

@@ -23,6 +23,7 @@ from celery_durable.persistence.records import (
     Checkpoint,
     Commit,
     ErrorRecord,
+    ExecutionRecord,
     Kind,
     error_record,
     utcnow,
@@ -172,9 +173,10 @@ class Attempt:
         self.attempt = max(self.attempt, record.attempts + 1)
         return self.refresh()
 
-    def refresh(self) -> Outcome | None:
-        """Rebase on the execution as committed; None to go on, else why to stop."""
-        self.base = Base.of(self.runtime.store.get_execution(self.execution_id))
+    def refresh(self, record: ExecutionRecord | None = None) -> Outcome | None:
+        """Rebase on the execution as committed (``record``, if just read); None to go on,
+        else why to stop."""
+        self.base = Base.of(record or self.runtime.store.get_execution(self.execution_id))
         if self.base.status not in self.live or not self.is_due(self.base):
             return Outcome.DROPPED
         return None
@@ -199,8 +201,8 @@ class Attempt:
                 return self.replay(existing) if self.redelivered and existing else Outcome.DUPLICATE
             except LeaseLost:
                 return Outcome.DROPPED
-            except VersionConflict:
-                if (reason := self.refresh()) is not None:
+            except VersionConflict as conflict:
+                if (reason := self.refresh(conflict.current)) is not None:
                     return reason
                 continue
             self.runtime.hooks.checkpoint_written(

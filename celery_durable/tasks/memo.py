@@ -186,8 +186,8 @@ class VisitMemo:
             commit = build()
             try:
                 checkpoint = run.runtime.store.save(commit)
-            except VersionConflict:
-                if (reason := run.refresh()) is not None:
+            except VersionConflict as conflict:
+                if (reason := run.refresh(conflict.current)) is not None:
                     raise Superseded(reason) from None
                 continue
             run.base = Base.after(commit)
