@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install services lint typecheck test unit integration demo bench fleet fleet-test fleet-down clean
+.PHONY: install services lint typecheck test unit integration demo bench bench-peers fleet fleet-test fleet-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,9 +41,17 @@ demo: install
 	$(BIN)/celery-durable demo
 
 bench: install services
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/store.py
-	$(PY) bench/engine.py
+	$(PY) bench/engine.py --timeouts
+	$(PY) bench/engine.py --inline-nodes 0
+	$(PY) bench/engine.py --fan-out
+	$(PY) bench/memory.py
 	$(PY) bench/waits.py
+
+bench-peers: install services
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/peers.py
 
 fleet:
 	docker compose up -d --build
