@@ -90,3 +90,19 @@ def metrics(
 
     click.echo(f"celery-durable metrics on http://{addr}:{port}/metrics")
     run_metrics(obj.durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess_dir)
+
+
+@click.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5580, show_default=True, type=int)
+@click.pass_obj
+def web(obj: Obj, host: str, port: int) -> None:
+    """Serve the web view: runs, their graphs and checkpoints, operations. Operations need
+    CELERY_DURABLE_WEB_USER and CELERY_DURABLE_WEB_PASSWORD (HTTP basic auth); without them
+    the view is read-only."""
+    from celery_durable.web.app import WebConfig, serve
+
+    config = WebConfig.from_env(obj.durable)
+    mode = "read-only" if config.read_only else f"operations as {config.user}"
+    click.echo(f"celery-durable web view on http://{host}:{port}/ ({mode})")
+    serve(config, host, port)

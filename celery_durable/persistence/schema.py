@@ -71,6 +71,9 @@ executions = Table(
     Index(None, "status"),
     Index(None, "graph", "status"),
     Index(None, "parent_id"),
+    # The web view's pages, newest first, whole or by status (keyset on created_at, id).
+    Index(None, "created_at", "id"),
+    Index(None, "status", "created_at", "id"),
     # Room on each page for those in-place updates.
     postgresql_with={"fillfactor": 70},
 )

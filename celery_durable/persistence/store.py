@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, exists, func, or_, select, update
+from sqlalchemy import Row, and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
@@ -118,9 +118,19 @@ class CheckpointStore:
         graph: str | None = None,
         since: datetime | None = None,
         parent: str | None = None,
+        id_prefix: str | None = None,
+        before: tuple[datetime, str] | None = None,
         limit: int = 100,
     ) -> builtins.list[ExecutionRecord]:
-        query = select(executions).order_by(executions.c.created_at.desc()).limit(limit)
+        """Newest first. ``before`` (created_at, id) of the last row of a page gives the next
+        page: keyset paging on the (created_at, id) index, as fast at page 1,000 as at 1."""
+        c = executions.c
+        query = select(executions).order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        if before is not None:
+            at, last = before
+            query = query.where(or_(c.created_at < at, and_(c.created_at == at, c.id < last)))
+        if id_prefix:
+            query = query.where(c.id.startswith(id_prefix, autoescape=True))
         if parent is not None:
             query = query.where(executions.c.parent_id == parent)
         if isinstance(status, str):
@@ -133,6 +143,13 @@ class CheckpointStore:
             query = query.where(executions.c.created_at >= since)
         with self.db.read() as conn:
             return [_execution(row) for row in conn.execute(query)]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(executions.c.status, func.count()).group_by(executions.c.status)
+            ).all()
+        return {status: int(n) for status, n in rows}
 
     def children(self, parent: str, prefix: str = "") -> builtins.list[ExecutionRecord]:
         """The child runs of ``parent`` whose ids start with ``prefix``, in id order."""

@@ -25,7 +25,7 @@ from tests.integration.test_flower import FLOWER_ARGS, WORKER_ARGS
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 APP = "examples.order_app"
-PYTHON_SERVICES = ("migrate", "worker", "beat", "flower", "metrics", "app", "tests")
+PYTHON_SERVICES = ("migrate", "worker", "beat", "flower", "metrics", "web", "app", "tests")
 
 
 def compose_binary() -> str | None:
@@ -148,6 +148,10 @@ def test_the_stack_is_wired_for_health_and_scaling(config: dict[str, Any]) -> No
     assert env["CELERY_DURABLE_TEST_PG"] == "postgresql://postgres:postgres@postgres:5432/postgres"
 
 
+def needs_of(services: dict[str, Any], service: str) -> dict[str, str]:
+    return {k: v["condition"] for k, v in services[service].get("depends_on", {}).items()}
+
+
 @needs_compose
 def test_flower_is_authenticated_and_published_on_loopback_only(config: dict[str, Any]) -> None:
     services = config["services"]
@@ -159,8 +163,14 @@ def test_flower_is_authenticated_and_published_on_loopback_only(config: dict[str
     assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "5555", 5555)
     (port,) = services["metrics"]["ports"]
     assert port["host_ip"] == "127.0.0.1"
+    web = services["web"]
+    (port,) = web["ports"]
+    assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "5580", 5580)
+    assert web["command"][:5] == ["celery", "-A", APP, "durable", "web"]
+    assert web["environment"]["CELERY_DURABLE_WEB_PASSWORD"] == "change-me"
+    assert needs_of(services, "web")["migrate"] == "service_completed_successfully"
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"flower", "metrics"}
+    assert published == {"flower", "metrics", "web"}
     assert config["networks"]["backend"]["internal"] is True
     for name in ("postgres", "rabbitmq", "worker", "beat", "migrate", "app", "tests"):
         assert list(services[name]["networks"]) == ["backend"], name
