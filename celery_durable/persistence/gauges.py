@@ -66,3 +66,12 @@ def execution_gauges(db: Database, stuck_before: datetime) -> ExecutionGauges:
             if waits:
                 waiting[(graph, waits[0]["kind"])] += 1
     return ExecutionGauges(counts=counts, active=runs, waiting=waiting)
+
+
+def count_by_status(db: Database) -> dict[str, int]:
+    """Executions per status, over all graphs (the web view's counts)."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(executions.c.status, func.count()).group_by(executions.c.status)
+        ).all()
+    return {status: int(n) for status, n in rows}

@@ -122,8 +122,7 @@ class CheckpointStore:
         before: tuple[datetime, str] | None = None,
         limit: int = 100,
     ) -> builtins.list[ExecutionRecord]:
-        """Newest first. ``before`` (created_at, id) of the last row of a page gives the next
-        page: keyset paging on the (created_at, id) index, as fast at page 1,000 as at 1."""
+        """Newest first; ``before``: the (created_at, id) a page ends at (keyset paging)."""
         c = executions.c
         query = select(executions).order_by(c.created_at.desc(), c.id.desc()).limit(limit)
         if before is not None:
@@ -145,11 +144,7 @@ class CheckpointStore:
             return [_execution(row) for row in conn.execute(query)]
 
     def count_by_status(self) -> dict[str, int]:
-        with self.db.read() as conn:
-            rows = conn.execute(
-                select(executions.c.status, func.count()).group_by(executions.c.status)
-            ).all()
-        return {status: int(n) for status, n in rows}
+        return gauges.count_by_status(self.db)
 
     def children(self, parent: str, prefix: str = "") -> builtins.list[ExecutionRecord]:
         """The child runs of ``parent`` whose ids start with ``prefix``, in id order."""
