@@ -15,6 +15,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 
+from celery_durable import signals
 from celery_durable.engine.audit import actor
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.flow import FlowControl
@@ -43,6 +44,21 @@ from celery_durable.tasks.registry import NodeTasks, require_json
 
 G = TypeVar("G", bound=Graph)
 logger = logging.getLogger(__name__)
+
+
+class _Relay(Hooks):
+    """What the engine calls: sends the Celery signals, then passes every event to ``inner``
+    (the user's hooks, with metrics chained in front)."""
+
+    def __init__(self, durable: Durable) -> None:
+        self.durable = durable
+
+    def execution_finished(self, execution_id: str, graph: str, status: Status) -> None:
+        signals.execution_finished.send(
+            sender=self.durable, execution_id=execution_id, graph=graph, status=status
+        )
+
+
 _instances: WeakKeyDictionary[Celery, Durable] = WeakKeyDictionary()
 
 
@@ -70,7 +86,7 @@ class Durable:
         self.visits = VisitLedger(self.db)
         self.graphs: dict[str, Graph] = {}
         # The engine calls this relay; what users set as ``hooks`` is chained behind it.
-        self._hooks = Hooks()
+        self._hooks = _Relay(self)
         self._hooks.inner = hooks or Hooks()
         self.runtime = Runtime(
             store=self.store,

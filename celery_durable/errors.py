@@ -38,6 +38,9 @@
     ├── ChildFailed
     ├── NotWaiting
     ├── InvalidPriority
+    ├── UnknownStateFields
+    ├── StartNotDispatched
+    ├── VisitCapReached
     ├── InvalidFlowOption (also a ValueError)
     ├── UnknownBreaker
     └── CircuitOpen
@@ -418,3 +421,39 @@ class InvalidFlowOption(DurableError, ValueError):
 
     def __init__(self, what: str, detail: str) -> None:
         super().__init__(f"{what}: {detail}. Fix the declaration; nothing was changed.")
+
+
+class UnknownStateFields(DurableError):
+    """A node returned keys its graph's state model does not have: they would be dropped."""
+
+    def __init__(self, graph: str, node: str, fields: Iterable[str]) -> None:
+        self.fields = sorted(fields)
+        super().__init__(
+            f"Node {graph}.{node} returned {', '.join(map(repr, self.fields))}, which the "
+            "graph's state model does not have. Add the fields to the model (and deploy it) "
+            "or stop returning them; the node was not committed."
+        )
+
+
+class VisitCapReached(DurableError):
+    """A node was made ready more often than its ``max_visits``: a loop that does not end."""
+
+    def __init__(self, graph: str, node: str, cap: int) -> None:
+        super().__init__(
+            f"Node {graph}.{node} would run a {cap + 1}th time in one run, past its "
+            f"max_visits={cap}: a loop that never ends? Fix the branch that loops back, or "
+            "raise max_visits on the node, then retry the run."
+        )
+
+
+class StartNotDispatched(DurableError):
+    """The run was stored, but its first message could not be sent (the broker is down)."""
+
+    def __init__(self, execution_id: str, cause: BaseException, stale_after: float) -> None:
+        self.execution_id = execution_id
+        super().__init__(
+            f"Run {execution_id!r} is stored, but its first node could not be sent "
+            f"({type(cause).__name__}: {cause}). The recovery sweep sends it once the broker "
+            f"is back (it looks for runs with no progress for stale_after={stale_after:g}s). "
+            "Starting again with the same execution_id is safe: it never makes a second run."
+        )

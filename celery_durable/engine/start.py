@@ -10,10 +10,11 @@ from typing import Any
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.state import validate
-from celery_durable.errors import ExecutionIdInUse, InvalidPriority
+from celery_durable.errors import ExecutionIdInUse, InvalidPriority, StartNotDispatched
 from celery_durable.persistence.records import ExecutionRecord
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
+from celery_durable.status import Status
 
 
 def start_run(
@@ -50,10 +51,16 @@ def start_run(
     )
     if record.graph != graph.name:
         raise ExecutionIdInUse(execution_id, record.graph, graph.name)
-    if created:
-        base = Base(0, state, cursor, record.status)
-        for node, visit in go:
-            runtime.dispatcher.dispatch(
-                graph.name, node, visit, execution_id, base, countdown=countdown
-            )
+    # A start again with the same id sends the entry again while nothing has committed: the
+    # first start's message may never have left (StartNotDispatched). A visit commits once.
+    if created or (record.version == 0 and record.status == Status.RUNNING):
+        base = Base(0, record.state, Cursor.from_json(record.cursor), record.status)
+        try:
+            for node, visit in go:
+                runtime.dispatcher.dispatch(
+                    graph.name, node, visit, execution_id, base, countdown=countdown
+                )
+        except Exception as exc:
+            # Stored, not sent (the broker is down): the recovery sweep sends it later.
+            raise StartNotDispatched(execution_id, exc, runtime.settings.stale_after) from exc
     return record

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from celery_durable.errors import UnknownNode
+from celery_durable.errors import UnknownNode, VisitCapReached
 from celery_durable.persistence.records import ErrorRecord, error_record
 from celery_durable.saga.shape import GraphShape
 from celery_durable.saga.waits import AFTER, BEFORE, Visit, Wait
@@ -161,6 +161,10 @@ def advance(graph: GraphShape, cursor: Cursor, node: str, visit: int, state: Bas
                 continue
             nxt.joins.pop(target, None)
         count = nxt.visits.get(target, 0) + 1
+        cap = graph.nodes[target].max_visits if target in graph.nodes else count
+        if count > cap:
+            error = error_record("VisitCapReached", str(VisitCapReached(graph.name, target, cap)))
+            return Advance(nxt, [], Status.FAILED, {**error, "node": target})
         nxt.visits[target] = count
         ready.append((target, count))
     nxt.frontier.extend(ready)

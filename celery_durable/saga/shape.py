@@ -29,6 +29,9 @@ class NodeShape(Protocol):
     @property
     def concurrency(self) -> Limit | None: ...
 
+    @property
+    def max_visits(self) -> int: ...
+
 
 class GraphShape(Protocol):
     @property

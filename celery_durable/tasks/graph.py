@@ -33,6 +33,7 @@ from celery_durable.saga.shape import Router
 P = ParamSpec("P")
 R = TypeVar("R")
 OnFailure = Literal["fail", "compensate"]
+DEFAULT_MAX_VISITS = 1000
 # While a node's breaker is open: wait in the database, or fail the attempt with CircuitOpen.
 WhenOpen = Literal["wait", "fail"]
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(
@@ -94,6 +95,8 @@ class Node(Generic[P, R]):
         self.when_open: WhenOpen = "wait"
         self.rate: RateLimit | None = None
         self.concurrency: Limit | None = None
+        # Visits of this node in one run before the run fails: a runaway loop's end.
+        self.max_visits = DEFAULT_MAX_VISITS
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -191,6 +194,7 @@ class Graph:
         when_open: WhenOpen = "wait",
         rate: RateLimit | None = None,
         concurrency: Limit | None = None,
+        max_visits: int = DEFAULT_MAX_VISITS,
         **unknown: Any,
     ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
@@ -210,6 +214,7 @@ class Graph:
         when_open: WhenOpen = "wait",
         rate: RateLimit | None = None,
         concurrency: Limit | None = None,
+        max_visits: int = DEFAULT_MAX_VISITS,
         **unknown: Any,
     ) -> Any:
         """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``."""
@@ -217,8 +222,8 @@ class Graph:
             raise InvalidNodeOption(
                 f"Graph {self.name!r}: unknown node option(s) {', '.join(sorted(unknown))}; "
                 "use retry=, timeout=, queue=, compensate=, compensation_retry=, "
-                "interrupt_before=, interrupt_after=, breaker=, when_open=, rate=, concurrency= "
-                "or name=."
+                "interrupt_before=, interrupt_after=, breaker=, when_open=, rate=, concurrency=, "
+                "max_visits= or name=."
             )
         for option, value in (("retry", retry), ("compensation_retry", compensation_retry)):
             if value is not None and not isinstance(value, RetryPolicy):
@@ -226,6 +231,8 @@ class Graph:
         if timeout is not None and not timeout > 0:
             raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
         _check_flow(self.name, breaker, when_open, rate, concurrency)
+        if isinstance(max_visits, bool) or not isinstance(max_visits, int) or max_visits < 1:
+            raise InvalidNodeOption(f"Graph {self.name!r}: max_visits= is an int of at least 1.")
 
         def decorate(func: Callable[P, R]) -> Node[P, R]:
             node_name = name or func.__name__
@@ -242,7 +249,7 @@ class Graph:
                 interrupt_after=bool(interrupt_after),
             )
             node.breaker, node.when_open, node.rate = breaker, when_open, rate
-            node.concurrency = concurrency
+            node.concurrency, node.max_visits = concurrency, max_visits
             self.nodes[node_name] = node
             self._fingerprint = None
             self.owner.register(node)

@@ -35,6 +35,7 @@ from celery_durable.errors import (
     NotJSONSerializable,
     StateTooLarge,
     UnknownBreaker,
+    UnknownStateFields,
 )
 from celery_durable.faults import SimulatedCrash
 from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind, utcnow
@@ -55,7 +56,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Errors no retry can fix: the node's output itself is wrong.
-PERMANENT = (InvalidInput, NotJSONSerializable, StateTooLarge, MergeConflict, UnknownBreaker)
+PERMANENT = (
+    InvalidInput,
+    NotJSONSerializable,
+    StateTooLarge,
+    MergeConflict,
+    UnknownBreaker,
+    UnknownStateFields,
+)
 # A message stays unacked while the nodes it runs inline run: past this many seconds, hand on
 # by message, so that no delivery is held near the broker's ack timeout and other runs queued
 # behind it get their turn.
@@ -266,6 +274,7 @@ class NodeRun(Attempt):
                     return self.failed(MergeConflict(self.name, clash), self.node.retry, True)
                 self._read_at = base.version
             try:
+                _known(self.graph.name, self.name, self.graph.state, update)
                 merged = apply_update(base.state, update, self.graph.reducers)
                 model = validate(self.graph.name, self.graph.state, merged)
                 state = model.model_dump(mode="json")
@@ -379,6 +388,15 @@ class NodeRun(Attempt):
         parent = self.base.cursor.parent
         waits.finished(self.runtime, self.execution_id, self.graph.name, Status.FAILED, parent)
         return Outcome.FAILED
+
+
+def _known(graph: str, node: str, model: type[BaseModel], update: dict[str, Any]) -> None:
+    """Keys the state model does not have would be dropped by validation: refuse them."""
+    if model.model_config.get("extra") == "allow":
+        return
+    unknown = set(update) - set(model.model_fields)
+    if unknown:
+        raise UnknownStateFields(graph, node, unknown)
 
 
 def _as_update(result: Any) -> dict[str, Any]:

@@ -1,0 +1,126 @@
+"""Parts of "trust the data": a node returning fields the state model lacks fails with their
+names; a runaway loop stops at max_visits; every final status sends execution_finished; a
+start whose message cannot be sent says the run is stored and will be sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import Celery
+from pydantic import BaseModel, ConfigDict
+
+from celery_durable import Durable, ExecutionFailed, RetryPolicy, Status
+from celery_durable.errors import InvalidNodeOption, StartNotDispatched
+from celery_durable.signals import execution_finished
+from celery_durable.testing import fast_forward, in_process_worker
+
+
+class Count(BaseModel):
+    n: int = 0
+
+
+def test_unknown_output_keys_fail_the_node_naming_them(durable_embedded: Durable) -> None:
+    g = durable_embedded.graph("typo", state=Count)
+
+    @g.node(retry=RetryPolicy(max_attempts=3, initial_delay=0.01))
+    def bump(state: Count) -> dict[str, int]:
+        return {"n": 1, "totl": 2}
+
+    g.entry(bump)
+    with in_process_worker(durable_embedded), pytest.raises(ExecutionFailed) as failed:
+        g.delay().wait(timeout=10)
+    assert failed.value.error["type"] == "UnknownStateFields"
+    assert "'totl'" in failed.value.error["message"]
+    assert failed.value.error["attempt"] == 1  # no retry can fix it
+
+
+def test_a_model_that_allows_extra_fields_keeps_them(durable_embedded: Durable) -> None:
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        n: int = 0
+
+    g = durable_embedded.graph("open", state=Open)
+
+    @g.node
+    def bump(state: Open) -> dict[str, int]:
+        return {"n": 1, "note": 2}
+
+    g.entry(bump)
+    with in_process_worker(durable_embedded):
+        assert g.delay().wait(timeout=10).model_dump() == {"n": 1, "note": 2}
+
+
+def test_a_runaway_loop_stops_at_max_visits(durable_embedded: Durable) -> None:
+    g = durable_embedded.graph("loop", state=Count)
+
+    @g.node(max_visits=25)
+    def again(state: Count) -> dict[str, int]:
+        return {"n": state.n + 1}
+
+    g.entry(again)
+    g.branch(again, lambda state: "again", paths=["again"])
+    with in_process_worker(durable_embedded), pytest.raises(ExecutionFailed) as failed:
+        g.delay().wait(timeout=20)
+    assert failed.value.error["type"] == "VisitCapReached"
+    assert "max_visits=25" in failed.value.error["message"]
+    assert durable_embedded.get(failed.value.execution_id).state.n == 25
+    with pytest.raises(InvalidNodeOption):
+        g.node(max_visits=0)
+
+
+def test_every_final_status_sends_execution_finished(durable_embedded: Durable) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def record(sender: Any = None, **kw: Any) -> None:
+        if sender is durable_embedded:
+            seen.append((kw["execution_id"], str(kw["status"])))
+
+    execution_finished.connect(record)
+    try:
+        g = durable_embedded.graph("ends", state=Count)
+
+        @g.node(retry=RetryPolicy.never())
+        def maybe(state: Count) -> dict[str, int]:
+            if state.n < 0:
+                raise ValueError("negative")
+            return {"n": state.n}
+
+        g.entry(maybe)
+        with in_process_worker(durable_embedded):
+            ok = g.delay(n=1)
+            ok.wait(timeout=10)
+            bad = g.delay(n=-1)
+            with pytest.raises(ExecutionFailed):
+                bad.wait(timeout=10)
+        cancelled = g.delay(n=2)  # no worker: it stays running until cancelled
+        cancelled.cancel(by="test")
+    finally:
+        execution_finished.disconnect(record)
+    assert sorted(seen) == sorted(
+        [(ok.id, "succeeded"), (bad.id, "failed"), (cancelled.id, "cancelled")]
+    )
+
+
+def test_a_start_with_the_broker_down_is_stored_and_sent_by_recovery(
+    durable_embedded: Durable, durable_database_url: str
+) -> None:
+    down = Celery("down", broker="amqp://guest:guest@127.0.0.1:9//")
+    down.conf.update(broker_connection_retry=False, task_publish_retry=False)
+    client = Durable(down, durable_database_url)
+    for durable in (client, durable_embedded):
+        g = durable.graph("hello", state=Count)
+        g.node(lambda state: {"n": state.n + 1}, name="bump")
+        g.entry("bump")
+    with pytest.raises(StartNotDispatched, match="is stored") as refused:
+        client.graphs["hello"].apply_async({"n": 1}, execution_id="hello-1")
+    assert refused.value.execution_id == "hello-1"
+    assert durable_embedded.get("hello-1").status == Status.RUNNING
+    # Starting again is safe: the same run, no second one.
+    with pytest.raises(StartNotDispatched):
+        client.graphs["hello"].apply_async({"n": 1}, execution_id="hello-1")
+    assert [r.id for r in durable_embedded.list()] == ["hello-1"]
+    with in_process_worker(durable_embedded):
+        fast_forward(durable_embedded, durable_embedded.settings.stale_after)
+        assert durable_embedded.get("hello-1").wait(timeout=10).n == 2
+    client.db.dispose()
