@@ -243,13 +243,18 @@ class LeaseLost(StoreError):
 class CheckpointCorrupted(StoreError):
     """A stored checkpoint does not match its SHA-256 checksum."""
 
-    def __init__(self, execution_id: str, seq: int) -> None:
+    def __init__(self, execution_id: str, seq: int, *, row: bool = False) -> None:
         self.execution_id = execution_id
         self.seq = seq
+        what = (
+            f"The row of execution {execution_id!r} (at checkpoint {seq})"
+            if row
+            else f"Checkpoint {seq} of execution {execution_id!r}"
+        )
         super().__init__(
-            f"Checkpoint {seq} of execution {execution_id!r} does not match its SHA-256 "
-            "checksum: the row was changed outside celery-durable. Restore it from a backup, "
-            "or restart the execution from an earlier checkpoint."
+            f"{what} does not match its SHA-256 checksum: it was changed outside "
+            "celery-durable, and nothing was decided or changed from it. Restore it from a "
+            "backup, or restart the execution from an earlier checkpoint."
         )
 
 

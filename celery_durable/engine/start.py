@@ -14,7 +14,6 @@ from celery_durable.errors import ExecutionIdInUse, InvalidPriority, StartNotDis
 from celery_durable.persistence.records import ExecutionRecord
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
-from celery_durable.status import Status
 
 
 def start_run(
@@ -51,10 +50,8 @@ def start_run(
     )
     if record.graph != graph.name:
         raise ExecutionIdInUse(execution_id, record.graph, graph.name)
-    # A start again with the same id sends the entry again while nothing has committed: the
-    # first start's message may never have left (StartNotDispatched). A visit commits once.
-    if created or (record.version == 0 and record.status == Status.RUNNING):
-        base = Base(0, record.state, Cursor.from_json(record.cursor), record.status)
+    if created:
+        base = Base(0, state, cursor, record.status)
         try:
             for node, visit in go:
                 runtime.dispatcher.dispatch(

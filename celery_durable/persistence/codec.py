@@ -51,3 +51,15 @@ def checksum(
         digest.update(part.encode())
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def row_checksum(
+    execution_id: str, version: int, status: str, state: str, cursor: str, error: str | None
+) -> str:
+    """SHA-256 over what an execution row decides with (version, status, state, cursor,
+    error), as stored: resume, retry and restart read these, not a checkpoint."""
+    digest = hashlib.sha256()
+    for part in (execution_id, str(version), status, state, cursor, error or ""):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()

@@ -43,6 +43,8 @@ class CheckpointRow(TypedDict):
     cursor: str
     meta: str | None
     checksum: str
+    # The execution row's own checksum after this write (codec.row_checksum).
+    row_checksum: str
     now: datetime
 
 

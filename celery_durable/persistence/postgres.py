@@ -28,7 +28,8 @@ _ADVANCE = f"""
 WITH advanced AS (
     UPDATE {EXECUTIONS_TABLE}
        SET state = :state, cursor = :cursor, status = :status, error = :error,
-           version = :seq, updated_at = :now, finished_at = :finished_at
+           version = :seq, updated_at = :now, finished_at = :finished_at,
+           checksum = :row_checksum
      WHERE id = :execution_id AND version = :expected_version {{fence}}
  RETURNING id
 )
@@ -66,9 +67,9 @@ START = text(f"""
 WITH created AS (
     INSERT INTO {EXECUTIONS_TABLE}
            (id, graph, fingerprint, status, version, state, cursor, error,
-            created_at, updated_at, finished_at, parent_id)
+            created_at, updated_at, finished_at, parent_id, checksum)
     VALUES (:execution_id, :graph, :fingerprint, :status, 0, :state, :cursor, NULL,
-            :now, :now, NULL, :parent_id)
+            :now, :now, NULL, :parent_id, :row_checksum)
     ON CONFLICT (id) DO NOTHING
  RETURNING id
 )

@@ -66,6 +66,8 @@ executions = Table(
     Column("swept_at", DateTime(timezone=True), nullable=True),
     # The run whose node started this one as a child run, if any.
     Column("parent_id", String(ID_LENGTH), nullable=True),
+    # codec.row_checksum of the row as written; NULL for rows written before revision 0005.
+    Column("checksum", String(64), nullable=True),
     # No index holds updated_at, state, cursor or version, the columns every node commit
     # changes: PostgreSQL can then update the row in place (HOT), with no index writes.
     Index(None, "status"),

@@ -67,6 +67,7 @@ class SQLiteDialect(Dialect):
                     version=advance["seq"],
                     updated_at=advance["now"],
                     finished_at=advance["finished_at"],
+                    checksum=advance["row_checksum"],
                 )
             )
             if advanced.rowcount != 1:
@@ -95,6 +96,7 @@ class SQLiteDialect(Dialect):
                     updated_at=start["now"],
                     finished_at=None,
                     parent_id=start["parent_id"],
+                    checksum=start["row_checksum"],
                 )
             )
             conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))

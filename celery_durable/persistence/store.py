@@ -13,11 +13,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
-    CheckpointCorrupted,
     CheckpointNotFound,
     DuplicateCheckpoint,
     ExecutionNotFound,
@@ -33,9 +32,9 @@ from celery_durable.persistence.records import (
     Commit,
     ExecutionRecord,
     Kind,
-    as_utc,
     utcnow,
 )
+from celery_durable.persistence.rows import checkpoint_record, execution_record
 from celery_durable.persistence.schema import checkpoints, events, executions, node_visits
 from celery_durable.status import ENDS_WAIT, FINISHED, Status
 
@@ -84,6 +83,9 @@ class CheckpointStore:
             "checksum": codec.checksum(
                 execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
             ),
+            "row_checksum": codec.row_checksum(
+                execution_id, 0, str(status), state_text, cursor_text, None
+            ),
             "now": now,
         }
         if not self.db.dialect.start(self.db.engines, start):
@@ -109,7 +111,7 @@ class CheckpointStore:
             row = conn.execute(select(executions).where(executions.c.id == execution_id)).first()
         if row is None:
             raise ExecutionNotFound(execution_id)
-        return _execution(row)
+        return execution_record(row, verify=True)
 
     def list_executions(
         self,
@@ -141,7 +143,7 @@ class CheckpointStore:
         if since is not None:
             query = query.where(executions.c.created_at >= since)
         with self.db.read() as conn:
-            return [_execution(row) for row in conn.execute(query)]
+            return [execution_record(row) for row in conn.execute(query)]
 
     def count_by_status(self) -> dict[str, int]:
         return gauges.count_by_status(self.db)
@@ -154,7 +156,7 @@ class CheckpointStore:
             .order_by(executions.c.id)
         )
         with self.db.read() as conn:
-            return [_execution(row) for row in conn.execute(query)]
+            return [execution_record(row) for row in conn.execute(query)]
 
     def count_children(self, parent: str, prefix: str, statuses: Iterable[Status]) -> int:
         query = select(func.count()).where(
@@ -181,7 +183,7 @@ class CheckpointStore:
                 or_(executions.c.swept_at.is_(None), executions.c.swept_at < older_than)
             )
         with self.db.read() as conn:
-            return [_execution(row) for row in conn.execute(query)]
+            return [execution_record(row) for row in conn.execute(query)]
 
     def touch(self, record: ExecutionRecord, now: datetime) -> bool:
         """Claim a stale execution for one sweeper: mark it swept, if nobody else did."""
@@ -293,7 +295,7 @@ class CheckpointStore:
             return ExecutionNotFound(commit.execution_id)
         if row.committed:
             return DuplicateCheckpoint(commit.execution_id, commit.kind, commit.node, commit.visit)
-        record = _execution(row)
+        record = execution_record(row, verify=True)
         if record.version == commit.expected_version and commit.lease_token > 0:
             return LeaseLost(commit.execution_id, commit.node, commit.visit, commit.lease_token)
         return VersionConflict(commit.execution_id, commit.expected_version, record)
@@ -306,7 +308,7 @@ class CheckpointStore:
             row = conn.execute(query).first()
         if row is None:
             raise CheckpointNotFound(execution_id, seq)
-        return _checkpoint(row)
+        return checkpoint_record(row)
 
     def latest(self, execution_id: str) -> Checkpoint | None:
         query = (
@@ -317,7 +319,7 @@ class CheckpointStore:
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _checkpoint(row)
+        return None if row is None else checkpoint_record(row)
 
     def list(
         self,
@@ -337,7 +339,7 @@ class CheckpointStore:
         if after is not None:
             query = query.where(checkpoints.c.seq > after)
         with self.db.read() as conn:
-            return [_checkpoint(row) for row in conn.execute(query)]
+            return [checkpoint_record(row) for row in conn.execute(query)]
 
     def find(self, execution_id: str, kind: str, node: str, visit: int) -> Checkpoint | None:
         """The checkpoint of one node visit, if it was committed."""
@@ -349,7 +351,7 @@ class CheckpointStore:
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _checkpoint(row)
+        return None if row is None else checkpoint_record(row)
 
     @contextmanager
     def waiter(self, execution_id: str) -> Iterator[Waiter]:
@@ -369,6 +371,7 @@ def _advance(commit: Commit, now: datetime) -> Advance:
     )
     meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
     cursor_text = codec.dumps(commit.cursor)
+    error_text = codec.dumps(commit.error) if commit.error is not None else None
     seq = commit.seq
     kind = str(commit.kind)
     return {
@@ -394,57 +397,11 @@ def _advance(commit: Commit, now: datetime) -> Advance:
         ),
         "cursor": cursor_text,
         "status": str(commit.status),
-        "error": codec.dumps(commit.error) if commit.error is not None else None,
+        "error": error_text,
+        "row_checksum": codec.row_checksum(
+            commit.execution_id, seq, str(commit.status), state_text, cursor_text, error_text
+        ),
         "finished_at": now if commit.status in FINISHED else None,
         "lease_token": commit.lease_token,
         "now": now,
     }
-
-
-def _execution(row: Row[Any]) -> ExecutionRecord:
-    m = row._mapping
-    return ExecutionRecord(
-        id=m["id"],
-        graph=m["graph"],
-        fingerprint=m["fingerprint"],
-        status=Status(m["status"]),
-        version=m["version"],
-        state=codec.loads(m["state"]),
-        cursor=codec.loads(m["cursor"]),
-        error=codec.loads(m["error"]),
-        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
-        updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
-        finished_at=as_utc(m["finished_at"]),
-        swept_at=as_utc(m["swept_at"]),
-        parent_id=m["parent_id"],
-    )
-
-
-def _checkpoint(row: Row[Any]) -> Checkpoint:
-    m = row._mapping
-    expected = codec.checksum(
-        m["execution_id"],
-        m["seq"],
-        m["kind"],
-        m["node"],
-        m["visit"],
-        m["state"],
-        m["cursor"],
-        m["output"],
-        m["meta"],
-    )
-    if expected != m["checksum"]:
-        raise CheckpointCorrupted(m["execution_id"], m["seq"])
-    return Checkpoint(
-        execution_id=m["execution_id"],
-        seq=m["seq"],
-        kind=Kind(m["kind"]),
-        node=m["node"],
-        visit=m["visit"],
-        state=codec.loads(m["state"]),
-        cursor=codec.loads(m["cursor"]),
-        output=codec.loads(m["output"]),
-        meta=codec.loads(m["meta"]),
-        checksum=m["checksum"],
-        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
-    )

@@ -230,9 +230,7 @@ class Graph:
                 raise InvalidNodeOption(f"Graph {self.name!r}: {option}= takes a RetryPolicy.")
         if timeout is not None and not timeout > 0:
             raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
-        _check_flow(self.name, breaker, when_open, rate, concurrency)
-        if isinstance(max_visits, bool) or not isinstance(max_visits, int) or max_visits < 1:
-            raise InvalidNodeOption(f"Graph {self.name!r}: max_visits= is an int of at least 1.")
+        _check_options(self.name, breaker, when_open, rate, concurrency, max_visits)
 
         def decorate(func: Callable[P, R]) -> Node[P, R]:
             node_name = name or func.__name__
@@ -426,9 +424,17 @@ def _arity(fn: Callable[..., Any], name: str) -> int:
     return len(params)
 
 
-def _check_flow(
-    graph: str, breaker: object, when_open: object, rate: object, concurrency: object
+def _check_options(
+    graph: str,
+    breaker: object,
+    when_open: object,
+    rate: object,
+    concurrency: object,
+    max_visits: object,
 ) -> None:
+    """Flow control and loop options, refused where they are written."""
+    if isinstance(max_visits, bool) or not isinstance(max_visits, int) or max_visits < 1:
+        raise InvalidNodeOption(f"Graph {graph!r}: max_visits= is an int of at least 1.")
     if breaker is not None and not (isinstance(breaker, str) and breaker):
         raise InvalidNodeOption(f"Graph {graph!r}: breaker= takes the name of a breaker.")
     if when_open not in ("wait", "fail"):

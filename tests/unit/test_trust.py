@@ -117,10 +117,57 @@ def test_a_start_with_the_broker_down_is_stored_and_sent_by_recovery(
     assert refused.value.execution_id == "hello-1"
     assert durable_embedded.get("hello-1").status == Status.RUNNING
     # Starting again is safe: the same run, no second one.
-    with pytest.raises(StartNotDispatched):
-        client.graphs["hello"].apply_async({"n": 1}, execution_id="hello-1")
+    assert client.graphs["hello"].apply_async({"n": 1}, execution_id="hello-1").id == "hello-1"
     assert [r.id for r in durable_embedded.list()] == ["hello-1"]
     with in_process_worker(durable_embedded):
         fast_forward(durable_embedded, durable_embedded.settings.stale_after)
         assert durable_embedded.get("hello-1").wait(timeout=10).n == 2
     client.db.dispose()
+
+
+@pytest.fixture
+def tamper_durable(database_url: str) -> Any:
+    from celery_durable.testing import embedded_app
+
+    durable = Durable(embedded_app("tamper"), database_url)
+    durable.migrate()
+    yield durable
+    durable.db.dispose()
+
+
+def test_a_changed_execution_row_is_refused_naming_run_and_seq(tamper_durable: Durable) -> None:
+    from sqlalchemy import text
+
+    from celery_durable.errors import CheckpointCorrupted
+
+    durable = tamper_durable
+    g = durable.graph("fragile", state=Count)
+
+    @g.node(retry=RetryPolicy.never())
+    def check(state: Count) -> dict[str, int]:
+        if state.n < 5:
+            raise ValueError("too small")
+        return {"n": state.n}
+
+    g.entry(check)
+    with in_process_worker(durable):
+        run = g.delay(n=1)
+        with pytest.raises(ExecutionFailed):
+            run.wait(timeout=10)
+    with durable.db.engine.begin() as conn:  # the chaos: plain SQL behind the engine's back
+        conn.execute(
+            text("UPDATE durable_executions SET state = :s WHERE id = :id"),
+            {"s": '{"n":99}', "id": run.id},
+        )
+    with pytest.raises(CheckpointCorrupted) as corrupted:
+        run.retry(by="ops")
+    assert corrupted.value.execution_id == run.id and corrupted.value.seq == 1
+    assert f"execution {run.id!r} (at checkpoint 1)" in str(corrupted.value)
+    with durable.db.engine.connect() as conn:
+        status = conn.execute(
+            text("SELECT status FROM durable_executions WHERE id = :id"), {"id": run.id}
+        ).scalar_one()
+    assert status == "failed"  # nothing changed
+    assert len(run.history()) == 2  # the checkpoints are intact and still readable
+    listed = durable.list()  # listing does not decide anything: it still shows the run
+    assert [r.id for r in listed] == [run.id]
