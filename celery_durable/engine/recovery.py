@@ -113,21 +113,13 @@ def _rearm(runtime: Runtime, due: VisitRecord, key: str) -> None:
 
 def _release(runtime: Runtime, due: VisitRecord) -> bool:
     """Send again a visit flow control held back, as the attempt it was, if still due."""
-    record = _live(runtime, due.execution_id)
-    graph = runtime.graphs.get(record.graph) if record else None
-    if record is None or graph is None or due.node not in graph.nodes:
+    found = _due_run(runtime, due)
+    if found is None or not found[2].cursor.holds(due.node, due.visit):
         return False
-    base = Base.of(record)
-    if not base.cursor.holds(due.node, due.visit):
-        return False
+    graph, record, base = found
+    attempt = max(due.attempts, 1)
     runtime.dispatcher.dispatch(
-        graph.name,
-        due.node,
-        due.visit,
-        record.id,
-        base,
-        attempt=max(due.attempts, 1),
-        passed=due.waiting_for,
+        graph, due.node, due.visit, record.id, base, attempt=attempt, passed=due.waiting_for
     )
     # Sent again is progress: not stale, so the sweep does not send a second copy.
     runtime.store.touch(record, utcnow())
@@ -136,11 +128,10 @@ def _release(runtime: Runtime, due: VisitRecord) -> bool:
 
 def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:
     """Dispatch a retry whose time has come, if its visit is still due."""
-    record = _live(runtime, due.execution_id)
-    graph = runtime.graphs.get(record.graph) if record else None
-    if record is None or graph is None or due.node not in graph.nodes:
+    found = _due_run(runtime, due)
+    if found is None:
         return False
-    base = Base.of(record)
+    graph, record, base = found
     if due.kind == Kind.NODE:
         # A retry is the node in flight going on: it runs paused or compensating too
         # (its commit then waits, or joins the undo list).
@@ -151,7 +142,7 @@ def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:
     if not is_due:
         return False
     runtime.dispatcher.dispatch(
-        graph.name,
+        graph,
         due.node,
         due.visit,
         record.id,
@@ -164,6 +155,15 @@ def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:
     # A dispatched retry is progress: not stale until stale_after from now.
     runtime.store.touch(record, now)
     return True
+
+
+def _due_run(runtime: Runtime, due: VisitRecord) -> tuple[str, ExecutionRecord, Base] | None:
+    """The live run of a due row, if this process knows its graph and node."""
+    record = _live(runtime, due.execution_id)
+    graph = runtime.graphs.get(record.graph) if record else None
+    if record is None or graph is None or due.node not in graph.nodes:
+        return None
+    return graph.name, record, Base.of(record)
 
 
 def _live(runtime: Runtime, execution_id: str) -> ExecutionRecord | None:

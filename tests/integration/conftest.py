@@ -47,13 +47,19 @@ def env(pg_url: str, queue: str, ledger_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def durable(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableApp]:
-    """The client side: same database, queue and ledger as the workers; schema migrated."""
+def client_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process configured as the workers are, so an app built now agrees with them."""
     for name in list(os.environ):
         if name.startswith("CELERY_DURABLE_"):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def durable(client_env: dict[str, str]) -> Iterator[DurableApp]:
+    """The client side: same database, queue and ledger as the workers; schema migrated."""
     built = app_module.build()
     built.durable.migrate()
     try:

@@ -5,7 +5,6 @@ freed by a SIGKILL, a rate held over 20 s, priorities served first."""
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,12 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def flow(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[FlowApp]:
-    for name in list(os.environ):
-        if name.startswith("CELERY_DURABLE_"):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def flow(client_env: dict[str, str]) -> Iterator[FlowApp]:
     built = flow_app.build()
     built.durable.migrate()
     try:
