@@ -32,7 +32,7 @@ from celery_durable.saga.shape import Router
 
 P = ParamSpec("P")
 R = TypeVar("R")
-OnFailure = Literal["fail", "compensate"]
+OnFailure = Literal["fail", "compensate", "intervene"]
 DEFAULT_MAX_VISITS = 1000
 # While a node's breaker is open: wait in the database, or fail the attempt with CircuitOpen.
 WhenOpen = Literal["wait", "fail"]
@@ -149,9 +149,10 @@ class Graph:
             raise GraphDefinitionError(
                 f"Graph {name!r}: state= must be a pydantic BaseModel subclass, got {state!r}."
             )
-        if on_failure not in ("fail", "compensate"):
+        if on_failure not in ("fail", "compensate", "intervene"):
             raise GraphDefinitionError(
-                f"Graph {name!r}: on_failure must be 'fail' or 'compensate', got {on_failure!r}."
+                f"Graph {name!r}: on_failure must be 'fail', 'compensate' or 'intervene', got "
+                f"{on_failure!r}."
             )
         self.owner = owner
         self.name = name

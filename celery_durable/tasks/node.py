@@ -43,6 +43,7 @@ from celery_durable.persistence.slots import Holder
 from celery_durable.saga import compensation
 from celery_durable.saga.coordinator import Cursor, Handed, advance
 from celery_durable.saga.waits import Visit
+from celery_durable.signals import intervention_required
 from celery_durable.status import LIVE, Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.tasks.compensate import after_failure
@@ -371,13 +372,18 @@ class NodeRun(Attempt):
     # -- failure ----------------------------------------------------------------------------
 
     def give_up(self, error: ErrorRecord) -> Outcome:
-        """Attempts exhausted: fail the run, or for a saga start compensating."""
+        """Attempts exhausted: fail the run, stop it for an operator (``intervene``), or for a
+        saga start compensating."""
         if self.graph.on_failure == "compensate":
             return after_failure(self, error)
+        intervene = self.graph.on_failure == "intervene"
+        status = Status.NEEDS_INTERVENTION if intervene else Status.FAILED
         # The failed node stays due, so that retry() can run it again.
-        commit = self.save(lambda: self.commit(Kind.FAILURE, status=Status.FAILED, error=error))
+        commit = self.save(lambda: self.commit(Kind.FAILURE, status=status, error=error))
         if isinstance(commit, Outcome):
             return commit
+        if intervene:
+            return self._intervention(error)
         logger.error(
             "execution %s failed at %s.%s: %s",
             self.execution_id,
@@ -388,6 +394,25 @@ class NodeRun(Attempt):
         parent = self.base.cursor.parent
         waits.finished(self.runtime, self.execution_id, self.graph.name, Status.FAILED, parent)
         return Outcome.FAILED
+
+    def _intervention(self, error: ErrorRecord) -> Outcome:
+        logger.error(
+            "execution %s needs intervention at %s.%s: %s. Fix the cause, then "
+            "Execution.retry(), or Execution.skip(%r).",
+            self.execution_id,
+            self.graph.name,
+            self.name,
+            error["message"],
+            self.name,
+        )
+        intervention_required.send(
+            sender=self.runtime.signal_sender,
+            execution_id=self.execution_id,
+            step=self.name,
+            error=error,
+        )
+        self.runtime.hooks.intervention_required(self.execution_id, self.graph.name, self.name)
+        return Outcome.NEEDS_INTERVENTION
 
 
 def _known(graph: str, node: str, model: type[BaseModel], update: dict[str, Any]) -> None:

@@ -171,3 +171,39 @@ def test_a_changed_execution_row_is_refused_naming_run_and_seq(tamper_durable: D
     assert len(run.history()) == 2  # the checkpoints are intact and still readable
     listed = durable.list()  # listing does not decide anything: it still shows the run
     assert [r.id for r in listed] == [run.id]
+
+
+def test_on_failure_intervene_stops_for_an_operator_who_retries(durable_embedded: Durable) -> None:
+    from celery_durable import NeedsIntervention
+    from celery_durable.signals import intervention_required
+
+    signalled: list[str] = []
+
+    def record(sender: Any = None, **kw: Any) -> None:
+        if sender is durable_embedded:
+            signalled.append(kw["step"])
+
+    g = durable_embedded.graph("careful", state=Count, on_failure="intervene")
+    healthy: list[bool] = []
+
+    @g.node(retry=RetryPolicy(max_attempts=2, initial_delay=0.01))
+    def charge(state: Count) -> dict[str, int]:
+        if not healthy:
+            raise ConnectionError("card network down")
+        return {"n": 1}
+
+    g.entry(charge)
+    intervention_required.connect(record)
+    try:
+        with in_process_worker(durable_embedded):
+            run = g.delay()
+            with pytest.raises(NeedsIntervention):
+                run.wait(timeout=10)
+            assert run.status == Status.NEEDS_INTERVENTION
+            assert run.error is not None and run.error["type"] == "ConnectionError"
+            healthy.append(True)
+            run.retry(by="ops", reason="network back")
+            assert run.wait(timeout=10).n == 1
+    finally:
+        intervention_required.disconnect(record)
+    assert signalled == ["charge"]
