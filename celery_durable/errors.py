@@ -19,6 +19,7 @@
     ├── MergeConflict
     ├── ExecutionNotFound
     ├── ExecutionIdInUse
+    ├── InvalidExecutionId
     ├── CheckpointNotFound
     ├── StoreError
     │   ├── DuplicateCheckpoint
@@ -176,8 +177,10 @@ class ExecutionNotFound(DurableError):
 
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
+        shown = repr(execution_id)
+        shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(execution_id)} chars)"
         super().__init__(
-            f"No execution with id {execution_id!r}; check the id (durable.list() shows "
+            f"No execution with id {shown}; check the id (durable.list() shows "
             "recent ones) and that this process uses the same database."
         )
 
@@ -187,6 +190,16 @@ class ExecutionIdInUse(DurableError):
         super().__init__(
             f"Execution id {execution_id!r} already belongs to a run of graph {graph!r}, not "
             f"{wanted!r}. Use another id; the same id starts one run of one graph."
+        )
+
+
+class InvalidExecutionId(DurableError):
+    def __init__(self, execution_id: object, limit: int) -> None:
+        shown = repr(execution_id)
+        shown = shown if len(shown) <= 60 else f"{shown[:40]}... ({len(str(execution_id))} chars)"
+        super().__init__(
+            f"execution_id={shown} cannot name a run: give a non-empty string of at most "
+            f"{limit} characters, or none for a generated one. Nothing was stored or sent."
         )
 
 

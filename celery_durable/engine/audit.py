@@ -11,7 +11,7 @@ from typing import Any
 from celery_durable.engine import waits
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
 from celery_durable.engine.runtime import Runtime
-from celery_durable.errors import InvalidInput, InvalidTransition, VersionConflict
+from celery_durable.errors import InvalidTransition, VersionConflict
 from celery_durable.persistence.records import Commit, ErrorRecord, ExecutionRecord, Kind
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
@@ -93,12 +93,3 @@ class Audited:
         self.runtime.dispatch_all(graph.name, execution_id, base, base.cursor.in_flight)
 
     # -- operations -------------------------------------------------------------------------
-
-
-def check_fields(graph: GraphShape, patch: dict[str, Any]) -> None:
-    unknown = sorted(set(patch) - set(graph.state.model_fields))
-    if unknown:
-        raise InvalidInput(
-            graph.name,
-            f"the state model {graph.state.__name__} has no field(s) {', '.join(unknown)}",
-        )

@@ -9,9 +9,9 @@ import contextlib
 from typing import Any
 
 from celery_durable.engine import waits
-from celery_durable.engine.audit import Audited, Change, actor, check_fields
+from celery_durable.engine.audit import Audited, Change, actor
 from celery_durable.engine.base import Base
-from celery_durable.engine.state import apply_update, validate
+from celery_durable.engine.state import apply_update, check_fields, validate
 from celery_durable.errors import (
     InvalidTransition,
     NothingToCompensate,

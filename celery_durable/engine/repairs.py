@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from celery_durable.engine.audit import Audited, Change, actor, check_fields
+from celery_durable.engine.audit import Audited, Change, actor
 from celery_durable.engine.base import Base
-from celery_durable.engine.state import apply_update, validate
+from celery_durable.engine.state import apply_update, check_fields, validate
 from celery_durable.errors import CannotSkip
 from celery_durable.persistence.records import ExecutionRecord, Kind
 from celery_durable.saga import compensation

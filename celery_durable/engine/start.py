@@ -9,11 +9,19 @@ from typing import Any
 
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
-from celery_durable.engine.state import validate
-from celery_durable.errors import ExecutionIdInUse, InvalidPriority, StartNotDispatched
+from celery_durable.engine.state import check_fields, dump, validate
+from celery_durable.errors import (
+    ExecutionIdInUse,
+    InvalidExecutionId,
+    InvalidPriority,
+    StartNotDispatched,
+)
 from celery_durable.persistence.records import ExecutionRecord
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
+
+# The executions table's id column (persistence/schema.py ID_LENGTH).
+MAX_ID_LENGTH = 255
 
 
 def start_run(
@@ -28,7 +36,12 @@ def start_run(
     priority: int | None = None,
 ) -> ExecutionRecord:
     fingerprint = graph.validate()
-    state = validate(graph.name, graph.state, input).model_dump(mode="json")
+    if execution_id is not None and not (
+        isinstance(execution_id, str) and 0 < len(execution_id) <= MAX_ID_LENGTH
+    ):
+        raise InvalidExecutionId(execution_id, MAX_ID_LENGTH)
+    check_fields(graph, input)
+    state = dump(graph.name, validate(graph.name, graph.state, input))
     state_json = runtime.state_json(state)
     execution_id = execution_id or uuid.uuid4().hex
     assert graph.entry_node is not None

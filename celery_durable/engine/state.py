@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from celery_durable.errors import InvalidInput
+from celery_durable.errors import InvalidInput, NotJSONSerializable
+from celery_durable.saga.shape import GraphShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +53,28 @@ def apply_update(
     for key, value in update.items():
         merged[key] = combine[key](merged.get(key), value) if key in combine else value
     return merged
+
+
+def check_fields(graph: GraphShape, values: object) -> None:
+    """Input or a patch: a mapping of fields the state model has (validation would drop the
+    others without a word), unless the model allows extra fields."""
+    if not isinstance(values, Mapping):
+        raise InvalidInput(
+            graph.name, f"expected a mapping of field names to values, got {type(values).__name__}"
+        )
+    if graph.state.model_config.get("extra") == "allow":
+        return
+    unknown = sorted(set(values) - set(graph.state.model_fields))
+    if unknown:
+        raise InvalidInput(
+            graph.name,
+            f"the state model {graph.state.__name__} has no field(s) {', '.join(unknown)}",
+        )
+
+
+def dump(graph: str, model: BaseModel) -> dict[str, Any]:
+    """The state as JSON values, or NotJSONSerializable naming what could not be dumped."""
+    try:
+        return model.model_dump(mode="json")
+    except PydanticSerializationError as exc:
+        raise NotJSONSerializable(f"The state of graph {graph!r}", str(exc)) from exc
