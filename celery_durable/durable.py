@@ -263,6 +263,11 @@ class Durable:
         logger.warning("circuit breaker %s set %s by %s", name, wanted, who)
         self.runtime.flow.set(name, wanted, who[:200])
 
+    def verify(self, since: datetime | None = None) -> builtins.list[tuple[str, int, str]]:
+        """Check every checkpoint and execution row (written since ``since``) against its
+        checksum; returns (execution, seq, "checkpoint" or "row") for each that fails."""
+        return self.store.verify(since)
+
     def migrate(self) -> tuple[str | None, str]:
         """Create or upgrade the schema; a no-op when it is current."""
         return migrate.upgrade(self.db)

@@ -108,6 +108,8 @@ def history(checkpoints: Iterable[Checkpoint]) -> str:
         what = meta.get("op") or ""
         if meta.get("skipped"):
             what = "skipped"
+        if cp.corrupted:
+            what = "CORRUPTED (checksum mismatch; contents withheld)"
         rows.append(
             (
                 cp.seq,

@@ -12,7 +12,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_durable import DurableError
-from celery_durable.cli.admin import metrics, migrate, prune, recover, web
+from celery_durable.cli.admin import metrics, migrate, prune, recover, verify, web
 from celery_durable.cli.common import Obj
 from celery_durable.cli.flow import breaker, breakers
 from celery_durable.cli.inspect import history, ls, progress, show
@@ -60,6 +60,7 @@ COMMANDS = [
     recover,
     migrate,
     metrics,
+    verify,
     web,
 ]
 for _command in COMMANDS:

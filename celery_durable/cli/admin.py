@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
 from celery_durable.cli.common import Obj, emit, json_option, parse_age
@@ -106,3 +108,26 @@ def web(obj: Obj, host: str, port: int) -> None:
     mode = "read-only" if config.read_only else f"operations as {config.user}"
     click.echo(f"celery-durable web view on http://{host}:{port}/ ({mode})")
     serve(config, host, port)
+
+
+@click.command("verify")
+@click.option("--since", default=None, help="Only what was written in this age: 7d, 12h.")
+@json_option
+@click.pass_obj
+@click.pass_context
+def verify(ctx: click.Context, obj: Obj, since: str | None, as_json: bool) -> None:
+    """Check every checkpoint and execution row against its checksum; exit 1 on damage."""
+    cutoff = datetime.now(UTC) - parse_age(since) if since else None
+    damaged = obj.durable.verify(cutoff)
+    rows = [{"execution": e, "seq": seq, "what": what} for e, seq, what in damaged]
+
+    def human() -> str:
+        if not damaged:
+            return "all checkpoints and execution rows match their checksums"
+        lines = [f"{e}: {what} {seq} does not match its checksum" for e, seq, what in damaged]
+        hint = "restart each run from a checkpoint before the damage (durable restart ID SEQ)"
+        return "\n".join([*lines, f"{len(damaged)} damaged; {hint}"])
+
+    emit(rows, as_json, human)
+    if damaged:
+        ctx.exit(1)

@@ -113,13 +113,14 @@ class Execution:
         return self.runtime.graph(record.graph).state.model_validate(record.state)
 
     def history(self) -> list[Checkpoint]:
-        """Every checkpoint, oldest first: the start, node visits, steps, failures."""
-        return self.runtime.store.list(self.id)
+        """Every checkpoint, oldest first: the start, node visits, steps, failures. One whose
+        row no longer matches its checksum is marked ``corrupted`` and the rest still show."""
+        return self.runtime.store.list(self.id, contain=True)
 
     def progress(self) -> Progress:
         """Done and total nodes, the node(s) due now, percent, and an ETA from mean node time."""
         record = self.refresh()
-        nodes = self.runtime.store.list(self.id, kinds=[Kind.START, Kind.NODE])
+        nodes = self.runtime.store.list(self.id, kinds=[Kind.START, Kind.NODE], contain=True)
         done_names = {cp.node for cp in nodes if cp.kind == Kind.NODE}
         graph = self.runtime.graphs.get(record.graph)
         current = [name for name, _ in record.cursor.get("frontier", [])]

@@ -89,6 +89,8 @@ class Checkpoint:
     meta: dict[str, Any] | None
     checksum: str
     created_at: datetime
+    # Read for display only, its row did not match its checksum: its contents are withheld.
+    corrupted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import Row, and_, delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_durable.errors import (
+    CheckpointCorrupted,
     CheckpointNotFound,
     DuplicateCheckpoint,
     ExecutionNotFound,
@@ -327,8 +328,10 @@ class CheckpointStore:
         *,
         kinds: Iterable[str] | None = None,
         after: int | None = None,
+        contain: bool = False,
     ) -> builtins.list[Checkpoint]:
-        """The execution's checkpoints, oldest first; ``after`` skips seq up to and including it."""
+        """The execution's checkpoints, oldest first; ``after`` skips seq up to and including it;
+        ``contain``: corrupted ones marked instead of raising (for display)."""
         query = (
             select(checkpoints)
             .where(checkpoints.c.execution_id == execution_id)
@@ -339,7 +342,43 @@ class CheckpointStore:
         if after is not None:
             query = query.where(checkpoints.c.seq > after)
         with self.db.read() as conn:
-            return [checkpoint_record(row) for row in conn.execute(query)]
+            return [checkpoint_record(row, contain) for row in conn.execute(query)]
+
+    def verify(self, since: datetime | None = None) -> builtins.list[tuple[str, int, str]]:
+        """Every checkpoint and execution row (written since ``since``) against its checksum:
+        (execution, seq, "checkpoint" or "row") of each that does not match."""
+        c, e = checkpoints.c, executions.c
+        damaged: builtins.list[tuple[str, int, str]] = []
+        after = None if since is None else c.created_at >= since
+        for row in self._pages(checkpoints, (c.execution_id, c.seq), after):
+            if checkpoint_record(row, contain=True).corrupted:
+                damaged.append((row.execution_id, row.seq, "checkpoint"))
+        for row in self._pages(
+            executions, (e.id,), None if since is None else e.updated_at >= since
+        ):
+            try:
+                execution_record(row, verify=True)
+            except CheckpointCorrupted:
+                damaged.append((row.id, row.version, "row"))
+        return damaged
+
+    def _pages(
+        self, table: Any, key: tuple[Any, ...], where: Any, size: int = 1000
+    ) -> Iterator[Row[Any]]:
+        """All rows of ``table`` in ``key`` order, a page at a time (keyset)."""
+        last: tuple[Any, ...] | None = None
+        while True:
+            query = select(table).order_by(*key).limit(size)
+            if where is not None:
+                query = query.where(where)
+            if last is not None:
+                query = query.where(tuple_(*key) > tuple_(*last))
+            with self.db.read() as conn:
+                rows = conn.execute(query).all()
+            yield from rows
+            if len(rows) < size:
+                return
+            last = tuple(getattr(rows[-1], col.name) for col in key)
 
     def find(self, execution_id: str, kind: str, node: str, visit: int) -> Checkpoint | None:
         """The checkpoint of one node visit, if it was committed."""

@@ -135,6 +135,7 @@ def _checkpoint(cp: Checkpoint, flower: str) -> dict[str, Any]:
         "op": meta.get("op"),
         "at": cp.created_at.isoformat(),
         "flower": link,
+        "corrupted": cp.corrupted,
     }
 
 

@@ -153,3 +153,20 @@ def test_breakers_are_listed_and_opened_and_closed_by_hand(
     assert json.loads(celery(sqlite_url, "breakers", "--json").stdout)[0]["state"] == "closed"
     unknown = celery(sqlite_url, "breaker", "open", "nope")
     assert unknown.returncode == 1 and "No circuit breaker named 'nope'" in unknown.stderr
+
+
+def test_verify_reports_a_tampered_checkpoint_and_exits_1(
+    tickets: Graph, sqlite_url: str, durable: Durable
+) -> None:
+    from sqlalchemy import text
+
+    tickets.apply_async(kwargs={"title": "printer"}, execution_id="t-9")
+    clean = celery(sqlite_url, "verify")
+    assert clean.returncode == 0 and "match their checksums" in clean.stdout
+    with durable.db.engine.begin() as conn:
+        conn.execute(text("UPDATE durable_checkpoints SET state = '{}' WHERE seq = 0"))
+    damaged = celery(sqlite_url, "verify", "--json")
+    assert damaged.returncode == 1
+    assert json.loads(damaged.stdout) == [{"execution": "t-9", "seq": 0, "what": "checkpoint"}]
+    shown = celery(sqlite_url, "history", "t-9")
+    assert shown.returncode == 0 and "CORRUPTED" in shown.stdout

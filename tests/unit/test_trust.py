@@ -207,3 +207,44 @@ def test_on_failure_intervene_stops_for_an_operator_who_retries(durable_embedded
     finally:
         intervention_required.disconnect(record)
     assert signalled == ["charge"]
+
+
+def test_a_corrupted_checkpoint_is_contained_and_verify_reports_it(
+    tamper_durable: Durable,
+) -> None:
+    from sqlalchemy import text
+
+    from celery_durable.errors import CheckpointCorrupted
+
+    durable = tamper_durable
+    trip = durable.saga("trip", state=Count)
+
+    @trip.step
+    def book(state: Count) -> dict[str, int]:
+        return {"n": state.n + 1}
+
+    @book.compensation
+    def unbook(state: Count) -> None:
+        return None
+
+    @trip.step
+    def pay(state: Count) -> dict[str, int]:
+        return {"n": state.n + 10}
+
+    with in_process_worker(durable):
+        run = trip.delay()
+        run.wait(timeout=10)
+    assert durable.verify() == []
+    with durable.db.engine.begin() as conn:  # the chaos: plain SQL on checkpoint 1
+        conn.execute(
+            text("UPDATE durable_checkpoints SET state = :s WHERE execution_id = :id AND seq = 1"),
+            {"s": '{"n":99}', "id": run.id},
+        )
+    history = run.history()
+    assert [(cp.seq, cp.corrupted) for cp in history] == [(0, False), (1, True), (2, False)]
+    assert history[1].state == {} and history[2].state == {"n": 11}
+    assert run.progress().done == 2
+    with pytest.raises(CheckpointCorrupted, match="Checkpoint 1 of execution"):
+        run.compensate("needs the state book committed")
+    assert run.refresh().status == Status.SUCCEEDED  # refused, nothing changed
+    assert durable.verify() == [(run.id, 1, "checkpoint")]
