@@ -22,6 +22,7 @@ from celery_durable.errors import (
     InvalidTransition,
     NeedsIntervention,
     NotWaiting,
+    StateSchemaMismatch,
     WaitTimeout,
 )
 from celery_durable.hooks import Hooks
@@ -29,7 +30,7 @@ from celery_durable.persistence.records import Checkpoint
 from celery_durable.saga.flow import Limit, RateLimit
 from celery_durable.saga.retry import NonRetryable, RetryPolicy
 from celery_durable.settings import Settings
-from celery_durable.signals import intervention_required
+from celery_durable.signals import execution_finished, intervention_required
 from celery_durable.status import Status
 from celery_durable.tasks.context import Context
 from celery_durable.tasks.graph import Graph, Node, Saga
@@ -57,6 +58,7 @@ __all__ = [
     "Status",
     "Checkpoint",
     "intervention_required",
+    "execution_finished",
     # Errors most callers catch (the full tree is in celery_durable.errors)
     "DurableError",
     "ExecutionFailed",
@@ -72,4 +74,5 @@ __all__ = [
     "NotWaiting",
     "ChildFailed",
     "CircuitOpen",
+    "StateSchemaMismatch",
 ]

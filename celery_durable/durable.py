@@ -32,6 +32,7 @@ from celery_durable.persistence.database import Database
 from celery_durable.persistence.events import EventLog
 from celery_durable.persistence.flow import BreakerStatus, FlowStore
 from celery_durable.persistence.records import BreakerState, EventRecord, utcnow
+from celery_durable.persistence.sealing import Sealer
 from celery_durable.persistence.slots import SlotTable
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
@@ -82,7 +83,12 @@ class Durable:
         self.app = app
         self.settings = Settings.load({"database_url": database_url, **settings})
         self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)
-        self.store = CheckpointStore(self.db)
+        sealer = Sealer(
+            self.settings.compress_over,
+            self.settings.encryption_keys,
+            self.settings.encryption_key,
+        )
+        self.store = CheckpointStore(self.db, sealer)
         self.visits = VisitLedger(self.db)
         self.graphs: dict[str, Graph] = {}
         # The engine calls this relay; what users set as ``hooks`` is chained behind it.

@@ -40,6 +40,8 @@
     ├── NotWaiting
     ├── InvalidPriority
     ├── UnknownStateFields
+    ├── StateSchemaMismatch
+    ├── EncryptionKeyMissing
     ├── StartNotDispatched
     ├── VisitCapReached
     ├── InvalidFlowOption (also a ValueError)
@@ -259,6 +261,7 @@ class CheckpointCorrupted(StoreError):
     def __init__(self, execution_id: str, seq: int, *, row: bool = False) -> None:
         self.execution_id = execution_id
         self.seq = seq
+        self.row = row
         what = (
             f"The row of execution {execution_id!r} (at checkpoint {seq})"
             if row
@@ -267,7 +270,8 @@ class CheckpointCorrupted(StoreError):
         super().__init__(
             f"{what} does not match its SHA-256 checksum: it was changed outside "
             "celery-durable, and nothing was decided or changed from it. Restore it from a "
-            "backup, or restart the execution from an earlier checkpoint."
+            "backup, or restart the execution from a checkpoint that verifies (durable verify "
+            "lists those that do not; restart_from / durable restart)."
         )
 
 
@@ -474,4 +478,38 @@ class StartNotDispatched(DurableError):
             f"({type(cause).__name__}: {cause}). The recovery sweep sends it once the broker "
             f"is back (it looks for runs with no progress for stale_after={stale_after:g}s). "
             "Starting again with the same execution_id is safe: it never makes a second run."
+        )
+
+
+class StateSchemaMismatch(DurableError):
+    """A stored state does not validate against the state model deployed now."""
+
+    def __init__(self, graph: str, fields: Iterable[str], detail: str, upgraded: bool) -> None:
+        self.graph = graph
+        self.fields = sorted(set(fields))
+        after = " after the graph's upgrade hook" if upgraded else ""
+        hint = (
+            "Fix the upgrade hook"
+            if upgraded
+            else f"Deploy an upgrade hook (@{graph}.upgrade: old dict in, new dict out)"
+        )
+        super().__init__(
+            f"The stored state of graph {graph!r} does not fit the state model deployed now"
+            f"{after}: {detail} (field(s) {', '.join(self.fields) or '<root>'}). A deploy "
+            f"changed the model under a run in flight; the run stops as needs_intervention. "
+            f"{hint}, or patch the state with update_state(), then retry()."
+        )
+
+
+class EncryptionKeyMissing(DurableError):
+    """A row was sealed with a key this process does not have."""
+
+    def __init__(self, key_id: str, known: Iterable[str]) -> None:
+        self.key_id = key_id
+        have = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"A stored state was encrypted with key {key_id!r}, which encryption_keys does not "
+            f"hold (it has: {have}). Nothing was read or changed. Add the key to "
+            "encryption_keys (CELERY_DURABLE_ENCRYPTION_KEYS) on every worker and client; keep "
+            "old keys there for as long as rows written with them exist."
         )

@@ -6,6 +6,7 @@ case (``CELERY_DURABLE_DATABASE_URL``, ``CELERY_DURABLE_STALE_AFTER``, ...).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +89,33 @@ class Settings(BaseModel):
     slow_node_after: float = Field(
         60.0, gt=0, description="A node running longer than this is logged as slow."
     )
+    compress_over: int = Field(
+        4096,
+        ge=0,
+        description="States and node outputs longer than this many characters of JSON are "
+        "stored zlib-compressed; 0 stores them as they are.",
+    )
+    encryption_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Key id -> base64 of a 32-byte key: states and outputs are stored "
+        "encrypted (AES-256-GCM, the 'encryption' extra), each row naming its key. Keep old "
+        "keys here to read what they wrote. In the environment: a JSON object.",
+    )
+    encryption_key: str | None = Field(
+        None,
+        description="The id in encryption_keys that encrypts new rows; needed when there are "
+        "several (a rotation), else the only one.",
+    )
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _keys_from_json(cls, keys: object) -> object:
+        if isinstance(keys, str):
+            try:
+                return json.loads(keys)
+            except ValueError as exc:
+                raise ValueError('a JSON object: {"key id": "base64 key"}') from exc
+        return keys
 
     @field_validator("database_url")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Any
 from celery_durable.engine import waits
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
 from celery_durable.engine.runtime import Runtime
-from celery_durable.errors import InvalidTransition, VersionConflict
+from celery_durable.errors import CheckpointCorrupted, InvalidTransition, VersionConflict
 from celery_durable.persistence.records import Commit, ErrorRecord, ExecutionRecord, Kind
 from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
@@ -55,11 +55,19 @@ class Audited:
         *,
         by: str | None,
         reason: str | None,
+        rewrites_row: bool = False,
     ) -> tuple[ExecutionRecord, Commit]:
+        """``rewrites_row``: the change takes nothing from the row (a restart), so a row that
+        fails its checksum is taken as its newest checkpoint says it was, and healed."""
         allowed = frozenset(allowed)
         store = self.runtime.store
         for _ in range(MAX_COMMIT_TRIES):
-            record = store.get_execution(execution_id)
+            try:
+                record = store.get_execution(execution_id)
+            except CheckpointCorrupted as corrupted:
+                if not (rewrites_row and corrupted.row):
+                    raise
+                record = store.rebuilt(execution_id)
             if record.status not in allowed:
                 raise InvalidTransition(execution_id, op, record.status, allowed)
             c = change(record)

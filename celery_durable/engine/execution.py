@@ -12,6 +12,7 @@ from celery_durable.engine import waits
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.repairs import Repairs
 from celery_durable.engine.runtime import Runtime
+from celery_durable.engine.state import fit
 from celery_durable.errors import (
     Compensated,
     ExecutionCancelled,
@@ -83,7 +84,7 @@ class Execution:
     @property
     def state(self) -> BaseModel:
         record = self.refresh()
-        return self.runtime.graph(record.graph).state.model_validate(record.state)
+        return fit(self.runtime.graph(record.graph), record.state)[0]
 
     @property
     def error(self) -> ErrorRecord | None:
@@ -110,7 +111,7 @@ class Execution:
         if record.status != Status.SUCCEEDED:
             error = record.error or error_record(str(record.status), "run did not succeed")
             raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)
-        return self.runtime.graph(record.graph).state.model_validate(record.state)
+        return fit(self.runtime.graph(record.graph), record.state)[0]
 
     def history(self) -> list[Checkpoint]:
         """Every checkpoint, oldest first: the start, node visits, steps, failures. One whose

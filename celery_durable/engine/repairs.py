@@ -26,14 +26,15 @@ class Repairs(Audited):
         self, execution_id: str, seq: int, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Time travel: the run goes on from checkpoint ``seq``; its history stays."""
-        # ExecutionNotFound before anything
-        graph = self._graph(self.runtime.store.get_execution(execution_id))
-        checkpoint = self.runtime.store.load(execution_id, seq)
+        # ExecutionNotFound before anything; the graph's name decides nothing, even from a
+        # damaged row, which a restart heals.
+        graph = self._graph(self.runtime.store.get_execution(execution_id, verify=False))
+        checkpoint, state = self.runtime.store.state_at(execution_id, seq)
 
         def change(r: ExecutionRecord) -> Change:
             cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor.from_json(r.cursor))
             cursor.interrupt(graph, cursor.frontier)
-            return Change(checkpoint.state, cursor, cursor.settled(), None, meta={"from_seq": seq})
+            return Change(state, cursor, cursor.settled(), None, meta={"from_seq": seq})
 
         record, commit = self.apply(
             execution_id,
@@ -42,6 +43,7 @@ class Repairs(Audited):
             change,
             by=by,
             reason=reason,
+            rewrites_row=True,
         )
         self._dispatch_frontier(self._graph(record), execution_id, commit)
 
@@ -56,7 +58,7 @@ class Repairs(Audited):
     ) -> str:
         """A new execution that starts from checkpoint ``seq`` of this one."""
         record = self.runtime.store.get_execution(execution_id)
-        checkpoint = self.runtime.store.load(execution_id, seq)
+        checkpoint, state = self.runtime.store.state_at(execution_id, seq)
         graph = self._graph(record)
         cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor())
         cursor.interrupt(graph, cursor.frontier)
@@ -72,7 +74,7 @@ class Repairs(Audited):
             execution_id=new_id,
             graph=graph.name,
             fingerprint=graph.validate(),
-            state=checkpoint.state,
+            state=state,
             cursor=cursor.to_json(),
             status=cursor.settled(),
             meta=meta,

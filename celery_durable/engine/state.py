@@ -9,7 +9,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from celery_durable.errors import InvalidInput, NotJSONSerializable
+from celery_durable.errors import (
+    InvalidInput,
+    NotJSONSerializable,
+    StateSchemaMismatch,
+    UnknownStateFields,
+)
 from celery_durable.saga.shape import GraphShape
 
 
@@ -44,6 +49,40 @@ def validate(graph: str, model: type[BaseModel], values: Mapping[str, Any]) -> B
         raise InvalidInput(graph, detail) from exc
 
 
+def fit(graph: GraphShape, values: Mapping[str, Any]) -> tuple[BaseModel, Mapping[str, Any]]:
+    """A stored state as the model deployed now, and the dict updates merge onto.
+
+    A state that does not validate, or that holds fields the model no longer has, was written
+    under an older model: the graph's upgrade hook (old dict in, new dict out) migrates it, so
+    a run in flight survives a deploy. Without a hook, or if its result does not validate
+    either, StateSchemaMismatch names the fields, and the run stops for an operator.
+    """
+    model = graph.state
+    upgrade = graph.upgrader
+    stale = upgrade is not None and model.model_config.get("extra") != "allow"
+    if not (stale and set(values) - set(model.model_fields)):
+        try:
+            return model.model_validate(dict(values)), values
+        except ValidationError as exc:
+            if upgrade is None:
+                raise _mismatch(graph.name, exc, upgraded=False) from exc
+    assert upgrade is not None
+    upgraded = upgrade(dict(values))
+    try:
+        return model.model_validate(upgraded), upgraded
+    except ValidationError as exc:
+        raise _mismatch(graph.name, exc, upgraded=True) from exc
+
+
+def _mismatch(graph: str, exc: ValidationError, upgraded: bool) -> StateSchemaMismatch:
+    errors = exc.errors(include_url=False)
+    fields = [".".join(str(p) for p in err["loc"]) for err in errors]
+    detail = "; ".join(
+        f"{f or '<root>'}: {err['msg']}" for f, err in zip(fields, errors, strict=True)
+    )
+    return StateSchemaMismatch(graph, [f for f in fields if f], detail, upgraded)
+
+
 def apply_update(
     state: Mapping[str, Any],
     update: Mapping[str, Any],
@@ -53,6 +92,16 @@ def apply_update(
     for key, value in update.items():
         merged[key] = combine[key](merged.get(key), value) if key in combine else value
     return merged
+
+
+def refuse_unknown(graph: GraphShape, node: str, update: Mapping[str, Any]) -> None:
+    """A node's update: keys the state model does not have would be dropped by validation."""
+    model = graph.state
+    if model.model_config.get("extra") == "allow":
+        return
+    unknown = set(update) - set(model.model_fields)
+    if unknown:
+        raise UnknownStateFields(graph.name, node, unknown)
 
 
 def check_fields(graph: GraphShape, values: object) -> None:

@@ -55,6 +55,8 @@ class Advance(CheckpointRow):
     expected_version: int
     seq: int
     visit: int
+    # What the checkpoint stores as its state: the row's, or "" for kinds that record none.
+    checkpoint_state: str
     output: str | None
     status: str
     error: str | None

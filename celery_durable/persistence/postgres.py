@@ -35,7 +35,8 @@ WITH advanced AS (
 )
 INSERT INTO {CHECKPOINTS_TABLE}
        (execution_id, seq, kind, node, visit, state, cursor, output, meta, checksum, created_at)
-SELECT id, :seq, :kind, :node, :visit, :state, :cursor, :output, :meta, :checksum, :now
+SELECT id, :seq, :kind, :node, :visit, :checkpoint_state, :cursor, :output, :meta, :checksum,
+       :now
   FROM advanced
 {{notify}}
 RETURNING seq

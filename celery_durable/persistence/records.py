@@ -83,7 +83,8 @@ class Checkpoint:
     kind: Kind
     node: str
     visit: int
-    state: dict[str, Any]
+    # None for a step, a wait or a wake: they do not change the state (rows.STATELESS).
+    state: dict[str, Any] | None
     cursor: dict[str, Any]
     output: Any
     meta: dict[str, Any] | None

@@ -1,25 +1,53 @@
-"""Rows as records, checked on the way out: a checkpoint always against its checksum, an
-execution row against its own when the read decides something (``verify``)."""
+"""Records as rows and rows as records, checked on the way out: a checkpoint always against its
+checksum, an execution row against its own when the read decides something (``verify``).
+
+Checksums are over the canonical plain JSON; the state and output columns hold it sealed
+(persistence/sealing.py): opened first, then verified.
+"""
 
 from __future__ import annotations
 
 import hmac
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
 
-from celery_durable.errors import CheckpointCorrupted
+from celery_durable.errors import CheckpointCorrupted, EncryptionKeyMissing
 from celery_durable.persistence import codec
-from celery_durable.persistence.records import Checkpoint, ExecutionRecord, Kind, as_utc
-from celery_durable.status import Status
+from celery_durable.persistence.dialect import Advance, Start
+from celery_durable.persistence.records import (
+    Checkpoint,
+    Commit,
+    ExecutionRecord,
+    Kind,
+    as_utc,
+)
+from celery_durable.persistence.sealing import Sealer, Unsealable
+from celery_durable.status import FINISHED, Status
+
+# Checkpoints in the middle of a node record what they are about (a step's result, a wait,
+# what woke it), not the state, which they do not change: their state column holds "".
+STATELESS = frozenset({Kind.STEP, Kind.WAIT, Kind.WAKE})
 
 
-def execution_record(row: Row[Any], verify: bool = False) -> ExecutionRecord:
-    """The row as a record; ``verify``: check its checksum first (reads that decide)."""
+def execution_record(row: Row[Any], sealer: Sealer, verify: bool = False) -> ExecutionRecord:
+    """The row as a record; ``verify``: check its checksum first (reads that decide). A read
+    that decides nothing (a listing) shows a state it cannot open as empty."""
     m = row._mapping
+    try:
+        state = sealer.open(m["state"], m["id"])
+    except Unsealable as exc:
+        if verify:
+            raise CheckpointCorrupted(m["id"], m["version"], row=True) from exc
+        state = "{}"
+    except EncryptionKeyMissing:
+        if verify:
+            raise
+        state = "{}"
     if verify and m["checksum"] is not None:
         expected = codec.row_checksum(
-            m["id"], m["version"], m["status"], m["state"], m["cursor"], m["error"]
+            m["id"], m["version"], m["status"], state, m["cursor"], m["error"]
         )
         if not hmac.compare_digest(expected, m["checksum"]):
             raise CheckpointCorrupted(m["id"], m["version"], row=True)
@@ -29,7 +57,7 @@ def execution_record(row: Row[Any], verify: bool = False) -> ExecutionRecord:
         fingerprint=m["fingerprint"],
         status=Status(m["status"]),
         version=m["version"],
-        state=codec.loads(m["state"]),
+        state=codec.loads(state),
         cursor=codec.loads(m["cursor"]),
         error=codec.loads(m["error"]),
         created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
@@ -40,39 +68,124 @@ def execution_record(row: Row[Any], verify: bool = False) -> ExecutionRecord:
     )
 
 
-def checkpoint_record(row: Row[Any], contain: bool = False) -> Checkpoint:
+def checkpoint_record(row: Row[Any], sealer: Sealer, contain: bool = False) -> Checkpoint:
     """The checkpoint, verified. ``contain`` (reads for display): a corrupted one comes back
     marked, its contents withheld, instead of raising, so the rest of the run stays visible."""
     m = row._mapping
-    expected = codec.checksum(
-        m["execution_id"],
-        m["seq"],
-        m["kind"],
-        m["node"],
-        m["visit"],
-        m["state"],
-        m["cursor"],
-        m["output"],
-        m["meta"],
-    )
-    corrupted = not hmac.compare_digest(expected, m["checksum"] or "")
+    execution_id = m["execution_id"]
+    try:
+        state = sealer.open(m["state"], execution_id)
+        output = None if m["output"] is None else sealer.open(m["output"], execution_id)
+        expected = codec.checksum(
+            execution_id, m["seq"], m["kind"], m["node"], m["visit"], state, m["cursor"],
+            output, m["meta"],
+        )  # fmt: skip
+        corrupted = not hmac.compare_digest(expected, m["checksum"] or "")
+    except Unsealable:
+        corrupted = True
     if corrupted and not contain:
-        raise CheckpointCorrupted(m["execution_id"], m["seq"])
+        raise CheckpointCorrupted(execution_id, m["seq"])
     if corrupted:
         return Checkpoint(
-            m["execution_id"], m["seq"], Kind(m["kind"]), m["node"], m["visit"], {}, {}, None,
+            execution_id, m["seq"], Kind(m["kind"]), m["node"], m["visit"], {}, {}, None,
             None, m["checksum"], as_utc(m["created_at"]), corrupted=True,  # type: ignore[arg-type]
         )  # fmt: skip
     return Checkpoint(
-        execution_id=m["execution_id"],
+        execution_id=execution_id,
         seq=m["seq"],
         kind=Kind(m["kind"]),
         node=m["node"],
         visit=m["visit"],
-        state=codec.loads(m["state"]),
+        state=codec.loads(state) if state else None,
         cursor=codec.loads(m["cursor"]),
-        output=codec.loads(m["output"]),
+        output=codec.loads(output),
         meta=codec.loads(m["meta"]),
         checksum=m["checksum"],
         created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
     )
+
+
+def start_row(
+    sealer: Sealer,
+    *,
+    execution_id: str,
+    graph: str,
+    fingerprint: str,
+    status: Status,
+    parent_id: str | None,
+    state_text: str,
+    cursor: dict[str, Any],
+    meta: dict[str, Any] | None,
+    now: datetime,
+) -> Start:
+    """A new execution and its start checkpoint, as stored."""
+    meta_text = codec.dumps(meta) if meta is not None else None
+    cursor_text = codec.dumps(cursor)
+    kind = str(Kind.START)
+    return {
+        "execution_id": execution_id,
+        "graph": graph,
+        "fingerprint": fingerprint,
+        "status": str(status),
+        "parent_id": parent_id,
+        "state": sealer.seal(state_text, execution_id),
+        "cursor": cursor_text,
+        "kind": kind,
+        "node": "",
+        "meta": meta_text,
+        "checksum": codec.checksum(
+            execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
+        ),
+        "row_checksum": codec.row_checksum(
+            execution_id, 0, str(status), state_text, cursor_text, None
+        ),
+        "now": now,
+    }
+
+
+def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
+    """The commit as stored: canonical JSON, its checksums, sealed, and the row's new status."""
+    execution_id = commit.execution_id
+    state_text = commit.state_json or codec.dumps(commit.state, "The state")
+    output_text = (
+        codec.dumps(commit.output, "The node's output") if commit.output is not None else None
+    )
+    meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
+    cursor_text = codec.dumps(commit.cursor)
+    error_text = codec.dumps(commit.error) if commit.error is not None else None
+    seq = commit.seq
+    kind = str(commit.kind)
+    stored_state = sealer.seal(state_text, execution_id)
+    checkpoint_state = "" if commit.kind in STATELESS else state_text
+    return {
+        "execution_id": execution_id,
+        "expected_version": commit.expected_version,
+        "seq": seq,
+        "kind": kind,
+        "node": commit.node,
+        "visit": commit.visit,
+        "state": stored_state,
+        "checkpoint_state": stored_state if checkpoint_state else "",
+        "output": None if output_text is None else sealer.seal(output_text, execution_id),
+        "meta": meta_text,
+        "checksum": codec.checksum(
+            execution_id,
+            seq,
+            kind,
+            commit.node,
+            commit.visit,
+            checkpoint_state,
+            cursor_text,
+            output_text,
+            meta_text,
+        ),
+        "cursor": cursor_text,
+        "status": str(commit.status),
+        "error": error_text,
+        "row_checksum": codec.row_checksum(
+            execution_id, seq, str(commit.status), state_text, cursor_text, error_text
+        ),
+        "finished_at": now if commit.status in FINISHED else None,
+        "lease_token": commit.lease_token,
+        "now": now,
+    }

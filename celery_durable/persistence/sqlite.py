@@ -73,6 +73,7 @@ class SQLiteDialect(Dialect):
             if advanced.rowcount != 1:
                 return False
             row = _checkpoint(advance, advance["seq"], advance["visit"], advance["output"])
+            row["state"] = advance["checkpoint_state"]
             conn.execute(insert(checkpoints).values(row))
         return True
 

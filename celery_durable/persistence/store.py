@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -26,25 +27,32 @@ from celery_durable.errors import (
 )
 from celery_durable.persistence import codec, gauges
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.dialect import Advance, Start, Waiter
+from celery_durable.persistence.dialect import Waiter
 from celery_durable.persistence.gauges import ACTIVE_NAMES, ExecutionGauges
 from celery_durable.persistence.records import (
     Checkpoint,
     Commit,
     ExecutionRecord,
-    Kind,
     utcnow,
 )
-from celery_durable.persistence.rows import checkpoint_record, execution_record
+from celery_durable.persistence.rows import (
+    STATELESS,
+    advance_row,
+    checkpoint_record,
+    execution_record,
+    start_row,
+)
 from celery_durable.persistence.schema import checkpoints, events, executions, node_visits
-from celery_durable.status import ENDS_WAIT, FINISHED, Status
+from celery_durable.persistence.sealing import Sealer
+from celery_durable.status import ENDS_WAIT, Status
 
 
 class CheckpointStore:
     """save / load / latest / list / find, plus the execution rows."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
         self.db = db
+        self.sealer = sealer or Sealer()
 
     # -- executions -------------------------------------------------------------------------
 
@@ -65,30 +73,19 @@ class CheckpointStore:
 
         Returns the execution as stored and whether this call created it.
         """
-        state_text = state_json or codec.dumps(state, "The initial state")
-        meta_text = codec.dumps(meta) if meta is not None else None
-        cursor_text = codec.dumps(cursor)
         now = utcnow()
-        kind = str(Kind.START)
-        start: Start = {
-            "execution_id": execution_id,
-            "graph": graph,
-            "fingerprint": fingerprint,
-            "status": str(status),
-            "parent_id": parent_id,
-            "state": state_text,
-            "cursor": cursor_text,
-            "kind": kind,
-            "node": "",
-            "meta": meta_text,
-            "checksum": codec.checksum(
-                execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
-            ),
-            "row_checksum": codec.row_checksum(
-                execution_id, 0, str(status), state_text, cursor_text, None
-            ),
-            "now": now,
-        }
+        start = start_row(
+            self.sealer,
+            execution_id=execution_id,
+            graph=graph,
+            fingerprint=fingerprint,
+            status=status,
+            parent_id=parent_id,
+            state_text=state_json or codec.dumps(state, "The initial state"),
+            cursor=cursor,
+            meta=meta,
+            now=now,
+        )
         if not self.db.dialect.start(self.db.engines, start):
             return self.get_execution(execution_id), False
         record = ExecutionRecord(
@@ -107,12 +104,24 @@ class CheckpointStore:
         )
         return record, True
 
-    def get_execution(self, execution_id: str) -> ExecutionRecord:
+    def get_execution(self, execution_id: str, verify: bool = True) -> ExecutionRecord:
+        """The row, checked against its checksum unless the read decides nothing (``verify``)."""
         with self.db.read() as conn:
             row = conn.execute(select(executions).where(executions.c.id == execution_id)).first()
         if row is None:
             raise ExecutionNotFound(execution_id)
-        return execution_record(row, verify=True)
+        return execution_record(row, self.sealer, verify=verify)
+
+    def rebuilt(self, execution_id: str) -> ExecutionRecord:
+        """An execution row that fails its checksum, as its newest checkpoint says it was
+        (version, state, cursor; the rest as the row has it): what an operator's restart,
+        which rewrites the row, starts from. The newest checkpoint must verify."""
+        damaged = self.get_execution(execution_id, verify=False)
+        latest = self.latest(execution_id)
+        if latest is None:
+            raise ExecutionNotFound(execution_id)
+        _, state = self.state_at(execution_id, latest.seq)
+        return replace(damaged, version=latest.seq, state=state, cursor=latest.cursor)
 
     def list_executions(
         self,
@@ -144,7 +153,7 @@ class CheckpointStore:
         if since is not None:
             query = query.where(executions.c.created_at >= since)
         with self.db.read() as conn:
-            return [execution_record(row) for row in conn.execute(query)]
+            return [execution_record(row, self.sealer) for row in conn.execute(query)]
 
     def count_by_status(self) -> dict[str, int]:
         return gauges.count_by_status(self.db)
@@ -157,7 +166,7 @@ class CheckpointStore:
             .order_by(executions.c.id)
         )
         with self.db.read() as conn:
-            return [execution_record(row) for row in conn.execute(query)]
+            return [execution_record(row, self.sealer) for row in conn.execute(query)]
 
     def count_children(self, parent: str, prefix: str, statuses: Iterable[Status]) -> int:
         query = select(func.count()).where(
@@ -184,7 +193,7 @@ class CheckpointStore:
                 or_(executions.c.swept_at.is_(None), executions.c.swept_at < older_than)
             )
         with self.db.read() as conn:
-            return [execution_record(row) for row in conn.execute(query)]
+            return [execution_record(row, self.sealer) for row in conn.execute(query)]
 
     def touch(self, record: ExecutionRecord, now: datetime) -> bool:
         """Claim a stale execution for one sweeper: mark it swept, if nobody else did."""
@@ -247,7 +256,7 @@ class CheckpointStore:
     def save(self, commit: Commit) -> Checkpoint:
         """Append a checkpoint and advance its execution, atomically, in one round trip."""
         now = utcnow()
-        advance = _advance(commit, now)
+        advance = advance_row(commit, now, self.sealer)
         try:
             written = self.db.dialect.save(
                 self.db.engines,
@@ -267,7 +276,7 @@ class CheckpointStore:
             kind=commit.kind,
             node=commit.node,
             visit=commit.visit,
-            state=commit.state,
+            state=None if commit.kind in STATELESS else commit.state,
             cursor=commit.cursor,
             output=commit.output,
             meta=commit.meta,
@@ -296,7 +305,7 @@ class CheckpointStore:
             return ExecutionNotFound(commit.execution_id)
         if row.committed:
             return DuplicateCheckpoint(commit.execution_id, commit.kind, commit.node, commit.visit)
-        record = execution_record(row, verify=True)
+        record = execution_record(row, self.sealer, verify=True)
         if record.version == commit.expected_version and commit.lease_token > 0:
             return LeaseLost(commit.execution_id, commit.node, commit.visit, commit.lease_token)
         return VersionConflict(commit.execution_id, commit.expected_version, record)
@@ -309,7 +318,30 @@ class CheckpointStore:
             row = conn.execute(query).first()
         if row is None:
             raise CheckpointNotFound(execution_id, seq)
-        return checkpoint_record(row)
+        return checkpoint_record(row, self.sealer)
+
+    def state_at(self, execution_id: str, seq: int) -> tuple[Checkpoint, dict[str, Any]]:
+        """Checkpoint ``seq`` and the state in effect there: a step, a wait or a wake records
+        none, so theirs is that of the last checkpoint before them that does."""
+        checkpoint = self.load(execution_id, seq)
+        if checkpoint.state is not None:
+            return checkpoint, checkpoint.state
+        query = (
+            select(checkpoints)
+            .where(
+                checkpoints.c.execution_id == execution_id,
+                checkpoints.c.seq < seq,
+                checkpoints.c.kind.not_in([str(k) for k in STATELESS]),
+            )
+            .order_by(checkpoints.c.seq.desc())
+            .limit(1)
+        )
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        state = None if row is None else checkpoint_record(row, self.sealer).state
+        if state is None:  # a start checkpoint always records one: pruned?
+            raise CheckpointNotFound(execution_id, seq)
+        return checkpoint, state
 
     def latest(self, execution_id: str) -> Checkpoint | None:
         query = (
@@ -320,7 +352,7 @@ class CheckpointStore:
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else checkpoint_record(row)
+        return None if row is None else checkpoint_record(row, self.sealer)
 
     def list(
         self,
@@ -342,7 +374,7 @@ class CheckpointStore:
         if after is not None:
             query = query.where(checkpoints.c.seq > after)
         with self.db.read() as conn:
-            return [checkpoint_record(row, contain) for row in conn.execute(query)]
+            return [checkpoint_record(row, self.sealer, contain) for row in conn.execute(query)]
 
     def verify(self, since: datetime | None = None) -> builtins.list[tuple[str, int, str]]:
         """Every checkpoint and execution row (written since ``since``) against its checksum:
@@ -351,13 +383,13 @@ class CheckpointStore:
         damaged: builtins.list[tuple[str, int, str]] = []
         after = None if since is None else c.created_at >= since
         for row in self._pages(checkpoints, (c.execution_id, c.seq), after):
-            if checkpoint_record(row, contain=True).corrupted:
+            if checkpoint_record(row, self.sealer, contain=True).corrupted:
                 damaged.append((row.execution_id, row.seq, "checkpoint"))
         for row in self._pages(
             executions, (e.id,), None if since is None else e.updated_at >= since
         ):
             try:
-                execution_record(row, verify=True)
+                execution_record(row, self.sealer, verify=True)
             except CheckpointCorrupted:
                 damaged.append((row.id, row.version, "row"))
         return damaged
@@ -390,7 +422,7 @@ class CheckpointStore:
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else checkpoint_record(row)
+        return None if row is None else checkpoint_record(row, self.sealer)
 
     @contextmanager
     def waiter(self, execution_id: str) -> Iterator[Waiter]:
@@ -400,47 +432,3 @@ class CheckpointStore:
             yield waiter
         finally:
             waiter.close()
-
-
-def _advance(commit: Commit, now: datetime) -> Advance:
-    """The commit as stored: canonical JSON, its checksum, and the row's new status."""
-    state_text = commit.state_json or codec.dumps(commit.state, "The state")
-    output_text = (
-        codec.dumps(commit.output, "The node's output") if commit.output is not None else None
-    )
-    meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
-    cursor_text = codec.dumps(commit.cursor)
-    error_text = codec.dumps(commit.error) if commit.error is not None else None
-    seq = commit.seq
-    kind = str(commit.kind)
-    return {
-        "execution_id": commit.execution_id,
-        "expected_version": commit.expected_version,
-        "seq": seq,
-        "kind": kind,
-        "node": commit.node,
-        "visit": commit.visit,
-        "state": state_text,
-        "output": output_text,
-        "meta": meta_text,
-        "checksum": codec.checksum(
-            commit.execution_id,
-            seq,
-            kind,
-            commit.node,
-            commit.visit,
-            state_text,
-            cursor_text,
-            output_text,
-            meta_text,
-        ),
-        "cursor": cursor_text,
-        "status": str(commit.status),
-        "error": error_text,
-        "row_checksum": codec.row_checksum(
-            commit.execution_id, seq, str(commit.status), state_text, cursor_text, error_text
-        ),
-        "finished_at": now if commit.status in FINISHED else None,
-        "lease_token": commit.lease_token,
-        "now": now,
-    }

@@ -58,6 +58,11 @@ class GraphShape(Protocol):
     @property
     def concurrency(self) -> Limit | None: ...
 
+    @property
+    def upgrader(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """The graph's state upgrade hook, if it has one."""
+        ...
+
     def validate(self) -> str:
         """The graph's fingerprint, once the whole definition checks out."""
         ...

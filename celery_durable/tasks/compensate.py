@@ -17,7 +17,7 @@ from celery_durable import faults
 from celery_durable.engine import waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.operations import Operations
-from celery_durable.engine.state import validate
+from celery_durable.engine.state import fit
 from celery_durable.errors import InvalidTransition
 from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.saga import compensation
@@ -98,8 +98,8 @@ class CompensationRun(Attempt):
         self._undo_children()
         with self.runtime.leases.watch(self.key) as lease:
             try:
-                as_committed = self.runtime.store.load(self.execution_id, seq).state
-                model = validate(self.graph.name, self.graph.state, as_committed)
+                _, as_committed = self.runtime.store.state_at(self.execution_id, seq)
+                model, _ = fit(self.graph, as_committed)
                 with time_limit(f"{self.name}.compensation", node.timeout):
                     if node.compensator_wants_context:
                         node.compensator(model, ctx)

@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from celery_durable.errors import ChildFailed, EventTimeout
+from celery_durable.errors import ChildFailed, EventTimeout, NotJSONSerializable
 from celery_durable.persistence import codec
 from celery_durable.persistence.records import ExecutionRecord
 
@@ -138,3 +138,17 @@ def _seconds(duration: float | timedelta, what: str) -> float:
     if not seconds >= 0:
         raise ValueError(f"{what} takes seconds or a timedelta, 0 or more; got {duration!r}")
     return seconds
+
+
+def as_update(result: Any) -> dict[str, Any]:
+    """A node's return value as a state update: None, a dict, or a model (its set fields)."""
+    if result is None:
+        return {}
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json", exclude_unset=True)
+    if isinstance(result, dict):
+        return json_roundtrip(result)
+    raise NotJSONSerializable(
+        "A node's return value",
+        f"expected a dict of state fields or None, got {type(result).__name__}",
+    )

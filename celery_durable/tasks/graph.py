@@ -8,7 +8,6 @@ validate(), which runs on the first start and when a worker boots.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
@@ -29,6 +28,7 @@ from celery_durable.errors import (
 from celery_durable.saga.flow import Limit, RateLimit
 from celery_durable.saga.retry import RetryPolicy
 from celery_durable.saga.shape import Router
+from celery_durable.tasks.options import arity, check_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,7 +86,7 @@ class Node(Generic[P, R]):
         self.interrupt_before = interrupt_before
         self.interrupt_after = interrupt_after
         self.task_name = f"{graph.task_prefix}.{name}"
-        self.wants_context = _arity(fn, name) == 2
+        self.wants_context = arity(fn, name) == 2
         self.compensator: Callable[..., Any] | None = None
         self.compensator_wants_context = False
         self.compensation_retry = DEFAULT_COMPENSATION_RETRY
@@ -118,7 +118,7 @@ class Node(Generic[P, R]):
                 raise GraphDefinitionError(
                     f"Node {self.graph.name}.{self.name} already has a compensation."
                 )
-            self.compensator_wants_context = _arity(func, f"{self.name}.compensation") == 2
+            self.compensator_wants_context = arity(func, f"{self.name}.compensation") == 2
             if retry is not None:
                 self.compensation_retry = retry
             self.compensator = func
@@ -171,6 +171,7 @@ class Graph:
         self.branches: dict[str, tuple[Router, tuple[str, ...] | None]] = {}
         self.entry_node: str | None = None
         self.reducers = reducers(state)
+        self.upgrader: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self._fingerprint: str | None = None
 
     # -- definition -------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class Graph:
                 raise InvalidNodeOption(f"Graph {self.name!r}: {option}= takes a RetryPolicy.")
         if timeout is not None and not timeout > 0:
             raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
-        _check_options(self.name, breaker, when_open, rate, concurrency, max_visits)
+        check_options(self.name, breaker, when_open, rate, concurrency, max_visits)
 
         def decorate(func: Callable[P, R]) -> Node[P, R]:
             node_name = name or func.__name__
@@ -258,6 +259,17 @@ class Graph:
             return node
 
         return decorate(fn) if fn is not None else decorate
+
+    def upgrade(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+        """Decorator: ``fn(old_state_dict) -> new_state_dict``, applied to a stored state that
+        no longer fits the state model (engine.state.fit), so runs in flight survive a deploy
+        that changed it."""
+        if self.upgrader is not None:
+            raise GraphDefinitionError(f"Graph {self.name!r} already has an upgrade hook.")
+        if not callable(fn):
+            raise GraphDefinitionError(f"Graph {self.name!r}: upgrade takes a function.")
+        self.upgrader = fn
+        return fn
 
     def _added(self, node: Node[..., Any]) -> None:
         """A subclass hook: sagas chain their steps here."""
@@ -401,46 +413,20 @@ class Saga(Graph):
     # A step is a node; what makes it a step is _added() chaining it after the last one.
     step = Graph.node
 
+    def upgrade(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+        """Decorator: ``fn(old_state_dict) -> new_state_dict``, applied to a stored state that
+        no longer fits the state model (engine.state.fit), so runs in flight survive a deploy
+        that changed it."""
+        if self.upgrader is not None:
+            raise GraphDefinitionError(f"Graph {self.name!r} already has an upgrade hook.")
+        if not callable(fn):
+            raise GraphDefinitionError(f"Graph {self.name!r}: upgrade takes a function.")
+        self.upgrader = fn
+        return fn
+
     def _added(self, node: Node[..., Any]) -> None:
         if self._last is None:
             self.entry(node)
         else:
             self.edge(self._last, node)
         self._last = node.name
-
-
-def _arity(fn: Callable[..., Any], name: str) -> int:
-    try:
-        params = [
-            p
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        return 2
-    if len(params) not in (1, 2):
-        raise InvalidNodeOption(
-            f"Node {name!r} must take (state) or (state, ctx), not {len(params)} parameters."
-        )
-    return len(params)
-
-
-def _check_options(
-    graph: str,
-    breaker: object,
-    when_open: object,
-    rate: object,
-    concurrency: object,
-    max_visits: object,
-) -> None:
-    """Flow control and loop options, refused where they are written."""
-    if isinstance(max_visits, bool) or not isinstance(max_visits, int) or max_visits < 1:
-        raise InvalidNodeOption(f"Graph {graph!r}: max_visits= is an int of at least 1.")
-    if breaker is not None and not (isinstance(breaker, str) and breaker):
-        raise InvalidNodeOption(f"Graph {graph!r}: breaker= takes the name of a breaker.")
-    if when_open not in ("wait", "fail"):
-        raise InvalidNodeOption(f"Graph {graph!r}: when_open= is 'wait' or 'fail'.")
-    if rate is not None and not isinstance(rate, RateLimit):
-        raise InvalidNodeOption(f"Graph {graph!r}: rate= takes a RateLimit(name, limit, per=).")
-    if concurrency is not None and not isinstance(concurrency, Limit):
-        raise InvalidNodeOption(f"Graph {graph!r}: concurrency= takes a Limit(key=..., max=...).")

@@ -26,13 +26,14 @@ from celery_durable import faults
 from celery_durable.engine import slots, waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.flow import Held, HeldBack
-from celery_durable.engine.state import apply_update, validate
+from celery_durable.engine.state import apply_update, fit, refuse_unknown, validate
 from celery_durable.errors import (
     CircuitOpen,
     InvalidInput,
     MergeConflict,
     NodeTimeout,
     NotJSONSerializable,
+    StateSchemaMismatch,
     StateTooLarge,
     UnknownBreaker,
     UnknownStateFields,
@@ -47,7 +48,7 @@ from celery_durable.signals import intervention_required
 from celery_durable.status import LIVE, Status
 from celery_durable.tasks.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.tasks.compensate import after_failure
-from celery_durable.tasks.context import Context, json_roundtrip
+from celery_durable.tasks.context import Context, as_update
 from celery_durable.tasks.deadline import time_limit
 from celery_durable.tasks.memo import VisitMemo
 
@@ -64,6 +65,7 @@ PERMANENT = (
     MergeConflict,
     UnknownBreaker,
     UnknownStateFields,
+    StateSchemaMismatch,
 )
 # A message stays unacked while the nodes it runs inline run: past this many seconds, hand on
 # by message, so that no delivery is held near the broker's ack timeout and other runs queued
@@ -100,7 +102,10 @@ class NodeRun(Attempt):
             return outcome
         self._read_at = self.base.version
         node = self.node
-        place = self._take_place(node)
+        try:
+            place = self._take_place(node)
+        except StateSchemaMismatch as exc:
+            return self.failed(exc, node.retry, permanent=True)
         if isinstance(place, Outcome):
             return place
         if place is None:
@@ -148,7 +153,7 @@ class NodeRun(Attempt):
         run_limit = graph.concurrency if self.name == graph.entry_node and self.visit == 1 else None
         if run_limit is None and node.concurrency is None:
             return None
-        model = validate(graph.name, graph.state, self.base.state)
+        model, _ = fit(graph, self.base.state)
         if run_limit is not None:
             key = run_limit.key_of(model)
             run = Holder(slots.graph_scope(graph.name), key, self.execution_id, self.name, 1)
@@ -203,14 +208,14 @@ class NodeRun(Attempt):
     def _call(self, node: Node[..., Any], ctx: Context) -> dict[str, Any]:
         """The user's function on the validated state; its result as a state update."""
         started = time.monotonic()
-        model = validate(self.graph.name, self.graph.state, self.base.state)
+        model, _ = fit(self.graph, self.base.state)
         if node.timeout is None:
             result = node.fn(model, ctx) if node.wants_context else node.fn(model)
         else:
             drop = functools.partial(self.runtime.visits.drop_lease, *self.key)
             with time_limit(self.name, node.timeout, drop):
                 result = node.fn(model, ctx) if node.wants_context else node.fn(model)
-        update = _as_update(result)
+        update = as_update(result)
         took = time.monotonic() - started
         if node.timeout is not None and took > node.timeout:
             raise NodeTimeout(self.name, node.timeout)
@@ -275,8 +280,12 @@ class NodeRun(Attempt):
                     return self.failed(MergeConflict(self.name, clash), self.node.retry, True)
                 self._read_at = base.version
             try:
-                _known(self.graph.name, self.name, self.graph.state, update)
-                merged = apply_update(base.state, update, self.graph.reducers)
+                refuse_unknown(self.graph, self.name, update)
+                # A stale state is migrated once; without a hook it fit already (_call).
+                current = (
+                    base.state if self.graph.upgrader is None else fit(self.graph, base.state)[1]
+                )
+                merged = apply_update(current, update, self.graph.reducers)
                 model = validate(self.graph.name, self.graph.state, merged)
                 state = model.model_dump(mode="json")
                 state_json = self.runtime.state_json(state)
@@ -372,11 +381,12 @@ class NodeRun(Attempt):
     # -- failure ----------------------------------------------------------------------------
 
     def give_up(self, error: ErrorRecord) -> Outcome:
-        """Attempts exhausted: fail the run, stop it for an operator (``intervene``), or for a
-        saga start compensating."""
-        if self.graph.on_failure == "compensate":
+        """Attempts exhausted: fail the run, stop it for an operator (``intervene``, or a state
+        a deploy left behind: no undo runs on it either), or for a saga start compensating."""
+        mismatch = error["type"] == StateSchemaMismatch.__name__
+        if self.graph.on_failure == "compensate" and not mismatch:
             return after_failure(self, error)
-        intervene = self.graph.on_failure == "intervene"
+        intervene = self.graph.on_failure == "intervene" or mismatch
         status = Status.NEEDS_INTERVENTION if intervene else Status.FAILED
         # The failed node stays due, so that retry() can run it again.
         commit = self.save(lambda: self.commit(Kind.FAILURE, status=status, error=error))
@@ -413,28 +423,6 @@ class NodeRun(Attempt):
         )
         self.runtime.hooks.intervention_required(self.execution_id, self.graph.name, self.name)
         return Outcome.NEEDS_INTERVENTION
-
-
-def _known(graph: str, node: str, model: type[BaseModel], update: dict[str, Any]) -> None:
-    """Keys the state model does not have would be dropped by validation: refuse them."""
-    if model.model_config.get("extra") == "allow":
-        return
-    unknown = set(update) - set(model.model_fields)
-    if unknown:
-        raise UnknownStateFields(graph, node, unknown)
-
-
-def _as_update(result: Any) -> dict[str, Any]:
-    if result is None:
-        return {}
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json", exclude_unset=True)
-    if isinstance(result, dict):
-        return json_roundtrip(result)
-    raise NotJSONSerializable(
-        "A node's return value",
-        f"expected a dict of state fields or None, got {type(result).__name__}",
-    )
 
 
 def _translate(exc: Exception, node: Node[..., Any]) -> Exception:

@@ -145,9 +145,10 @@ def state_at(execution: Execution, seq: int) -> dict[str, Any]:
     chosen = next((cp for cp in history if cp.seq == seq), None)
     if chosen is None:
         raise KeyError(seq)
-    before = next((cp for cp in reversed(history) if cp.seq < seq and cp.state), None)
-    old = before.state if before is not None else {}
-    new = chosen.state or {}
+    earlier = (cp.state for cp in reversed(history) if cp.seq < seq and not cp.corrupted)
+    old = next((state for state in earlier if state is not None), {})
+    # A step, a wait or a wake records no state: the one before it is still in effect.
+    new = old if chosen.state is None else chosen.state
     return {"seq": seq, "state": new, "diff": diff(old, new)}
 
 

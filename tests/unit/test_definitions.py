@@ -28,6 +28,9 @@ class S(BaseModel):
     n: int = 0
 
 
+SIGNALS = ("intervention_required", "execution_finished")
+
+
 def test_public_api_is_pinned() -> None:
     assert celery_durable.__all__ == [
         "Durable",
@@ -47,6 +50,7 @@ def test_public_api_is_pinned() -> None:
         "Status",
         "Checkpoint",
         "intervention_required",
+        "execution_finished",
         "DurableError",
         "ExecutionFailed",
         "Compensated",
@@ -61,9 +65,10 @@ def test_public_api_is_pinned() -> None:
         "NotWaiting",
         "ChildFailed",
         "CircuitOpen",
+        "StateSchemaMismatch",
     ]
     for name in celery_durable.__all__:
-        assert getattr(celery_durable, name).__doc__ or name == "intervention_required", name
+        assert getattr(celery_durable, name).__doc__ or name in SIGNALS, name
 
 
 def test_duplicate_node_name(durable: Durable) -> None:

@@ -248,3 +248,44 @@ def test_a_corrupted_checkpoint_is_contained_and_verify_reports_it(
         run.compensate("needs the state book committed")
     assert run.refresh().status == Status.SUCCEEDED  # refused, nothing changed
     assert durable.verify() == [(run.id, 1, "checkpoint")]
+
+
+def test_an_operator_restarts_a_run_whose_row_was_damaged(tamper_durable: Durable) -> None:
+    from sqlalchemy import text
+
+    from celery_durable.errors import CheckpointCorrupted
+
+    durable = tamper_durable
+    g = durable.graph("healed", state=Count)
+    flaky: list[bool] = []
+
+    @g.node
+    def first(state: Count) -> dict[str, int]:
+        return {"n": state.n + 1}
+
+    @g.node(retry=RetryPolicy.never())
+    def second(state: Count) -> dict[str, int]:
+        if not flaky:
+            raise ValueError("down")
+        return {"n": state.n * 10}
+
+    g.entry(first)
+    g.edge(first, second)
+    with in_process_worker(durable):
+        run = g.delay(n=1)
+        with pytest.raises(ExecutionFailed):
+            run.wait(timeout=10)
+        with durable.db.engine.begin() as conn:  # the chaos: the row's state, by plain SQL
+            conn.execute(
+                text("UPDATE durable_executions SET state = :s WHERE id = :id"),
+                {"s": '{"n":1000}', "id": run.id},
+            )
+        assert durable.verify() == [(run.id, 2, "row")]
+        with pytest.raises(CheckpointCorrupted):
+            run.retry(by="ops")  # retry goes on from the row: refused
+        flaky.append(True)
+        run.restart_from(1, by="ops", reason="row damaged; checkpoint 1 verifies")
+        assert run.wait(timeout=10).n == 20  # from checkpoint 1's n=2, not the row's 1000
+    assert durable.verify() == []  # the restart rewrote the row with a fresh checksum
+    restart = next(cp for cp in run.history() if cp.kind == "manual")
+    assert restart.meta is not None and restart.meta["from_seq"] == 1
