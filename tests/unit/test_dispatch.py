@@ -1,0 +1,62 @@
+"""Node messages go out on a producer each thread holds; when that path breaks, send_task's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import before_task_publish, task_prerun
+
+from celery_durable import Durable
+from celery_durable.testing import in_process_worker
+from tests.unit.test_inline import NODES, chain
+
+
+def test_messages_say_which_task_sent_them(app: Celery, sqlite_url: str) -> None:
+    durable = Durable(app, database_url=sqlite_url, inline_nodes=0)
+    durable.migrate()
+    g = chain(durable)
+    seen: dict[str, tuple[str, str | None, str | None]] = {}
+    published: list[str] = []
+
+    def record(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            request = sender.request
+            seen[sender.name.rsplit(".", 1)[1]] = (request.id, request.parent_id, request.root_id)
+
+    def count(sender: Any = None, **_: Any) -> None:
+        published.append(str(sender))
+
+    task_prerun.connect(record, weak=False)
+    before_task_publish.connect(count, weak=False)
+    try:
+        with in_process_worker(durable):
+            run = g.delay()
+            assert run.wait(timeout=10).trail == list(NODES)
+    finally:
+        task_prerun.disconnect(record)
+        before_task_publish.disconnect(count)
+    assert seen["a"][0] == f"{run.id}.a.1.1"
+    for sent, by in zip(NODES[1:], NODES, strict=False):
+        assert seen[sent][1] == seen[by][0]  # parent: the node that sent it
+        assert seen[sent][2] == seen["a"][0]  # root: the run's first task
+    assert len([p for p in published if p.startswith("durable.chain.")]) == 5
+    durable.db.dispose()
+
+
+def test_a_broken_held_connection_falls_back_to_send_task(app: Celery, sqlite_url: str) -> None:
+    durable = Durable(app, database_url=sqlite_url, inline_nodes=0)
+    durable.migrate()
+    g = chain(durable)
+    dispatcher = durable.runtime.dispatcher
+    with in_process_worker(durable):
+        assert g.delay().wait(timeout=10).trail == list(NODES)
+        held = dispatcher._held  # this (the client's) thread's producer
+        broken = held.connection
+        assert broken is not None
+        broken.close()  # as when the broker went away under it
+        assert g.delay().wait(timeout=10).trail == list(NODES)
+        assert held.connection is None  # dropped, sent by send_task
+        assert g.delay().wait(timeout=10).trail == list(NODES)
+        assert held.connection is not None and held.connection is not broken
+    durable.db.dispose()
