@@ -41,7 +41,11 @@ from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks.dispatch import CeleryDispatcher
 from celery_durable.tasks.graph import Graph, Node, OnFailure, Saga
-from celery_durable.tasks.registry import NodeTasks, require_json
+from celery_durable.tasks.registry import (
+    NodeTasks,
+    keep_consuming_after_channel_errors,
+    require_json,
+)
 
 G = TypeVar("G", bound=Graph)
 logger = logging.getLogger(__name__)
@@ -80,6 +84,7 @@ class Durable:
         **settings: Any,
     ) -> None:
         require_json(app)
+        keep_consuming_after_channel_errors(app)
         self.app = app
         self.settings = Settings.load({"database_url": database_url, **settings})
         self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)

@@ -252,15 +252,12 @@ class NodeRun(Attempt):
             handed = Handed.of(cp.meta)
             for name, visit in handed.ready:
                 if base.cursor.holds(name, visit):
-                    # An inline successor may have died mid-run: its copy gets the checks
-                    # of a redelivered message (redelivery count, live lease).
+                    # The copy gets the checks of a redelivered message (redelivery count,
+                    # live lease): an inline successor may have died mid-run, or the attempt
+                    # this replays be alive and have sent it already (a delivery the
+                    # broker's consumer_timeout requeued).
                     self.runtime.dispatcher.dispatch(
-                        self.graph.name,
-                        name,
-                        visit,
-                        self.execution_id,
-                        base,
-                        recovered=handed.inline,
+                        self.graph.name, name, visit, self.execution_id, base, recovered=True
                     )
             if not handed.inline or base.cursor.holds(*handed.ready[0]):
                 return

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
@@ -177,3 +178,27 @@ def require_json(app: Celery) -> None:
     conf.task_serializer = "json"
     conf.result_serializer = "json"
     conf.accept_content = ["json"]
+
+
+def keep_consuming_after_channel_errors(app: Celery) -> None:
+    """Keep a worker consuming, and its long nodes running, when RabbitMQ times a delivery out.
+
+    RabbitMQ closes a consumer's channel with PRECONDITION_FAILED when a delivery stays unacked
+    past its ``consumer_timeout`` (a node, or the nodes a message runs inline, running longer),
+    and requeues the delivery. Celery counts a channel error as recoverable only with
+    ``broker_channel_error_retry`` (default False): without it the worker logs "Unrecoverable
+    error" and shuts down once its running tasks end, and nothing consumes the run again.
+    With it the consumer reconnects; the requeued copy replays what committed or steps aside
+    for the attempt still running (its lease), which commits and hands on as usual. That
+    attempt must not be killed at the reconnect, which is what
+    ``worker_cancel_long_running_tasks_on_connection_loss`` (True by default from Celery 6)
+    does: the node would then never outlive the timeout. A value other than Celery's default
+    is the app's choice and is kept.
+    """
+    conf = app.conf
+    for setting, ours in (
+        ("broker_channel_error_retry", True),
+        ("worker_cancel_long_running_tasks_on_connection_loss", False),
+    ):
+        if conf.get(setting) == CELERY_DEFAULTS[setting]:
+            conf[setting] = ours

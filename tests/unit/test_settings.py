@@ -36,3 +36,20 @@ def test_bad_values_name_the_variable() -> None:
         Settings.load({"database_url": "mysql://x"}, environ={})
     with pytest.raises(ConfigurationError):
         Settings.load({"no_such_setting": 1}, environ={})
+
+
+def test_workers_keep_consuming_when_rabbitmq_times_a_delivery_out(sqlite_url: str) -> None:
+    """A node past RabbitMQ's consumer_timeout closes the channel: the worker must reconnect,
+    not shut down, and must not kill the node still running (test_consumer_timeout.py)."""
+    from celery import Celery
+
+    from celery_durable import Durable
+
+    app = Celery("ct", broker="memory://")
+    Durable(app, sqlite_url)
+    assert app.conf.broker_channel_error_retry is True
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+    chosen = Celery("ct2", broker="memory://")
+    chosen.conf.worker_cancel_long_running_tasks_on_connection_loss = True
+    Durable(chosen, sqlite_url)
+    assert chosen.conf.worker_cancel_long_running_tasks_on_connection_loss is True  # kept
