@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from sqlalchemy import URL, Connection, Table, create_engine, make_url, text
+from sqlalchemy import URL, Connection, Engine, Table, create_engine, make_url, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.exc import DBAPIError
@@ -84,22 +85,59 @@ RETURNING seq
 START_SQL = str(START.compile(dialect=_PSYCOPG))
 
 
+class _Held(threading.local):
+    """The pooled connection this thread keeps checked out for node commits and starts."""
+
+    engine: Engine | None = None
+    pooled: Any = None
+    since = 0.0
+    pid = 0
+
+
+_held = _Held()
+# A held connection goes back to the pool this often, so pool_recycle still applies to it.
+HOLD_SECONDS = 30.0
+
+
+def _connection(engine: Engine) -> Any:
+    """This thread's connection of ``engine``'s pool: a checkout and its return cost more
+    than the statement's own client side, so the commit path keeps one."""
+    held, now = _held, time.monotonic()
+    if held.pid != os.getpid():
+        # Forked: the parent's connection is the parent's; let go of it without a word.
+        held.pooled, held.engine, held.pid = None, None, os.getpid()
+    if held.pooled is not None and (held.engine is not engine or now - held.since > HOLD_SECONDS):
+        _release()
+    if held.pooled is None:
+        held.pooled, held.engine, held.since = engine.raw_connection(), engine, now
+    return held.pooled
+
+
+def _release(broken: BaseException | None = None) -> None:
+    held = _held
+    pooled, held.pooled, held.engine = held.pooled, None, None
+    if pooled is None:
+        return
+    if broken is not None:
+        pooled.invalidate(broken)
+    pooled.close()
+
+
 def _one_row(engines: Engines, sql: str, params: Mapping[str, Any]) -> bool:
-    """Run one autocommitted statement on a pooled connection's psycopg connection, prepared;
-    whether it returned a row. SQLAlchemy's execution context around the node commit cost
-    more worker CPU than the statement's own client side (bench/engine.py --inline-nodes 0:
-    7.4 -> 6.6 ms per run). Errors come out as SQLAlchemy's, as everywhere else."""
-    pooled = engines.reader.raw_connection()
+    """Run one autocommitted statement on this thread's held connection, prepared; whether it
+    returned a row. SQLAlchemy's execution context around the node commit cost more worker
+    CPU than the statement's own client side (bench/engine.py --inline-nodes 0: 7.4 -> 6.6 ms
+    per run), and so did the pool checkout. Errors come out as SQLAlchemy's, as everywhere
+    else; a connection error drops the connection."""
+    pooled = _connection(engines.reader)
     try:
-        with pooled.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        with pooled.driver_connection.cursor() as cursor:
             cursor.execute(sql, params, prepare=True)
             row = cursor.fetchone()
     except psycopg.Error as exc:
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            pooled.invalidate(exc)
+            _release(exc)
         raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
-    finally:
-        pooled.close()
     return row is not None
 
 
