@@ -45,7 +45,7 @@ pytestmark = pytest.mark.integration
 RABBITMQCTL = shlex.split(os.environ.get("DURABLE_TEST_RABBITMQCTL", "rabbitmqctl"))
 CONSUMER_TIMEOUT_MS = 3000
 TICK_MS = 1000
-NODE_SLEEP = 12.0  # four consumer timeouts
+NODE_SLEEP = 7.0  # two consumer timeouts and their ticks
 RUN_TIMEOUT = 90.0
 TIMED_OUT = "delivery acknowledgement on channel"  # RabbitMQ's PRECONDITION_FAILED text
 
