@@ -413,17 +413,6 @@ class Saga(Graph):
     # A step is a node; what makes it a step is _added() chaining it after the last one.
     step = Graph.node
 
-    def upgrade(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
-        """Decorator: ``fn(old_state_dict) -> new_state_dict``, applied to a stored state that
-        no longer fits the state model (engine.state.fit), so runs in flight survive a deploy
-        that changed it."""
-        if self.upgrader is not None:
-            raise GraphDefinitionError(f"Graph {self.name!r} already has an upgrade hook.")
-        if not callable(fn):
-            raise GraphDefinitionError(f"Graph {self.name!r}: upgrade takes a function.")
-        self.upgrader = fn
-        return fn
-
     def _added(self, node: Node[..., Any]) -> None:
         if self._last is None:
             self.entry(node)

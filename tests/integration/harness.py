@@ -64,6 +64,15 @@ def ledger_lines(path: Path) -> list[list[str]]:
     return [line.split() for line in lines if line]
 
 
+def chain_events(ledger: Path, execution_id: str, node: str, what: str) -> list[list[str]]:
+    """The chain ledger lines ``<execution> <node> <visit> <what> <pid>`` of one node."""
+    return [
+        line
+        for line in ledger_lines(ledger)
+        if line[0] == execution_id and line[1] == node and line[3] == what
+    ]
+
+
 def settle(ledger: Path, quiet: float = 1.0, timeout: float = 30.0) -> None:
     """Wait until nothing has been appended for ``quiet`` s: late duplicates have run too."""
     deadline = time.monotonic() + timeout

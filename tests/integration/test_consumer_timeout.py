@@ -36,7 +36,7 @@ from tests.integration.harness import (
     HAND_ON,
     Workers,
     assert_one_checkpoint_per_visit,
-    ledger_lines,
+    chain_events,
     settle,
 )
 
@@ -91,14 +91,6 @@ def rabbit_settings() -> Iterator[dict[str, str]]:
             restore_env(key, value)
 
 
-def events(ledger: Path, execution_id: str, node: str, what: str) -> list[list[str]]:
-    return [
-        line
-        for line in ledger_lines(ledger)
-        if line[0] == execution_id and line[1] == node and line[3] == what
-    ]
-
-
 @pytest.mark.parametrize("hand_on", sorted(HAND_ON))
 def test_node_longer_than_consumer_timeout_finishes_once(
     durable: DurableApp,
@@ -131,8 +123,10 @@ def test_node_longer_than_consumer_timeout_finishes_once(
 
     settle(ledger_path)
     for node in CHAIN_NODES:
-        assert len(events(ledger_path, ex.id, node, "start")) == 1, f"{node} ran more than once"
-        assert len(events(ledger_path, ex.id, node, "done")) == 1
+        assert len(chain_events(ledger_path, ex.id, node, "start")) == 1, (
+            f"{node} ran more than once"
+        )
+        assert len(chain_events(ledger_path, ex.id, node, "done")) == 1
     history = ex.history()
     assert_one_checkpoint_per_visit(history)
     assert [(cp.kind, cp.node, cp.visit) for cp in history] == [

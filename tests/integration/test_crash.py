@@ -23,6 +23,7 @@ from tests.integration.harness import (
     HAND_ON,
     Workers,
     assert_one_checkpoint_per_visit,
+    chain_events,
     ledger_lines,
     settle,
 )
@@ -31,15 +32,6 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 RUN_TIMEOUT = 60.0
-
-
-def events(ledger: Path, execution_id: str, node: str, what: str) -> list[list[str]]:
-    """The chain ledger lines ``<execution> <node> <visit> <what> <pid>`` of one node."""
-    return [
-        line
-        for line in ledger_lines(ledger)
-        if line[0] == execution_id and line[1] == node and line[3] == what
-    ]
 
 
 def check_chain(ex: Execution) -> None:
@@ -76,15 +68,15 @@ def test_kill_while_node_runs_reruns_it(
     """(a) SIGKILL during n2, before its commit: n2 runs again on a new worker."""
     first = workers.start(extra_env=HAND_ON[hand_on])
     ex = durable.durable.start(durable.chain, {"sleep_at": "n2", "sleep": 3})
-    wait_for(lambda: events(ledger_path, ex.id, "n2", "start"), 30, what="n2 to start")
+    wait_for(lambda: chain_events(ledger_path, ex.id, "n2", "start"), 30, what="n2 to start")
     first.kill()
     assert [cp.node for cp in ex.history()] == ["", "n1"], "n2 must not have committed"
     assert ran_inline(ex) == (hand_on == "inline")
     workers.start(extra_env=HAND_ON[hand_on])
     check_chain(ex)
     settle(ledger_path)
-    assert len(events(ledger_path, ex.id, "n2", "start")) == 2
-    assert len(events(ledger_path, ex.id, "n2", "done")) == 1
+    assert len(chain_events(ledger_path, ex.id, "n2", "start")) == 2
+    assert len(chain_events(ledger_path, ex.id, "n2", "done")) == 1
     check_chain(ex)
 
 
@@ -100,12 +92,12 @@ def test_kill_after_commit_before_dispatch_does_not_rerun(
     assert dying.wait_exit(timeout=30) != 0
     assert [cp.node for cp in ex.history()] == ["", "n1", "n2"]
     assert ran_inline(ex) == (hand_on == "inline")
-    assert not events(ledger_path, ex.id, "n3", "start"), "died before n3 was dispatched"
+    assert not chain_events(ledger_path, ex.id, "n3", "start"), "died before n3 was dispatched"
     workers.start(extra_env=HAND_ON[hand_on])
     check_chain(ex)
     settle(ledger_path)
-    assert len(events(ledger_path, ex.id, "n2", "start")) == 1
-    assert len(events(ledger_path, ex.id, "n2", "done")) == 1
+    assert len(chain_events(ledger_path, ex.id, "n2", "start")) == 1
+    assert len(chain_events(ledger_path, ex.id, "n2", "done")) == 1
     check_chain(ex)
 
 
@@ -125,7 +117,7 @@ def test_database_connections_lost_mid_run(
     # on (with two, n3's process may open its first connection only after the cut).
     workers.start(concurrency=1, extra_env=HAND_ON[hand_on])
     ex = durable.durable.start(durable.chain, {"sleep_at": "n3", "sleep": 2})
-    wait_for(lambda: events(ledger_path, ex.id, "n3", "start"), 30, what="n3 to start")
+    wait_for(lambda: chain_events(ledger_path, ex.id, "n3", "start"), 30, what="n3 to start")
     with durable.durable.db.engine.connect() as conn:
         cut = conn.execute(TERMINATE_OTHERS).scalar_one()
     durable.durable.db.dispose()  # this process's connections were cut too
@@ -133,9 +125,9 @@ def test_database_connections_lost_mid_run(
     check_chain(ex)
     assert ran_inline(ex) == (hand_on == "inline")
     settle(ledger_path)
-    assert len(events(ledger_path, ex.id, "n3", "start")) == 2, "n3's first commit failed"
+    assert len(chain_events(ledger_path, ex.id, "n3", "start")) == 2, "n3's first commit failed"
     for node in ("n1", "n2", "n4", "n5"):
-        assert len(events(ledger_path, ex.id, node, "start")) == 1, f"{node} ran again"
+        assert len(chain_events(ledger_path, ex.id, node, "start")) == 1, f"{node} ran again"
     check_chain(ex)
 
 
@@ -148,9 +140,9 @@ def test_duplicate_message_commits_once(
     workers.start()
     check_chain(ex)
     settle(ledger_path)
-    assert len(events(ledger_path, ex.id, "n1", "start")) == 2, "the duplicate ran"
+    assert len(chain_events(ledger_path, ex.id, "n1", "start")) == 2, "the duplicate ran"
     for node in CHAIN_NODES:
-        assert len(events(ledger_path, ex.id, node, "done")) >= 1
+        assert len(chain_events(ledger_path, ex.id, node, "done")) >= 1
     check_chain(ex)
 
 
@@ -179,7 +171,7 @@ def test_two_workers_race_on_one_visit(
             break
     else:
         pytest.fail("three tries and the two n1 attempts never overlapped")
-    assert len(events(ledger_path, ex.id, "n1", "start")) == 2
+    assert len(chain_events(ledger_path, ex.id, "n1", "start")) == 2
     check_chain(ex)
 
 
@@ -255,7 +247,7 @@ def test_kill_while_leased_node_runs_recovers_after_lease(
     }
     first = workers.start(extra_env=leases)
     ex = durable.durable.start(durable.chain, {"sleep_at": "n2", "sleep": 2.5})
-    wait_for(lambda: events(ledger_path, ex.id, "n2", "start"), 30, what="n2 to start")
+    wait_for(lambda: chain_events(ledger_path, ex.id, "n2", "start"), 30, what="n2 to start")
     visits = durable.durable.visits
 
     def leased() -> bool:
@@ -270,8 +262,8 @@ def test_kill_while_leased_node_runs_recovers_after_lease(
     second = workers.start(extra_env=leases)
     check_chain(ex)
     settle(ledger_path)
-    assert len(events(ledger_path, ex.id, "n2", "start")) == 2
-    assert len(events(ledger_path, ex.id, "n2", "done")) == 1
+    assert len(chain_events(ledger_path, ex.id, "n2", "start")) == 2
+    assert len(chain_events(ledger_path, ex.id, "n2", "done")) == 1
     assert "steps aside" in second.output(), "the redelivered copy deferred to the lease"
     assert time.monotonic() - killed_at >= 2.5, "n2 ran again only after its lease expired"
     check_chain(ex)
