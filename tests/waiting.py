@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,3 +20,9 @@ def wait_for(
             return found
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def waiting_kind(run: Any) -> str | None:
+    """What a run waits for, read once: two reads of ``waiting_on`` may see two moments."""
+    waiting = run.waiting_on
+    return None if waiting is None else str(waiting["kind"])

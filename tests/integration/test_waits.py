@@ -12,7 +12,7 @@ import pytest
 from celery_durable import Compensated, ExecutionFailed, Status
 from tests.integration.app import DurableApp
 from tests.integration.harness import Workers, assert_one_checkpoint_per_visit, ledger_lines
-from tests.waiting import wait_for
+from tests.waiting import wait_for, waiting_kind
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def test_every_wait_survives_sigkill_while_waiting_and_just_after_waking(
     # Given a run that made its label, then sleeps 4 s, on a worker that is then killed
     first = workers.start()
     run = durable.durable.start(durable.errand, {"sleep": 4})
-    wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "sleep", 30, what="the sleep")
+    wait_for(lambda: waiting_kind(run) == "sleep", 30, what="the sleep")
     first.kill()
     # When the next worker wakes it and dies right after the wake commit, before dispatching
     doomed = workers.start(extra_env={"CELERY_DURABLE_FAULT": "after_wake:prepare"})
@@ -39,10 +39,10 @@ def test_every_wait_survives_sigkill_while_waiting_and_just_after_waking(
     assert run.status == Status.RUNNING and run.waiting_on is None
     # Then a third worker's sweep finds the woken visit stale and runs it: it waits for paid
     workers.start()
-    wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "event", 60, what="event")
+    wait_for(lambda: waiting_kind(run) == "event", 60, what="event")
     run.send_event("paid", {"amount": 30}, idempotency_key="psp-1")
     run.send_event("paid", {"amount": 30}, idempotency_key="psp-1")
-    wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "interrupt", 30, what="approval")
+    wait_for(lambda: waiting_kind(run) == "interrupt", 30, what="approval")
     assert lines(ledger_path, run.id, "ship") == []
     run.resume(update={"approved": True}, by="ops", reason="paid and labelled")
     final = run.wait(timeout=60)

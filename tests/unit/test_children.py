@@ -18,7 +18,7 @@ from celery_durable import (
     RetryPolicy,
     Status,
 )
-from tests.waiting import wait_for
+from tests.waiting import wait_for, waiting_kind
 
 ONCE = RetryPolicy.never()
 
@@ -127,7 +127,7 @@ def test_cancelling_a_parent_cancels_its_running_children(durable: Durable, doub
     g.entry(wait_long)
     with worker():
         run = g.delay()
-        wait_for(lambda: run.waiting_on and run.waiting_on["kind"] == "child", 5.0)
+        wait_for(lambda: waiting_kind(run) == "child", 5.0)
         (child,) = run.children()
         wait_for(lambda: child.status == Status.WAITING, 5.0)
         run.cancel(reason="order withdrawn")

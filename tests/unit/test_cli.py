@@ -12,7 +12,7 @@ import pytest
 
 from celery_durable import Durable, Graph, Status
 from tests.unit import cli_app
-from tests.waiting import wait_for
+from tests.waiting import wait_for, waiting_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,7 +130,7 @@ def test_waiting_runs_are_listed_approved_and_sent_events(
     second = approvals.apply_async(kwargs={"title": "refund"}, execution_id="a-2")
     with worker():
         second.resume(update={"approved": True})
-        wait_for(lambda: second.waiting_on and second.waiting_on["kind"] == "event", 5.0)
+        wait_for(lambda: waiting_kind(second) == "event", 5.0)
     sent = celery(sqlite_url, "send-event", second.id, "note", "--data", '"fine"', "--key", "k")
     assert sent.returncode == 0, sent.stderr
     woke = [cp for cp in second.history() if cp.kind == "wake" and cp.node == "annotate@0"]
