@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +57,9 @@ def fit(graph: GraphShape, values: Mapping[str, Any]) -> tuple[BaseModel, Mappin
     a run in flight survives a deploy. Without a hook, or if its result does not validate
     either, StateSchemaMismatch names the fields, and the run stops for an operator.
     """
-    model = graph.state
-    upgrade = graph.upgrader
-    stale = upgrade is not None and model.model_config.get("extra") != "allow"
-    if not (stale and set(values) - set(model.model_fields)):
+    model, upgrade = graph.state, graph.upgrader
+    # Fields the model dropped go to the hook; without one, validation ignores them.
+    if upgrade is None or not unknown_fields(model, values):
         try:
             return model.model_validate(dict(values)), values
         except ValidationError as exc:
@@ -94,12 +93,17 @@ def apply_update(
     return merged
 
 
+def unknown_fields(model: type[BaseModel], keys: Iterable[str]) -> list[str]:
+    """Keys the model has no field for, which validation would drop without a word (none, if
+    the model allows extra fields)."""
+    if model.model_config.get("extra") == "allow":
+        return []
+    return sorted(set(keys) - set(model.model_fields))
+
+
 def refuse_unknown(graph: GraphShape, node: str, update: Mapping[str, Any]) -> None:
     """A node's update: keys the state model does not have would be dropped by validation."""
-    model = graph.state
-    if model.model_config.get("extra") == "allow":
-        return
-    unknown = set(update) - set(model.model_fields)
+    unknown = unknown_fields(graph.state, update)
     if unknown:
         raise UnknownStateFields(graph.name, node, unknown)
 
@@ -111,9 +115,7 @@ def check_fields(graph: GraphShape, values: object) -> None:
         raise InvalidInput(
             graph.name, f"expected a mapping of field names to values, got {type(values).__name__}"
         )
-    if graph.state.model_config.get("extra") == "allow":
-        return
-    unknown = sorted(set(values) - set(graph.state.model_fields))
+    unknown = unknown_fields(graph.state, values)
     if unknown:
         raise InvalidInput(
             graph.name,

@@ -37,14 +37,13 @@ def execution_record(row: Row[Any], sealer: Sealer, verify: bool = False) -> Exe
     m = row._mapping
     try:
         state = sealer.open(m["state"], m["id"])
-    except Unsealable as exc:
-        if verify:
+    except (Unsealable, EncryptionKeyMissing) as exc:
+        if not verify:
+            state = "{}"
+        elif isinstance(exc, Unsealable):
             raise CheckpointCorrupted(m["id"], m["version"], row=True) from exc
-        state = "{}"
-    except EncryptionKeyMissing:
-        if verify:
+        else:
             raise
-        state = "{}"
     if verify and m["checksum"] is not None:
         expected = codec.row_checksum(
             m["id"], m["version"], m["status"], state, m["cursor"], m["error"]
@@ -156,7 +155,7 @@ def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
     seq = commit.seq
     kind = str(commit.kind)
     stored_state = sealer.seal(state_text, execution_id)
-    checkpoint_state = "" if commit.kind in STATELESS else state_text
+    stateless = commit.kind in STATELESS
     return {
         "execution_id": execution_id,
         "expected_version": commit.expected_version,
@@ -165,7 +164,7 @@ def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
         "node": commit.node,
         "visit": commit.visit,
         "state": stored_state,
-        "checkpoint_state": stored_state if checkpoint_state else "",
+        "checkpoint_state": "" if stateless else stored_state,
         "output": None if output_text is None else sealer.seal(output_text, execution_id),
         "meta": meta_text,
         "checksum": codec.checksum(
@@ -174,7 +173,7 @@ def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
             kind,
             commit.node,
             commit.visit,
-            checkpoint_state,
+            "" if stateless else state_text,
             cursor_text,
             output_text,
             meta_text,

@@ -120,7 +120,7 @@ class CheckpointStore:
         latest = self.latest(execution_id)
         if latest is None:
             raise ExecutionNotFound(execution_id)
-        _, state = self.state_at(execution_id, latest.seq)
+        state = self._state_in_effect(latest)
         return replace(damaged, version=latest.seq, state=state, cursor=latest.cursor)
 
     def list_executions(
@@ -324,8 +324,12 @@ class CheckpointStore:
         """Checkpoint ``seq`` and the state in effect there: a step, a wait or a wake records
         none, so theirs is that of the last checkpoint before them that does."""
         checkpoint = self.load(execution_id, seq)
+        return checkpoint, self._state_in_effect(checkpoint)
+
+    def _state_in_effect(self, checkpoint: Checkpoint) -> dict[str, Any]:
         if checkpoint.state is not None:
-            return checkpoint, checkpoint.state
+            return checkpoint.state
+        execution_id, seq = checkpoint.execution_id, checkpoint.seq
         query = (
             select(checkpoints)
             .where(
@@ -341,7 +345,7 @@ class CheckpointStore:
         state = None if row is None else checkpoint_record(row, self.sealer).state
         if state is None:  # a start checkpoint always records one: pruned?
             raise CheckpointNotFound(execution_id, seq)
-        return checkpoint, state
+        return state
 
     def latest(self, execution_id: str) -> Checkpoint | None:
         query = (
