@@ -31,7 +31,8 @@ class Flow(BaseModel):
 @pytest.fixture
 def make(app: Celery, sqlite_url: str) -> Iterator[Callable[..., Durable]]:
     """A Durable whose every retry delay waits in the database and whose runs go stale after
-    ``stale_after`` s. The worker's own sweeps run once at its start, not again in a test."""
+    ``stale_after`` s. The worker's own sweep runs once at its start and its timers never
+    fire: a due retry waits for the test's own ``recover()``."""
     made: list[Durable] = []
 
     def build(stale_after: float = STALE_AFTER) -> Durable:
@@ -41,6 +42,7 @@ def make(app: Celery, sqlite_url: str) -> Iterator[Callable[..., Durable]]:
             stale_after=stale_after,
             eta_threshold=0.0,
             sweep_interval=3600,
+            timer_interval=3600,
         )
         durable.migrate()
         made.append(durable)
