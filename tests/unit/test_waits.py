@@ -36,8 +36,17 @@ class Order(BaseModel):
     timed_out: bool = False
 
 
-def waiting(run: Any) -> dict[str, Any]:
-    return wait_for(lambda: run.status == Status.WAITING and run.waiting_on, 5.0, what="a wait")
+def waiting(run: Any, **expected: Any) -> dict[str, Any]:
+    """The run's wait, once it waits (and, given ``expected``, on a wait that has those
+    items: a run woken by an event waits on its old wait until a worker takes the wake)."""
+
+    def found() -> dict[str, Any] | None:
+        wait = run.waiting_on
+        if wait is None or any(wait.get(k) != v for k, v in expected.items()):
+            return None
+        return wait if run.status == Status.WAITING else None
+
+    return wait_for(found, 5.0, what=f"a wait {expected}")
 
 
 def kinds(run: Any) -> Counter[tuple[str, str]]:
@@ -92,7 +101,7 @@ def test_events_are_consumed_in_send_order_and_kept_when_sent_early(
         run.send_event("item", "a")  # maybe before the wait, maybe after: kept either way
         run.send_event("item", "b", idempotency_key="b")
         run.send_event("item", "b-again", idempotency_key="b")  # same key: one event
-        assert waiting(run)["event"] == "paid"
+        assert waiting(run, event="paid")["kind"] == "event"
         durable.send_event(run.id, "paid", {"amount": 30}, idempotency_key="psp-1")
         durable.send_event(run.id, "paid", {"amount": 30}, idempotency_key="psp-1")
         final = run.wait(timeout=10)
