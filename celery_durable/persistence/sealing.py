@@ -74,7 +74,7 @@ class Sealer:
         if compress:
             data = zlib.compress(data, LEVEL)
         if self.active is None:
-            return COMPRESSED + _b64(data) if compress else text
+            return COMPRESSED + _b64(data)
         nonce = os.urandom(NONCE_BYTES)
         flagged = (b"z" if compress else b"j") + data
         sealed = self._ciphers[self.active].encrypt(nonce, flagged, execution_id.encode())
