@@ -10,7 +10,7 @@ How to run, from the repository root (PostgreSQL, RabbitMQ on loopback)::
 
     .venv/bin/python bench/engine.py [--runs 500] [--latency-runs 100] [--concurrency 2]
                                      [--warmup 20] [--rounds 3] [--inline-nodes N] [--timeouts]
-                                     [--fan-out]
+                                     [--fan-out] [--naive]
 
 BENCH_ENGINE_PG (an admin URL, default postgresql://root@127.0.0.1:5432/postgres) and
 BENCH_ENGINE_BROKER (default amqp://guest:guest@127.0.0.1:5672//) point it elsewhere.
@@ -46,6 +46,11 @@ side is the Celery chord ``chain(root.s(0), group(part.s() x 10), join.s())`` on
 result backend (chords need one that counts: the ``redis`` client comes with the ``bench``
 extra; BENCH_ENGINE_CHORD_BACKEND, default redis://127.0.0.1:6379/15); the durable side is
 the graph root -> part0..part9 -> join, the parts' updates merged by a reducer. 12 nodes.
+
+With ``--naive`` another side, "naive", runs the plain chain with each task committing a
+checkpoint row by hand first (one prepared ``INSERT``, autocommitted, on a connection each
+pool process keeps; no start row, no engine): the ratio durable / naive is what the engine
+costs beyond the commits themselves, and naive / plain what a commit per node costs here.
 
 With ``--timeouts`` a third side, "timed", runs the same graph with ``timeout=30`` on every
 node, on a durable worker of its own: the ratio timed / durable is what a timeout costs.
@@ -160,6 +165,11 @@ def parse_args() -> argparse.Namespace:
         "--fan-out",
         action="store_true",
         help="one node, ten in parallel, a join: a durable graph against a Celery chord",
+    )
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="also measure the plain chain with a hand-written checkpoint INSERT per task",
     )
     parser.add_argument(
         "--timeouts",
@@ -377,6 +387,10 @@ def make_sides(apps: Any, fan_out: bool = False) -> dict[str, Side]:
         "timed": Side(
             "timed", "durable_app", apps.DURABLE_QUEUE, apps.timed_graph.delay, durable_wait,
         ),
+        "naive": Side(
+            "naive", "naive_app", apps.NAIVE_QUEUE,
+            lambda: apps.naive_chain().apply_async(), plain_wait,
+        ),
     }  # fmt: skip
 
 
@@ -469,6 +483,17 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
             f"{t['runs_s'] / p['runs_s']:.2f})"
         )
         print(f"  latency mean {t['mean'] / d['mean']:5.2f}")
+    if "naive" in s:
+        n = s["naive"]
+        print("A checkpoint INSERT per task by hand (naive), against plain and durable:")
+        print(
+            f"  naive / plain:   throughput {n['runs_s'] / p['runs_s']:5.2f}, "
+            f"latency mean {n['mean'] / p['mean']:5.2f}"
+        )
+        print(
+            f"  durable / naive: throughput {d['runs_s'] / n['runs_s']:5.2f}, "
+            f"latency mean {d['mean'] / n['mean']:5.2f}"
+        )
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -478,14 +503,17 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     run_id = uuid.uuid4().hex[:10]
-    names = [*SIDES, "timed"] if args.timeouts and not args.fan_out else list(SIDES)
-    queues = {side: f"bench-engine-{run_id}-{side}" for side in SIDES}
+    names = list(SIDES)
+    if not args.fan_out:
+        names += ["timed"] * args.timeouts + ["naive"] * args.naive
+    queues = {side: f"bench-engine-{run_id}-{side}" for side in (*SIDES, "naive")}
     database = f"bench_engine_{run_id}"
     with throwaway_database(ADMIN_DSN, database) as url:
         os.environ.update(
             BENCH_ENGINE_BROKER=BROKER,
             BENCH_ENGINE_PLAIN_QUEUE=queues["plain"],
             BENCH_ENGINE_DURABLE_QUEUE=queues["durable"],
+            BENCH_ENGINE_NAIVE_QUEUE=queues["naive"],
             BENCH_ENGINE_CHORD_QUEUE=queues["plain"],
             CELERY_DURABLE_DATABASE_URL=url,
         )
@@ -502,6 +530,7 @@ def main() -> None:
         logdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
         try:
             apps.durable.migrate()
+            apps.create_naive_table()
             sides = make_sides(apps, args.fan_out)
             results: dict[str, list[Round]] = {side: [] for side in names}
             for i in range(args.rounds):

@@ -4,6 +4,9 @@
 the last task storing a result (on the ``rpc://`` backend, see bench/engine.py for why).
 ``chord_app`` and ``fanout_graph``: one node, ten in parallel, a join; as a Celery chord (on
 a Redis result backend, which chords need) and as a durable graph on ``durable_app``.
+``naive_app``: the plain chain again, each task first committing a checkpoint row of its own
+(``INSERT`` autocommitted on a connection the pool process keeps, prepared): what "save a
+checkpoint in each task" costs when written by hand, with no engine around it.
 ``durable_app``: a five-node durable graph, ``chain``, n1 -> n2 -> n3 -> n4 -> n5, each node
 returning ``{"count": state.count + 1}``; ``timed_graph`` is the same with ``timeout=30`` on
 every node.
@@ -18,12 +21,14 @@ repository root with ``PYTHONPATH=.``::
 BENCH_ENGINE_BROKER           broker URL (default amqp://guest:guest@127.0.0.1:5672//)
 BENCH_ENGINE_PLAIN_QUEUE      the plain side's queue (unique per bench run)
 BENCH_ENGINE_DURABLE_QUEUE    the durable side's queue (unique per bench run)
+BENCH_ENGINE_NAIVE_QUEUE      the naive side's queue (unique per bench run)
 CELERY_DURABLE_DATABASE_URL   the durable side's checkpoint database (a throwaway one)
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import operator
 import os
 import time
@@ -43,6 +48,7 @@ DURABLE_QUEUE = os.environ.get("BENCH_ENGINE_DURABLE_QUEUE", "bench-engine-durab
 DATABASE_URL = os.environ.get(
     "CELERY_DURABLE_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:5432/bench_engine_unset"
 )
+NAIVE_QUEUE = os.environ.get("BENCH_ENGINE_NAIVE_QUEUE", "bench-engine-naive")
 NODES = ("n1", "n2", "n3", "n4", "n5")
 
 
@@ -97,6 +103,64 @@ plain_tasks.append(
 def plain_chain() -> Signature:
     """chain(n1.s(0), n2.s(), n3.s(), n4.s(), n5.s()): its result is [5, finished_at]."""
     first, *rest = plain_tasks
+    return chain(first.s(0), *(t.s() for t in rest))
+
+
+# -- naive: the plain chain, each task inserting a checkpoint row itself --------------------
+
+naive_app = Celery("bench_engine_naive", broker=BROKER, backend="rpc://")
+naive_app.conf.update(_config(NAIVE_QUEUE), result_persistent=False)
+NAIVE_TABLE = "bench_naive_checkpoints"
+NAIVE_INSERT = (
+    f"INSERT INTO {NAIVE_TABLE} (run_id, node, state, created_at) VALUES (%s, %s, %s, now())"
+)
+
+
+class _NaiveConnection:
+    """The pool process's own connection, made on first use (a forked child makes its own)."""
+
+    pid = 0
+    conn: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls.pid != os.getpid():
+            import psycopg
+
+            dsn = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://", 1)
+            cls.conn, cls.pid = psycopg.connect(dsn, autocommit=True), os.getpid()
+        return cls.conn
+
+
+def create_naive_table() -> None:
+    import psycopg
+
+    dsn = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {NAIVE_TABLE} (run_id text, node text, state text, "
+            "created_at timestamptz, PRIMARY KEY (run_id, node))"
+        )
+
+
+def _naive_task(name: str, last: bool) -> Any:
+    def task(self: Any, count: int) -> Any:
+        state = json.dumps({"count": count + 1})
+        _NaiveConnection.get().execute(
+            NAIVE_INSERT, (self.request.root_id, name, state), prepare=True
+        )
+        return _last(count) if last else count + 1
+
+    options = {**_TASK_OPTIONS, "bind": True, "ignore_result": not last}
+    return naive_app.task(name=f"bench.naive.{name}", **options)(task)
+
+
+naive_tasks = [_naive_task(name, name == NODES[-1]) for name in NODES]
+
+
+def naive_chain() -> Signature:
+    """The plain chain's shape on naive_app: its result is [5, finished_at]."""
+    first, *rest = naive_tasks
     return chain(first.s(0), *(t.s() for t in rest))
 
 
