@@ -97,17 +97,23 @@ class Execution:
         from every 2 ms backing off to every 250 ms.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.runtime.store.waiter(self.id) as waiter:
+        store = self.runtime.store
+        with store.waiter(self.id) as waiter:
             pause = waiter.first_pause
-            while True:
-                record = self.refresh()
-                if record.status in ENDS_WAIT:
-                    break
+            record = self.refresh()
+            while record.status not in ENDS_WAIT:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise WaitTimeout(self.id, timeout or 0.0, record.status)
-                waiter.wait(pause if left is None else min(pause, left))
+                notice = waiter.wait(pause if left is None else min(pause, left))
                 pause = min(pause * 1.5, waiter.max_pause)
+                # The end a notification carries is the answer unless it is older than the
+                # row already read (an end before a retry, heard late): then look again.
+                noticed = None if notice is None else store.noticed(notice)
+                if noticed is not None and noticed.version > record.version:
+                    record = self._record = noticed
+                else:
+                    record = self.refresh()
         if record.status != Status.SUCCEEDED:
             error = record.error or error_record(str(record.status), "run did not succeed")
             raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from datetime import datetime
-from typing import NamedTuple, Protocol, TypeAlias, TypedDict
+from typing import Any, NamedTuple, Protocol, TypeAlias, TypedDict
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -79,8 +79,9 @@ class Waiter(Protocol):
     first_pause: float
     max_pause: float
 
-    def wait(self, timeout: float) -> None:
-        """Return after ``timeout`` seconds at most, earlier if the run may have ended."""
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        """Return after ``timeout`` seconds at most, earlier if the run may have ended: with
+        the execution row as the notification of its end carried it, or None (look again)."""
 
     def close(self) -> None:
         """Stop being woken."""

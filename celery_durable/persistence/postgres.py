@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ WITH advanced AS (
            version = :seq, updated_at = :now, finished_at = :finished_at,
            checksum = :row_checksum
      WHERE id = :execution_id AND version = :expected_version {{fence}}
- RETURNING id
+ RETURNING {{returning}}
 )
 INSERT INTO {CHECKPOINTS_TABLE}
        (execution_id, seq, kind, node, visit, state, cursor, output, meta, checksum, created_at)
@@ -51,12 +52,25 @@ _FENCE = f"""
 """
 
 # A run that ends wakes its waiters: NOTIFY is delivered on commit, so only for a real end.
+# The notification carries the row as committed, checksum included, so a waiter has its
+# answer without reading it back; a row over NOTIFY's 8000-byte limit goes as its id alone.
 FINISHED_CHANNEL = "durable_finished"
-_NOTIFY = f"CROSS JOIN LATERAL (SELECT pg_notify('{FINISHED_CHANNEL}', advanced.id)) AS notified"
+NOTICE_LIMIT = 7900
+_NOTIFY = f"""
+CROSS JOIN LATERAL (SELECT row_to_json(advanced)::text AS row_json) AS ended
+CROSS JOIN LATERAL (
+    SELECT pg_notify('{FINISHED_CHANNEL}',
+                     CASE WHEN octet_length(ended.row_json) < {NOTICE_LIMIT} THEN ended.row_json
+                          ELSE json_build_object('id', advanced.id)::text END)
+) AS notified"""
 
 SAVE = {
     (fenced, wakes): text(
-        _ADVANCE.format(fence=_FENCE if fenced else "", notify=_NOTIFY if wakes else "")
+        _ADVANCE.format(
+            fence=_FENCE if fenced else "",
+            returning="*" if wakes else "id",
+            notify=_NOTIFY if wakes else "",
+        )
     )
     for fenced in (False, True)
     for wakes in (False, True)
@@ -199,6 +213,29 @@ class PostgresDialect(Dialect):
             listener.close()
 
 
+class _Slot:
+    """One waiter's wake-up, and the row its notification carried, if it carried one."""
+
+    __slots__ = ("event", "row")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.row: dict[str, Any] | None = None
+
+
+def read_notice(payload: str) -> tuple[str, dict[str, Any] | None]:
+    """The execution id a notification names, and the row it carries (None: read it). A
+    worker of an earlier release sends the bare id."""
+    if payload.startswith("{"):
+        try:
+            notice = json.loads(payload)
+        except ValueError:
+            notice = None
+        if isinstance(notice, dict) and isinstance(notice.get("id"), str):
+            return notice["id"], notice if "version" in notice else None
+    return payload, None
+
+
 class Listener:
     """One LISTEN connection per process, read by a daemon thread that wakes the waiters of
     the execution named in each notification.
@@ -210,17 +247,17 @@ class Listener:
 
     def __init__(self, url: URL) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._waiting: dict[str, set[threading.Event]] = {}
+        self._waiting: dict[str, set[_Slot]] = {}
         self._lock = threading.Lock()
         self._tried = threading.Event()  # the first connection attempt is over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def subscribe(self, execution_id: str) -> threading.Event:
-        """An event set when ``execution_id`` ends (or when the waiter should look again)."""
-        woken = threading.Event()
+    def subscribe(self, execution_id: str) -> _Slot:
+        """A slot set when ``execution_id`` ends (or when the waiter should look again)."""
+        slot = _Slot()
         with self._lock:
-            self._waiting.setdefault(execution_id, set()).add(woken)
+            self._waiting.setdefault(execution_id, set()).add(slot)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="durable-listener", daemon=True
@@ -229,13 +266,13 @@ class Listener:
         # Only a notification sent after LISTEN is heard: the first time, wait for the thread
         # to LISTEN (or to fail; waiters then look once a second).
         self._tried.wait(LISTEN_READY_TIMEOUT)
-        return woken
+        return slot
 
-    def unsubscribe(self, execution_id: str, woken: threading.Event) -> None:
+    def unsubscribe(self, execution_id: str, slot: _Slot) -> None:
         with self._lock:
             waiting = self._waiting.get(execution_id)
             if waiting is not None:
-                waiting.discard(woken)
+                waiting.discard(slot)
                 if not waiting:
                     del self._waiting[execution_id]
 
@@ -243,14 +280,15 @@ class Listener:
         """Stop listening; the thread ends within LISTEN_POLL seconds, on its own."""
         self._stop.set()
 
-    def _wake(self, execution_id: str | None = None) -> None:
+    def _wake(self, execution_id: str | None = None, row: dict[str, Any] | None = None) -> None:
         with self._lock:
             if execution_id is None:
-                woken = [e for events in self._waiting.values() for e in events]
+                woken = [slot for slots in self._waiting.values() for slot in slots]
             else:
                 woken = list(self._waiting.get(execution_id, ()))
-        for event in woken:
-            event.set()
+        for slot in woken:
+            slot.row = row
+            slot.event.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -261,7 +299,7 @@ class Listener:
                     self._tried.set()
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=LISTEN_POLL):
-                            self._wake(notice.payload)
+                            self._wake(*read_notice(notice.payload))
             except psycopg.Error as exc:
                 if not self._stop.is_set():
                     logger.warning("listening for finished runs failed (%s); retrying in 1s", exc)
@@ -280,11 +318,15 @@ class Waiter:
     def __init__(self, listener: Listener, execution_id: str) -> None:
         self._listener = listener
         self._execution_id = execution_id
-        self._woken = listener.subscribe(execution_id)
+        self._slot = listener.subscribe(execution_id)
 
-    def wait(self, timeout: float) -> None:
-        if self._woken.wait(timeout):
-            self._woken.clear()
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        slot = self._slot
+        if not slot.event.wait(timeout):
+            return None
+        slot.event.clear()
+        row, slot.row = slot.row, None
+        return row
 
     def close(self) -> None:
-        self._listener.unsubscribe(self._execution_id, self._woken)
+        self._listener.unsubscribe(self._execution_id, self._slot)

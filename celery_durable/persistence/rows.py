@@ -8,6 +8,7 @@ Checksums are over the canonical plain JSON; the state and output columns hold i
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +35,23 @@ STATELESS = frozenset({Kind.STEP, Kind.WAIT, Kind.WAKE})
 def execution_record(row: Row[Any], sealer: Sealer, verify: bool = False) -> ExecutionRecord:
     """The row as a record; ``verify``: check its checksum first (reads that decide). A read
     that decides nothing (a listing) shows a state it cannot open as empty."""
-    m = row._mapping
+    return _execution(row._mapping, sealer, verify)
+
+
+def noticed_record(notice: Mapping[str, Any], sealer: Sealer) -> ExecutionRecord:
+    """The row a run's end notification carried (PostgreSQL's JSON of it), verified like a
+    read that decides: a waiter returns it as the run's outcome."""
+    row = dict(notice)
+    for column in _TIMES:
+        if row.get(column) is not None:
+            row[column] = datetime.fromisoformat(row[column])
+    return _execution(row, sealer, verify=True)
+
+
+_TIMES = ("created_at", "updated_at", "finished_at", "swept_at")
+
+
+def _execution(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionRecord:
     try:
         state = sealer.open(m["state"], m["id"])
     except (Unsealable, EncryptionKeyMissing) as exc:

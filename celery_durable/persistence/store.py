@@ -40,6 +40,7 @@ from celery_durable.persistence.rows import (
     advance_row,
     checkpoint_record,
     execution_record,
+    noticed_record,
     start_row,
 )
 from celery_durable.persistence.schema import checkpoints, events, executions, node_visits
@@ -111,6 +112,10 @@ class CheckpointStore:
         if row is None:
             raise ExecutionNotFound(execution_id)
         return execution_record(row, self.sealer, verify=verify)
+
+    def noticed(self, notice: dict[str, Any]) -> ExecutionRecord:
+        """The row a waiter's notification carried, checked as ``get_execution`` checks."""
+        return noticed_record(notice, self.sealer)
 
     def rebuilt(self, execution_id: str) -> ExecutionRecord:
         """An execution row that fails its checksum, as its newest checkpoint says it was

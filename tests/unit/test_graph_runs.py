@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import operator
 import time
+from contextlib import nullcontext
+from datetime import datetime
 from typing import Annotated
 
 import pytest
 from celery import Celery
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from celery_durable import (
     Context,
@@ -21,6 +24,8 @@ from celery_durable import (
     Status,
 )
 from celery_durable.errors import ExecutionIdInUse, StateTooLarge
+from celery_durable.persistence.records import Commit, Kind
+from celery_durable.persistence.schema import executions
 from celery_durable.testing import in_process_worker
 
 
@@ -269,3 +274,50 @@ def test_oversized_state_is_refused_at_start_and_fails_a_node(app: Celery, sqlit
     assert failed.value.error["type"] == "StateTooLarge"
     assert failed.value.error["attempt"] == 1  # not retried: the output itself is too big
     durable.db.dispose()
+
+
+def test_wait_takes_a_notified_end_only_if_newer_than_what_it_read(
+    durable: Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's end notification carries the row, so wait() can return without reading it.
+    An end heard late (the run failed, was retried, and runs again) must not end the wait."""
+    g = durable.graph("noticed", state=Flow)
+    g.node(lambda s: None, name="x")
+    g.entry("x")
+    run = g.delay()
+    store = durable.store
+
+    def commit(version: int, status: Status) -> None:
+        store.save(
+            Commit(
+                execution_id=run.id, expected_version=version, kind=Kind.NODE, node="x",
+                visit=version + 1, state={"n": version + 1}, cursor={}, status=status,
+            )
+        )  # fmt: skip
+
+    def as_notified() -> dict[str, object]:
+        with durable.db.read() as conn:
+            row = conn.execute(select(executions).where(executions.c.id == run.id)).one()
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row._mapping.items()}
+
+    commit(0, Status.FAILED)
+    failed = as_notified()
+    commit(1, Status.RUNNING)  # retried: running again at version 2
+    heard: list[dict[str, object] | None] = [failed]
+
+    class LateWaiter:
+        first_pause = max_pause = 0.01
+
+        def wait(self, timeout: float) -> dict[str, object] | None:
+            if heard:
+                return heard.pop()  # the old end, heard after the retry
+            commit(2, Status.SUCCEEDED)
+            heard.append(as_notified())
+            return None
+
+        def close(self) -> None:
+            """Nothing held."""
+
+    monkeypatch.setattr(store, "waiter", lambda _id: nullcontext(LateWaiter()))
+    assert run.wait(timeout=5).n == 3  # not ExecutionFailed from the late notice
+    assert store.noticed(failed).status == Status.FAILED  # the notice itself was genuine

@@ -7,6 +7,7 @@ backends must behave identically: same results, same errors, same guarantees und
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -469,11 +470,45 @@ def test_the_listener_wakes_only_the_waiters_of_the_run_that_ended(pg_url: str) 
     try:
         mine, theirs = listener.subscribe(EID), listener.subscribe("other")
         # Both were woken once when the connection was made (look again): start from clear.
-        mine.clear()
-        theirs.clear()
+        mine.event.clear()
+        theirs.event.clear()
         store.save(_commit(0, status=Status.SUCCEEDED))
-        assert mine.wait(10.0), "the final commit's notification did not arrive"
-        assert not theirs.is_set()
+        assert mine.event.wait(10.0), "the final commit's notification did not arrive"
+        assert not theirs.event.is_set()
+        # The notification carries the row as committed: the waiter needs no read.
+        assert mine.row is not None
+        assert store.noticed(mine.row) == store.get_execution(EID)
     finally:
         listener.close()
         db.dispose()
+
+
+def test_a_notified_row_is_verified_and_a_large_one_goes_as_its_id(pg_url: str) -> None:
+    db = Database(pg_url)
+    migrate.upgrade(db)
+    store = CheckpointStore(db)
+    _start(store)
+    listener = postgres.Listener(make_url(pg_url))
+    try:
+        slot = listener.subscribe(EID)
+        slot.event.clear()
+        # Random text does not compress: the sealed state stays over NOTIFY's payload limit.
+        large = {"n": 1, "blob": os.urandom(8000).hex()}
+        store.save(_commit(0, status=Status.FAILED, state=large))
+        assert slot.event.wait(10.0)
+        assert slot.row is None  # over the limit: only the id came, the waiter reads the row
+        tampered = _commit(1, status=Status.SUCCEEDED, node="b")
+        slot.event.clear()
+        store.save(tampered)
+        assert slot.event.wait(10.0) and slot.row is not None
+        with pytest.raises(CheckpointCorrupted):
+            store.noticed(slot.row | {"state": '{"n":999}'})
+    finally:
+        listener.close()
+        db.dispose()
+
+
+def test_a_notification_from_an_earlier_release_names_the_run_alone() -> None:
+    assert postgres.read_notice("run-1") == ("run-1", None)
+    assert postgres.read_notice("{not json") == ("{not json", None)
+    assert postgres.read_notice('{"id": "run-1"}') == ("run-1", None)
