@@ -10,12 +10,18 @@ numbers instead of words:
 2. ``latest()`` is one backward step on the primary key, so its latency at 1,000,000 rows is
    about its latency at 10,000 rows (aim: ratio ~ 1).
 
+``--idle`` measures only what one commit costs after the connection sat idle for 0 to 10 ms,
+with and without waiting for the WAL flush: a message per node commits once per hop, never
+back to back, so this is the floor under each node's commit in ``bench/engine.py
+--inline-nodes 0``.
+
 It creates a throwaway database ``bench_store_<random>`` next to the one in
 ``--database-url``, migrates it, and drops it at the end, also on error or Ctrl-C.
 
 Run (from the repository root, PostgreSQL on loopback)::
 
     .venv/bin/python bench/store.py
+    .venv/bin/python bench/store.py --idle
     .venv/bin/python bench/store.py -n 5000 --rows 1000000 --rounds 5 --lookups 2000 \\
         --database-url postgresql+psycopg://root@127.0.0.1:5432/postgres
 """
@@ -287,6 +293,32 @@ def report(writes: dict[str, list[float]], latest: dict[str, Any]) -> None:
     print(f"latest() plan at {latest['rows']:,} rows: {latest['plan']}")
 
 
+IDLE_GAPS_MS = (0.0, 1.0, 3.0, 10.0)
+
+
+def commit_after_idle(dsn: str, commits: int) -> None:
+    """Median wall time of one autocommitted bare INSERT after each idle gap, with and without
+    waiting for the WAL flush: what a node commit costs once the disk has been idle as long as
+    a node's hop (a message per node), not back to back."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(BARE_TABLE)
+        seq = 0
+        print(f"  {'idle before':>12} {'synchronous_commit=on':>22} {'off':>8}")
+        for gap_ms in IDLE_GAPS_MS:
+            medians = []
+            for synchronous in ("on", "off"):
+                conn.execute(f"SET synchronous_commit = {synchronous}")
+                times = []
+                for _ in range(commits):
+                    time.sleep(gap_ms / 1000)
+                    seq += 1
+                    started = time.perf_counter()
+                    conn.execute(BARE_INSERT, ("idle", seq, "x" * 64), prepare=True)
+                    times.append(time.perf_counter() - started)
+                medians.append(statistics.median(times) * 1000)
+            print(f"  {gap_ms:>9.0f} ms {medians[0]:>19.3f} ms {medians[1]:>5.3f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -298,7 +330,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="checkpoint rows at the end")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     parser.add_argument("--lookups", type=int, default=2000, help="latest() calls per round")
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="only: a bare commit's latency after idle gaps of 0 to 10 ms (300 commits each)",
+    )
     args = parser.parse_args()
+    if args.idle:
+        with scratch_database(args.database_url) as (_, dsn):
+            print("one autocommitted bare INSERT, median wall time:")
+            commit_after_idle(dsn, 300)
+        return
     if args.rows < SMALL_ROWS * 2:
         parser.error(f"--rows must be at least {SMALL_ROWS * 2}")
 
