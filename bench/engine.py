@@ -67,7 +67,8 @@ Two views of every figure are printed:
 
 - "seen": as the client observes it (``AsyncResult.get()`` / ``run.wait()``). This is the
   figure the bars apply to; it includes the cost of the completion signal (run.wait()'s
-  database reads and wake-up, the rpc reply);
+  look at the row and its wake-up by the notification that carries the final row, the rpc
+  reply);
 - "engine": when the run actually finished: the plain chain's last task returns
   ``time.time()``, the durable execution's ``finished_at`` is written by its last commit.
   The gap between the two is the cost of the client's completion signal, not of the engine.
@@ -417,6 +418,17 @@ def summary(rounds: list[Round]) -> dict[str, float]:
     }
 
 
+def bars(args: argparse.Namespace) -> tuple[float, float | None]:
+    """The least throughput and the most mean latency, against the baseline, that the shape
+    measured is held to: by default 0.80 and 1.40; a message per node 0.70 and 1.50; fan-out,
+    0.70 of the chord's throughput."""
+    if args.fan_out:
+        return 0.70, None
+    if args.inline_nodes == 0:
+        return 0.70, 1.50
+    return 0.80, 1.40
+
+
 def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: str) -> None:
     names = list(results)
     nodes = nodes_per_run(args)
@@ -468,8 +480,13 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
     print("Ratios, durable / plain (seen by the client; the bars apply to these):")
     tput = d["runs_s"] / p["runs_s"]
     lat = d["mean"] / p["mean"]
-    print(f"  throughput   {tput:5.2f}   (bar >= 0.80: {'met' if tput >= 0.8 else 'missed'})")
-    print(f"  latency mean {lat:5.2f}   (bar <= 1.40: {'met' if lat <= 1.4 else 'missed'})")
+    least, most = bars(args)
+    verdict = {True: "met", False: "missed"}
+    print(f"  throughput   {tput:5.2f}   (bar >= {least:.2f}: {verdict[tput >= least]})")
+    if most is None:
+        print(f"  latency mean {lat:5.2f}")
+    else:
+        print(f"  latency mean {lat:5.2f}   (bar <= {most:.2f}: {verdict[lat <= most]})")
     print(f"  latency p50  {d['p50'] / p['p50']:5.2f}")
     print("Ratios, durable / plain (engine: when runs actually finished):")
     print(f"  throughput   {d['engine_runs_s'] / p['engine_runs_s']:5.2f}")
