@@ -10,7 +10,7 @@ How to run, from the repository root (PostgreSQL, RabbitMQ on loopback)::
 
     .venv/bin/python bench/engine.py [--runs 500] [--latency-runs 100] [--concurrency 2]
                                      [--warmup 20] [--rounds 3] [--inline-nodes N] [--timeouts]
-                                     [--fan-out] [--naive]
+                                     [--fan-out] [--naive] [--hops]
 
 BENCH_ENGINE_PG (an admin URL, default postgresql://root@127.0.0.1:5432/postgres) and
 BENCH_ENGINE_BROKER (default amqp://guest:guest@127.0.0.1:5672//) point it elsewhere.
@@ -54,6 +54,10 @@ costs beyond the commits themselves, and naive / plain what a commit per node co
 
 With ``--timeouts`` a third side, "timed", runs the same graph with ``timeout=30`` on every
 node, on a durable worker of its own: the ratio timed / durable is what a timeout costs.
+
+With ``--hops`` every worker also times each task in its pool processes, and within a durable
+node its commit and the next node's publish (``bench/hops.py``); the report ends with their
+p50 over the one-at-a-time runs: a hop's critical path, read where it happens.
 
 The plain side's completion signal: the ``redis`` client package is not installed here, so
 instead of a Redis result backend the plain app uses Celery's ``rpc://`` result backend on the
@@ -128,6 +132,7 @@ class Round:
     engine_ms: list[float] = field(default_factory=list)
     other_cpu: float = 0.0  # cores busy with processes not part of this bench, on average
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per run in the throughput phase
+    latency_window: tuple[float, float] = (0.0, 0.0)  # epoch seconds: the one-at-a-time runs
 
     @property
     def runs_per_s(self) -> float:
@@ -176,6 +181,11 @@ def parse_args() -> argparse.Namespace:
         "--timeouts",
         action="store_true",
         help="also measure the durable graph with timeout=30 on every node (side 'timed')",
+    )
+    parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="also print where a node's time goes in the pool process (bench/hops.py)",
     )
     return parser.parse_args()
 
@@ -328,11 +338,13 @@ def measure(side: Side, runs: int, latency_runs: int, load: OtherLoad) -> Round:
     cpu_after = bench_cpu(load.pgid, load.database)
     result.cpu_ms = {k: 1000 * (cpu_after[k] - cpu_before[k]) / runs for k in CPU_PARTS}
     # Latency: one run at a time.
+    window_start = time.time()
     for _ in range(latency_runs):
         start_epoch, start = time.time(), time.perf_counter()
         done = side.wait(side.submit(), RUN_TIMEOUT)
         result.seen_ms.append((time.perf_counter() - start) * 1000)
         result.engine_ms.append((done - start_epoch) * 1000)
+    result.latency_window = (window_start, time.time())
     result.other_cpu = load.cores()
     return result
 
@@ -513,6 +525,20 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], env_line: 
         )
 
 
+def report_hops(directory: Path, results: dict[str, list[Round]]) -> None:
+    from bench import hops
+
+    print()
+    print("Per hop in the pool process, latency phase, p50 ms (task: prerun to postrun;")
+    print(
+        "commit: the node's statement; publish: the next node's message; rest: the task less both):"
+    )
+    print(f"  {'side':<8} {'hops':>6} " + " ".join(f"{part:>8}" for part in (*hops.PARTS, "rest")))
+    for name, rounds in results.items():
+        windows = [r.latency_window for r in rounds]
+        print(f"  {name:<8} " + hops.report(directory / name, windows))
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -553,7 +579,10 @@ def main() -> None:
             for i in range(args.rounds):
                 for name in names if i % 2 == 0 else names[::-1]:
                     side = sides[name]
-                    with worker(side, args.concurrency, env, logdir) as (log, pgid):
+                    side_env = env
+                    if args.hops:
+                        side_env = {**env, "BENCH_ENGINE_HOPS": str(logdir / "hops" / name)}
+                    with worker(side, args.concurrency, side_env, logdir) as (log, pgid):
                         warm_up(side, args.warmup, log)
                         load = OtherLoad(pgid, database)
                         results[name].append(measure(side, args.runs, args.latency_runs, load))
@@ -573,6 +602,8 @@ def main() -> None:
                 f"{server_version()}, RabbitMQ at {BROKER.rpartition('@')[2]}"
             )
             report(args, results, env_line)
+            if args.hops:
+                report_hops(logdir / "hops", results)
         except BaseException:
             print(f"bench failed; worker logs kept in {logdir}", file=sys.stderr)
             raise

@@ -276,3 +276,11 @@ if os.environ.get("BENCH_ENGINE_PROFILE"):
         _profiler.dump_stats(
             os.path.join(os.environ["BENCH_ENGINE_PROFILE"], f"{os.getpid()}.prof")
         )
+
+
+# -- hop timing: BENCH_ENGINE_HOPS=<dir> (bench/engine.py --hops), see bench/hops.py ---------
+
+if os.environ.get("BENCH_ENGINE_HOPS"):
+    from bench import hops
+
+    hops.install(os.environ["BENCH_ENGINE_HOPS"])
