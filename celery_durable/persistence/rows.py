@@ -38,6 +38,10 @@ def execution_record(row: Row[Any], sealer: Sealer, verify: bool = False) -> Exe
     return _execution(row._mapping, sealer, verify)
 
 
+# The timestamp columns, which a notification's JSON carries as ISO 8601 text.
+_TIMES = ("created_at", "updated_at", "finished_at", "swept_at")
+
+
 def noticed_record(notice: Mapping[str, Any], sealer: Sealer) -> ExecutionRecord:
     """The row a run's end notification carried (PostgreSQL's JSON of it), verified like a
     read that decides: a waiter returns it as the run's outcome."""
@@ -46,9 +50,6 @@ def noticed_record(notice: Mapping[str, Any], sealer: Sealer) -> ExecutionRecord
         if row.get(column) is not None:
             row[column] = datetime.fromisoformat(row[column])
     return _execution(row, sealer, verify=True)
-
-
-_TIMES = ("created_at", "updated_at", "finished_at", "swept_at")
 
 
 def _execution(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionRecord:

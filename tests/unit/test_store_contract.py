@@ -497,11 +497,10 @@ def test_a_notified_row_is_verified_and_a_large_one_goes_as_its_id(pg_url: str) 
         store.save(_commit(0, status=Status.FAILED, state=large))
         assert slot.event.wait(10.0)
         assert slot.row is None  # over the limit: only the id came, the waiter reads the row
-        tampered = _commit(1, status=Status.SUCCEEDED, node="b")
         slot.event.clear()
-        store.save(tampered)
+        store.save(_commit(1, status=Status.SUCCEEDED, node="b"))
         assert slot.event.wait(10.0) and slot.row is not None
-        with pytest.raises(CheckpointCorrupted):
+        with pytest.raises(CheckpointCorrupted):  # the row as notified, its state changed
             store.noticed(slot.row | {"state": '{"n":999}'})
     finally:
         listener.close()
