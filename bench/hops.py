@@ -3,8 +3,9 @@
 A run's latency with a message per node is five hops; the bench's ratios move by more
 between runs on a shared machine than one change to a hop does. This instrument reads each
 hop where it happens: from Celery's ``task_prerun`` to ``task_postrun`` in the pool process
-(the task), and within it the node commit (the dialect's one statement) and the next node's
-publish (the dispatcher's held producer). Only the one-at-a-time latency phase is reported,
+(the task), and within it the node commit (the dialect's one statement, during which the next
+node's message is built) and the publish of that message once the commit answered (the
+dispatcher's held producer). Only the one-at-a-time latency phase is reported,
 so the figures are a hop's critical path, not time spent queued behind other runs.
 
 ``install(directory)`` runs in each worker (``bench/engine_app.py`` calls it when

@@ -26,6 +26,14 @@ from celery_durable.saga.waits import Visit
 from celery_durable.settings import Settings
 
 
+class Publication(Protocol):
+    """A visit's message, built and not yet sent."""
+
+    def send(self) -> None:
+        """Publish it."""
+        ...
+
+
 class Dispatcher(Protocol):
     """How node and compensation visits are handed on."""
 
@@ -45,6 +53,24 @@ class Dispatcher(Protocol):
     ) -> None:
         """Publish one visit's message, carrying ``base``: the state it runs on; ``passed``
         names the flow control hold it was sent again after."""
+        ...
+
+    def prepare(
+        self,
+        graph: str,
+        node: str,
+        visit: int,
+        execution_id: str,
+        base: Base,
+        *,
+        attempt: int = 1,
+        compensation: bool = False,
+        recovered: bool = False,
+        passed: str | None = None,
+    ) -> Publication:
+        """``dispatch`` in two steps: build the message now (while the commit that makes the
+        visit due is in flight), send it later. Never raises: what cannot be built is
+        reported when it is sent."""
         ...
 
     def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:
@@ -89,6 +115,15 @@ class Runtime:
     ) -> None:
         for node, visit in visits:
             self.dispatcher.dispatch(graph, node, visit, execution_id, base)
+
+    def prepare_all(
+        self, graph: str, execution_id: str, base: Base, visits: Iterable[Visit]
+    ) -> list[Publication]:
+        """``dispatch_all`` built, for sending once the commit that makes them due answered."""
+        return [
+            self.dispatcher.prepare(graph, node, visit, execution_id, base)
+            for node, visit in visits
+        ]
 
     def dispatch_undo(
         self, graph: str, execution_id: str, base: Base, *, recovered: bool = False

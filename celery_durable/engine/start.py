@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from celery_durable.engine.base import Base
-from celery_durable.engine.runtime import Runtime
+from celery_durable.engine.runtime import Publication, Runtime
 from celery_durable.engine.state import check_fields, dump, validate
 from celery_durable.errors import (
     ExecutionIdInUse,
@@ -24,6 +24,17 @@ from celery_durable.saga.shape import GraphShape
 MAX_ID_LENGTH = 255
 
 
+def _check_ids(execution_id: str | None, priority: int | None) -> None:
+    if execution_id is not None and not (
+        isinstance(execution_id, str) and 0 < len(execution_id) <= MAX_ID_LENGTH
+    ):
+        raise InvalidExecutionId(execution_id, MAX_ID_LENGTH)
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9
+    ):
+        raise InvalidPriority(priority)
+
+
 def start_run(
     runtime: Runtime,
     graph: GraphShape,
@@ -36,37 +47,42 @@ def start_run(
     priority: int | None = None,
 ) -> ExecutionRecord:
     fingerprint = graph.validate()
-    if execution_id is not None and not (
-        isinstance(execution_id, str) and 0 < len(execution_id) <= MAX_ID_LENGTH
-    ):
-        raise InvalidExecutionId(execution_id, MAX_ID_LENGTH)
+    _check_ids(execution_id, priority)
     check_fields(graph, input)
     state = dump(graph.name, validate(graph.name, graph.state, input))
     state_json = runtime.state_json(state)
     execution_id = execution_id or uuid.uuid4().hex
     assert graph.entry_node is not None
-    if priority is not None and (
-        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9
-    ):
-        raise InvalidPriority(priority)
     cursor = Cursor.start(graph.entry_node, queue, parent, priority)
     go = cursor.interrupt(graph, cursor.frontier)
+    base = Base(0, state, cursor, cursor.settled())
+    built: list[Publication] = []
+
+    def prepare() -> None:
+        """The entry's messages, built while the start is in flight (a countdown's are not:
+        they go by Celery's own send)."""
+        if countdown is None:
+            dispatcher = runtime.dispatcher
+            built[:] = [dispatcher.prepare(graph.name, n, v, execution_id, base) for n, v in go]
+
     record, created = runtime.store.create_execution(
         execution_id=execution_id,
         graph=graph.name,
         fingerprint=fingerprint,
         state=state,
         cursor=cursor.to_json(),
-        status=cursor.settled(),
+        status=base.status,
         state_json=state_json,
         parent_id=parent,
+        meanwhile=prepare,
     )
     if record.graph != graph.name:
         raise ExecutionIdInUse(execution_id, record.graph, graph.name)
     if created:
-        base = Base(0, state, cursor, record.status)
         try:
-            for node, visit in go:
+            for publication in built:
+                publication.send()
+            for node, visit in go if countdown is not None else ():
                 runtime.dispatcher.dispatch(
                     graph.name, node, visit, execution_id, base, countdown=countdown
                 )

@@ -8,6 +8,7 @@ upsert, the migration lock, waking a waiting caller) are a ``Dialect``'s methods
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypedDict
 
@@ -99,14 +100,27 @@ class Dialect(ABC):
         """This process's pools, configured; called once per process."""
 
     @abstractmethod
-    def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
+    def save(
+        self,
+        engines: Engines,
+        advance: Advance,
+        *,
+        fenced: bool,
+        wakes: bool,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> bool:
         """Insert the checkpoint and advance the execution, atomically; False when the
         execution is not at ``expected_version`` or, if ``fenced``, a newer lease holds the
-        visit. ``wakes``: the run ends here, so its waiters must be woken."""
+        visit. ``wakes``: the run ends here, so its waiters must be woken. ``meanwhile``
+        (work that must not raise, and must not publish) is called before the answer is in,
+        while the database works where it can."""
 
     @abstractmethod
-    def start(self, engines: Engines, start: Start) -> bool:
-        """Insert the execution and its start checkpoint; False when the id already exists."""
+    def start(
+        self, engines: Engines, start: Start, meanwhile: Callable[[], object] | None = None
+    ) -> bool:
+        """Insert the execution and its start checkpoint; False when the id already exists.
+        ``meanwhile`` as for ``save``."""
 
     @abstractmethod
     def insert(self, table: Table) -> Upsert:

@@ -7,17 +7,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
 from sqlalchemy import URL, Connection, Engine, Table, create_engine, make_url, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.exc import DBAPIError
 
 from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
 from celery_durable.persistence.dialect import Advance, Dialect, Engines, Start
+from celery_durable.persistence.prepared import PREPARED_KEY, Prepared
 
 logger = logging.getLogger(__name__)
 LISTEN_READY_TIMEOUT = 5.0
@@ -65,21 +65,23 @@ CROSS JOIN LATERAL (
 ) AS notified"""
 
 SAVE = {
-    (fenced, wakes): text(
-        _ADVANCE.format(
-            fence=_FENCE if fenced else "",
-            returning="*" if wakes else "id",
-            notify=_NOTIFY if wakes else "",
-        )
+    (fenced, wakes): Prepared(
+        f"durable_save_{int(fenced)}{int(wakes)}",
+        text(
+            _ADVANCE.format(
+                fence=_FENCE if fenced else "",
+                returning="*" if wakes else "id",
+                notify=_NOTIFY if wakes else "",
+            )
+        ),
     )
     for fenced in (False, True)
     for wakes in (False, True)
 }
-# The same statements in psycopg's own parameter style, for the driver connection.
-_PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
-SAVE_SQL = {key: str(statement.compile(dialect=_PSYCOPG)) for key, statement in SAVE.items()}
 
-START = text(f"""
+START = Prepared(
+    "durable_start",
+    text(f"""
 WITH created AS (
     INSERT INTO {EXECUTIONS_TABLE}
            (id, graph, fingerprint, status, version, state, cursor, error,
@@ -93,10 +95,8 @@ INSERT INTO {CHECKPOINTS_TABLE}
        (execution_id, seq, kind, node, visit, state, cursor, output, meta, checksum, created_at)
 SELECT id, 0, :kind, :node, 0, :state, :cursor, NULL, :meta, :checksum, :now FROM created
 RETURNING seq
-""")
-
-
-START_SQL = str(START.compile(dialect=_PSYCOPG))
+"""),
+)
 
 
 class _Held(threading.local):
@@ -137,22 +137,28 @@ def _release(broken: BaseException | None = None) -> None:
     pooled.close()
 
 
-def _one_row(engines: Engines, sql: str, params: Mapping[str, Any]) -> bool:
-    """Run one autocommitted statement on this thread's held connection, prepared; whether it
-    returned a row. SQLAlchemy's execution context around the node commit cost more worker
-    CPU than the statement's own client side (bench/engine.py --inline-nodes 0: 7.4 -> 6.6 ms
-    per run), and so did the pool checkout. Errors come out as SQLAlchemy's, as everywhere
-    else; a connection error drops the connection."""
+def _one_row(
+    engines: Engines,
+    statement: Prepared,
+    params: Mapping[str, Any],
+    meanwhile: Callable[[], object] | None,
+) -> bool:
+    """Run one autocommitted statement on this thread's held connection; whether it returned
+    a row. ``meanwhile`` runs while the server works (prepared.py). Errors come out as
+    SQLAlchemy's, as everywhere else; a connection error, or an interruption mid-statement,
+    drops the connection."""
     pooled = _connection(engines.reader)
     try:
-        with pooled.driver_connection.cursor() as cursor:
-            cursor.execute(sql, params, prepare=True)
-            row = cursor.fetchone()
+        known = pooled.info.setdefault(PREPARED_KEY, set())
+        return statement.run(pooled.driver_connection, known, params, meanwhile)
     except psycopg.Error as exc:
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             _release(exc)
+        sql = statement.query.decode()
         raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
-    return row is not None
+    except BaseException as exc:
+        _release(exc)
+        raise
 
 
 class PostgresDialect(Dialect):
@@ -177,12 +183,22 @@ class PostgresDialect(Dialect):
         )
         return Engines(engine=create_engine(self.url, **options), reader=autocommit)
 
-    def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
+    def save(
+        self,
+        engines: Engines,
+        advance: Advance,
+        *,
+        fenced: bool,
+        wakes: bool,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> bool:
         """The node commit, one autocommitted statement (see ``_one_row``)."""
-        return _one_row(engines, SAVE_SQL[fenced, wakes], advance)
+        return _one_row(engines, SAVE[fenced, wakes], advance, meanwhile)
 
-    def start(self, engines: Engines, start: Start) -> bool:
-        return _one_row(engines, START_SQL, start)
+    def start(
+        self, engines: Engines, start: Start, meanwhile: Callable[[], object] | None = None
+    ) -> bool:
+        return _one_row(engines, START, start, meanwhile)
 
     def insert(self, table: Table) -> postgresql.Insert:
         return postgresql.insert(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -38,8 +39,19 @@ class SQLiteDialect(Dialect):
         _configure(engine)
         return Engines(engine=engine, reader=engine.execution_options(durable_read=True))
 
-    def save(self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool) -> bool:
-        """Two statements in one transaction; nobody to wake: waiters poll."""
+    def save(
+        self,
+        engines: Engines,
+        advance: Advance,
+        *,
+        fenced: bool,
+        wakes: bool,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> bool:
+        """Two statements in one transaction; nobody to wake: waiters poll. Nothing to overlap
+        ``meanwhile`` with: it runs first."""
+        if meanwhile is not None:
+            meanwhile()
         condition = and_(
             executions.c.id == advance["execution_id"],
             executions.c.version == advance["expected_version"],
@@ -77,7 +89,11 @@ class SQLiteDialect(Dialect):
             conn.execute(insert(checkpoints).values(row))
         return True
 
-    def start(self, engines: Engines, start: Start) -> bool:
+    def start(
+        self, engines: Engines, start: Start, meanwhile: Callable[[], object] | None = None
+    ) -> bool:
+        if meanwhile is not None:
+            meanwhile()
         with engines.engine.begin() as conn:
             if conn.execute(
                 select(executions.c.id).where(executions.c.id == start["execution_id"])

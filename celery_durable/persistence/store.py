@@ -8,7 +8,7 @@ committed (DuplicateCheckpoint). Everything read back is checked against its che
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -69,8 +69,10 @@ class CheckpointStore:
         meta: dict[str, Any] | None = None,
         state_json: str | None = None,
         parent_id: str | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> tuple[ExecutionRecord, bool]:
         """Insert an execution at version 0 with its start checkpoint; idempotent on the id.
+        ``meanwhile`` runs during the round trip (Dialect.start).
 
         Returns the execution as stored and whether this call created it.
         """
@@ -87,7 +89,7 @@ class CheckpointStore:
             meta=meta,
             now=now,
         )
-        if not self.db.dialect.start(self.db.engines, start):
+        if not self.db.dialect.start(self.db.engines, start, meanwhile):
             return self.get_execution(execution_id), False
         record = ExecutionRecord(
             id=execution_id,
@@ -258,8 +260,9 @@ class CheckpointStore:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save(self, commit: Commit) -> Checkpoint:
-        """Append a checkpoint and advance its execution, atomically, in one round trip."""
+    def save(self, commit: Commit, meanwhile: Callable[[], object] | None = None) -> Checkpoint:
+        """Append a checkpoint and advance its execution, atomically, in one round trip;
+        ``meanwhile`` runs during it (Dialect.save)."""
         now = utcnow()
         advance = advance_row(commit, now, self.sealer)
         try:
@@ -268,6 +271,7 @@ class CheckpointStore:
                 advance,
                 fenced=commit.lease_token > 0,
                 wakes=commit.status in ENDS_WAIT,
+                meanwhile=meanwhile,
             )
         except IntegrityError as exc:
             raise DuplicateCheckpoint(

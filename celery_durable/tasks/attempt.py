@@ -5,6 +5,7 @@ the commit loop that rebases on a version conflict.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -181,8 +182,13 @@ class Attempt:
             return Outcome.DROPPED
         return None
 
-    def save(self, build: Callable[[], Commit | Outcome]) -> Commit | Outcome:
-        """Commit what ``build`` makes from the current base, rebasing on version conflicts.
+    def save(
+        self,
+        build: Callable[[], Commit | Outcome],
+        meanwhile: Callable[[Commit], object] | None = None,
+    ) -> Commit | Outcome:
+        """Commit what ``build`` makes from the current base, rebasing on version conflicts;
+        ``meanwhile(commit)`` runs while each commit is in flight (Dialect.save).
 
         Returns the commit, or the outcome that says why nothing was committed.
         """
@@ -191,9 +197,10 @@ class Attempt:
             commit = build()
             if isinstance(commit, Outcome):
                 return commit
+            during = None if meanwhile is None else functools.partial(meanwhile, commit)
             started = time.perf_counter()
             try:
-                store.save(commit)
+                store.save(commit, during)
             except DuplicateCheckpoint:
                 # Another copy of this visit committed first and is dispatching what follows.
                 # Only a redelivered copy replays: its first run may have died before that.

@@ -51,6 +51,9 @@ class Message:
             kwargs.get("passed"),
         )
 
+    def task_id(self, node: str, compensation: bool = False) -> str:
+        return task_id(self.execution_id, node, self.visit, self.attempt, compensation)
+
     def args(self) -> tuple[str, int]:
         return (self.execution_id, self.visit)
 

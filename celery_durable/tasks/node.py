@@ -26,6 +26,7 @@ from celery_durable import faults
 from celery_durable.engine import slots, waits
 from celery_durable.engine.base import Base
 from celery_durable.engine.flow import Held, HeldBack
+from celery_durable.engine.runtime import Publication
 from celery_durable.engine.state import apply_update, fit, refuse_unknown, validate
 from celery_durable.errors import (
     CircuitOpen,
@@ -301,12 +302,25 @@ class NodeRun(Attempt):
                 state_json=state_json,
             )
 
+        ahead: list[tuple[Commit, list[Publication]]] = []
+
+        def prepare(commit: Commit) -> None:
+            """Build the messages this commit hands on while it is in flight; they go out
+            once it has answered, and only if it committed."""
+            if commit.status == Status.RUNNING and handed.ready and not handed.inline:
+                after = Base.after(commit)
+                ready = self.runtime.prepare_all(
+                    self.graph.name, self.execution_id, after, handed.ready
+                )
+                ahead[:] = [(commit, ready)]
+
         faults.hit(faults.BEFORE_COMMIT, self.name)
-        commit = self.save(build)
+        commit = self.save(build, prepare)
         if isinstance(commit, Outcome):
             return commit
         faults.hit(faults.AFTER_COMMIT, self.name)
-        self._proceed(commit, handed)
+        built = [ready for made, ready in ahead if made is commit]
+        self._proceed(commit, handed, built[0] if built else None)
         return Outcome.COMMITTED
 
     def _advance(self, model: BaseModel) -> tuple[Cursor, Status, Handed, ErrorRecord | None]:
@@ -327,8 +341,11 @@ class NodeRun(Attempt):
         inline = status == Status.RUNNING and self._may_inline(step.ready)
         return step.cursor, status, Handed(step.ready, inline), step.error
 
-    def _proceed(self, commit: Commit, handed: Handed) -> None:
-        """After the commit: hand on what it made ready, or report the end."""
+    def _proceed(
+        self, commit: Commit, handed: Handed, built: list[Publication] | None = None
+    ) -> None:
+        """After the commit: hand on what it made ready (``built``: its messages, made
+        during the commit), or report the end."""
         runtime = self.runtime
         runtime.hooks.node_committed(self.graph.name, self.name, commit)
         after = Base.after(commit)
@@ -344,6 +361,9 @@ class NodeRun(Attempt):
                 depth=self.depth + 1,
                 since=self.since,
             )
+        elif commit.status == Status.RUNNING and built is not None:
+            for publication in built:
+                publication.send()
         elif commit.status == Status.RUNNING:
             runtime.dispatch_all(self.graph.name, self.execution_id, after, handed.ready)
         elif commit.status == Status.COMPENSATING:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from celery import Celery
 from celery.signals import before_task_publish, task_prerun
 
 from celery_durable import Durable
+from celery_durable.persistence.records import Kind
 from celery_durable.testing import in_process_worker
 from tests.unit.test_inline import NODES, chain
 
@@ -59,4 +61,45 @@ def test_a_broken_held_connection_falls_back_to_send_task(app: Celery, sqlite_ur
         assert held.connection is None  # dropped, sent by send_task
         assert g.delay().wait(timeout=10).trail == list(NODES)
         assert held.connection is not None and held.connection is not broken
+    durable.db.dispose()
+
+
+def test_a_message_built_for_a_commit_that_lost_is_never_sent(app: Celery, sqlite_url: str) -> None:
+    """A node's messages are built while its commit is in flight. Here a hand patch lands
+    first: b's commit loses, rebases and commits; c's message is built again for it, and only
+    that one goes out."""
+    durable = Durable(app, database_url=sqlite_url, inline_nodes=0)
+    durable.migrate()
+    g = chain(durable)
+    dispatcher = durable.runtime.dispatcher
+    prepare = dispatcher.prepare
+    built: list[tuple[str, int]] = []
+
+    def patch_first(graph: str, node: str, visit: int, eid: str, base: Any, **k: Any) -> Any:
+        if node == "c" and not any(name == "c" for name, _ in built):
+            durable.get(eid).update_state({"trail": ["patched"]}, reason="lands before b's")
+        built.append((node, base.version))
+        return prepare(graph, node, visit, eid, base, **k)
+
+    sent: Counter[str] = Counter()
+    versions: dict[str, int] = {}
+
+    def count(sender: Any = None, headers: Any = None, body: Any = None, **_: Any) -> None:
+        sent[headers["id"]] += 1
+        versions[headers["id"]] = body[1]["version"]
+
+    dispatcher.prepare = patch_first  # type: ignore[method-assign]
+    before_task_publish.connect(count, weak=False)
+    try:
+        with in_process_worker(durable):
+            run = g.delay()
+            assert run.wait(timeout=10).trail == ["a", "b", "c", "d", "e"]
+    finally:
+        before_task_publish.disconnect(count)
+    kinds = [cp.kind for cp in durable.runtime.store.list(run.id)]
+    assert kinds.count(Kind.MANUAL) == 1  # the patch landed between b's two tries
+    assert [version for name, version in built if name == "c"] == [2, 3]  # once per try
+    assert sent[f"{run.id}.c.1.1"] == 1
+    assert versions[f"{run.id}.c.1.1"] == 3  # the message of the commit that won
+    assert all(count == 1 for count in sent.values())
     durable.db.dispose()
