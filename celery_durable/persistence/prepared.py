@@ -78,7 +78,7 @@ class Prepared:
             prepared.add(self.name)
         pgconn.send_query_prepared(self.name, values)
         while pgconn.flush():
-            _poll(pgconn, select.POLLOUT)
+            _wait(pgconn, writing=True)
 
 
 def _text(value: Any) -> bytes | None:
@@ -103,7 +103,7 @@ def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
         pgconn.consume_input()
         if not pgconn.is_busy():
             break
-        _poll(pgconn, select.POLLIN)
+        _wait(pgconn, writing=False)
     result = pgconn.get_result()
     if result is None:
         raise psycopg.OperationalError("the server sent no result")
@@ -112,7 +112,13 @@ def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
     return result
 
 
-def _poll(pgconn: pq.abc.PGconn, event: int) -> None:
+def _wait(pgconn: pq.abc.PGconn, writing: bool) -> None:
+    """Block until the connection's socket can be read (or written): poll(), which gevent's
+    patching makes cooperative; select() where poll() is gone (eventlet's patching, Windows)."""
+    sock = pgconn.socket
+    if not hasattr(select, "poll"):
+        select.select([] if writing else [sock], [sock] if writing else [], [])
+        return
     poller = select.poll()
-    poller.register(pgconn.socket, event)
+    poller.register(sock, select.POLLOUT if writing else select.POLLIN)
     poller.poll()

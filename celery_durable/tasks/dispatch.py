@@ -268,7 +268,7 @@ def _check(connection: Connection) -> None:
     if not connection.connected:
         raise ConnectionError("the held connection is closed")
     sock = getattr(connection.connection, "sock", None)
-    if sock is not None:
+    if sock is not None and hasattr(select, "poll"):  # gone under eventlet: read, as before
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         if not poller.poll(0):

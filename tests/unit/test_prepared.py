@@ -4,6 +4,7 @@ to its connection."""
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 
 import psycopg
@@ -80,3 +81,14 @@ def test_a_connection_the_server_dropped_is_replaced(store: CheckpointStore) -> 
     store.save(_commit(1, "b"))
     assert store.get_execution(EID).version == 2
     assert _held().info.backend_pid != pid
+
+
+def test_without_poll_the_commit_waits_with_select(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eventlet's patching removes select.poll (so does Windows): the commit still waits."""
+    _start(store)
+    monkeypatch.delattr(select, "poll")
+    store.save(_commit(0), lambda: None)
+    store.save(_commit(1, "b", status=Status.SUCCEEDED))
+    assert store.get_execution(EID).status == Status.SUCCEEDED
