@@ -56,21 +56,11 @@ class Dispatcher(Protocol):
         ...
 
     def prepare(
-        self,
-        graph: str,
-        node: str,
-        visit: int,
-        execution_id: str,
-        base: Base,
-        *,
-        attempt: int = 1,
-        compensation: bool = False,
-        recovered: bool = False,
-        passed: str | None = None,
+        self, graph: str, node: str, visit: int, execution_id: str, base: Base
     ) -> Publication:
-        """``dispatch`` in two steps: build the message now (while the commit that makes the
-        visit due is in flight), send it later. Never raises: what cannot be built is
-        reported when it is sent."""
+        """A first attempt's ``dispatch`` in two steps: build the message now (while the
+        commit that makes the visit due is in flight), send it later. Never raises: what
+        cannot be built is reported when it is sent."""
         ...
 
     def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:

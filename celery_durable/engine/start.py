@@ -80,12 +80,14 @@ def start_run(
         raise ExecutionIdInUse(execution_id, record.graph, graph.name)
     if created:
         try:
-            for publication in built:
-                publication.send()
-            for node, visit in go if countdown is not None else ():
-                runtime.dispatcher.dispatch(
-                    graph.name, node, visit, execution_id, base, countdown=countdown
-                )
+            if countdown is None:
+                for publication in built:
+                    publication.send()
+            else:
+                for node, visit in go:
+                    runtime.dispatcher.dispatch(
+                        graph.name, node, visit, execution_id, base, countdown=countdown
+                    )
         except Exception as exc:
             # Stored, not sent (the broker is down): the recovery sweep sends it later.
             raise StartNotDispatched(execution_id, exc, runtime.settings.stale_after) from exc

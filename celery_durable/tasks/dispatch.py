@@ -70,20 +70,9 @@ class CeleryDispatcher:
             Publication(self, graph, node, message, compensation).send()
 
     def prepare(
-        self,
-        graph: str,
-        node: str,
-        visit: int,
-        execution_id: str,
-        base: Base,
-        *,
-        attempt: int = 1,
-        compensation: bool = False,
-        recovered: bool = False,
-        passed: str | None = None,
+        self, graph: str, node: str, visit: int, execution_id: str, base: Base
     ) -> Publication:
-        message = Message(execution_id, visit, base, attempt, recovered, passed)
-        return Publication(self, graph, node, message, compensation)
+        return Publication(self, graph, node, Message(execution_id, visit, base), False)
 
     def _send_task(
         self,
