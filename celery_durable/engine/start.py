@@ -62,8 +62,7 @@ def start_run(
         """The entry's messages, built while the start is in flight (a countdown's are not:
         they go by Celery's own send)."""
         if countdown is None:
-            dispatcher = runtime.dispatcher
-            built[:] = [dispatcher.prepare(graph.name, n, v, execution_id, base) for n, v in go]
+            built[:] = runtime.prepare_all(graph.name, execution_id, base, go)
 
     record, created = runtime.store.create_execution(
         execution_id=execution_id,

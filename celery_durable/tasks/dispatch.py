@@ -65,7 +65,8 @@ class CeleryDispatcher:
     ) -> None:
         message = Message(execution_id, visit, base, attempt, recovered, passed)
         if countdown is not None:
-            self._send_task(graph, node, message, compensation, countdown)
+            name, queue, tid = self._address(graph, node, message, compensation)
+            self._send_task(name, queue, tid, message, countdown)
         else:
             Publication(self, graph, node, message, compensation).send()
 
@@ -74,25 +75,31 @@ class CeleryDispatcher:
     ) -> Publication:
         return Publication(self, graph, node, Message(execution_id, visit, base), False)
 
+    def _address(
+        self, graph: str, node: str, message: Message, compensation: bool
+    ) -> tuple[str, str | None, str]:
+        """A visit's message's task name, queue and task id."""
+        target = self.graphs[graph].nodes[node]
+        name = target.compensation_task_name if compensation else target.task_name
+        return name, target.queue or message.base.cursor.queue, message.task_id(node, compensation)
+
     def _send_task(
         self,
-        graph: str,
-        node: str,
+        name: str,
+        queue: str | None,
+        tid: str,
         message: Message,
-        compensation: bool,
         countdown: float | None = None,
     ) -> None:
         """Celery's own way, with its reconnects and publish retries."""
-        target = self.graphs[graph].nodes[node]
-        base = message.base
         self.app.send_task(
-            target.compensation_task_name if compensation else target.task_name,
+            name,
             args=message.args(),
             kwargs=message.kwargs(),
-            queue=target.queue or base.cursor.queue,
+            queue=queue,
             countdown=countdown,
-            priority=base.cursor.priority,
-            task_id=message.task_id(node, compensation),
+            priority=message.base.cursor.priority,
+            task_id=tid,
             serializer="json",
             argsrepr=message.argsrepr(),
             kwargsrepr=message.kwargsrepr(),
@@ -224,12 +231,8 @@ class Publication:
         message: Message,
         compensation: bool,
     ) -> None:
-        self.dispatcher, self.graph, self.node = dispatcher, graph, node
-        self.message, self.compensation = message, compensation
-        target = dispatcher.graphs[graph].nodes[node]
-        self.name = target.compensation_task_name if compensation else target.task_name
-        self.queue = target.queue or message.base.cursor.queue
-        self.tid = message.task_id(node, compensation)
+        self.dispatcher, self.message = dispatcher, message
+        self.name, self.queue, self.tid = dispatcher._address(graph, node, message, compensation)
         self.built: Any = None
         try:
             self.built = dispatcher._build(self.name, message, self.tid)
@@ -246,7 +249,7 @@ class Publication:
             except Exception as exc:  # whatever it was, send_task reconnects or raises
                 logger.debug("held producer failed (%r); sending %s by send_task", exc, self.tid)
                 dispatcher._drop()
-        dispatcher._send_task(self.graph, self.node, self.message, self.compensation)
+        dispatcher._send_task(self.name, self.queue, self.tid, self.message)
 
 
 def _check(connection: Connection) -> None:
