@@ -30,7 +30,7 @@ from celery.contrib.testing.worker import TestWorkController, setup_app_for_work
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from celery_durable.constants import RECOVERY_TASK
+from celery_durable.constants import TASK_PREFIX
 from celery_durable.durable import Durable
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
@@ -39,6 +39,10 @@ from celery_durable.status import Status
 
 POLLING_INTERVAL = 0.01
 SHUTDOWN_TIMEOUT = 10.0
+# What wakes the in-process worker's consumer to stop: a task that does nothing. (The recovery
+# task did the job once, but its sweep could dispatch a retry that had just come due, or a run
+# gone stale, which is for the test to decide.)
+WAKE_TASK = f"{TASK_PREFIX}.testing.wake"
 
 
 @contextmanager
@@ -87,6 +91,8 @@ def in_process_worker(
     own); without, tests decide when time passes (``fast_forward``, ``durable.recover()``).
     """
     app = durable.app
+    if WAKE_TASK not in app.tasks:
+        app.task(name=WAKE_TASK, shared=False, ignore_result=True)(_wake)
     setup_app_for_worker(app, "WARNING", None)
     worker = TestWorkController(
         app=app,
@@ -112,13 +118,17 @@ def in_process_worker(
         sweeper.stop()
         worker_state.should_terminate = 0
         # The consumer polls the in-memory queue for up to 2 s, twice, around its look at the
-        # stop flag; a message ends each poll at once. The recovery task is harmless to run.
+        # stop flag; a message ends each poll at once.
         for _ in range(2):
-            app.send_task(RECOVERY_TASK)
+            app.send_task(WAKE_TASK)
         thread.join(SHUTDOWN_TIMEOUT)
         worker_state.should_terminate = None
         if thread.is_alive():
             raise RuntimeError(f"the in-process worker did not stop within {SHUTDOWN_TIMEOUT} s")
+
+
+def _wake() -> None:
+    """Nothing: the message only ends the consumer's poll."""
 
 
 def fast_forward(durable: Durable, duration: float | timedelta) -> RecoveryReport:
