@@ -96,9 +96,10 @@ def _return(returns: Graph) -> None:
     run = returns.delay(order_id="o-1003", amount=120)
     run.send_event("parcel", {"tracking": "RT-1003"})
     for kind in ("sleep", "interrupt"):
-        while not (run.waiting_on and run.waiting_on["kind"] == kind):
+        # One read per look: the sleep may end between two reads of the run.
+        while (waiting := run.waiting_on) is None or waiting["kind"] != kind:
             time.sleep(0.05)
-        click.echo(f"   {run.status}: {run.waiting_on} (no worker is held)")
+        click.echo(f"   {run.status}: {waiting} (no worker is held)")
     run.resume(update={"approved": True}, by="support@shop", reason="parcel intact")
     click.echo(f"   approved by support@shop; final state: {run.wait(timeout=60).model_dump()}")
     click.echo(render.history(run.history()))
