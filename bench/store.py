@@ -43,9 +43,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from celery_durable.model.records import Commit
 from celery_durable.persistence import codec, migrate
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import Commit
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.status import Status
 

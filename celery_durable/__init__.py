@@ -6,6 +6,7 @@ never commits a node twice.
 """
 
 from celery_durable.durable import Durable
+from celery_durable.engine.context import Context
 from celery_durable.engine.execution import Execution, Progress
 from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
@@ -25,15 +26,14 @@ from celery_durable.errors import (
     StateSchemaMismatch,
     WaitTimeout,
 )
+from celery_durable.graphs.builder import Graph, Node, Saga
 from celery_durable.hooks import Hooks
-from celery_durable.persistence.records import Checkpoint
-from celery_durable.saga.flow import Limit, RateLimit
-from celery_durable.saga.retry import NonRetryable, RetryPolicy
+from celery_durable.model.records import Checkpoint
+from celery_durable.policies.limits import Limit, RateLimit
+from celery_durable.policies.retry import NonRetryable, RetryPolicy
 from celery_durable.settings import Settings
 from celery_durable.signals import execution_finished, intervention_required
 from celery_durable.status import Status
-from celery_durable.tasks.context import Context
-from celery_durable.tasks.graph import Graph, Node, Saga
 
 __version__ = "0.1.0"
 

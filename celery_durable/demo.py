@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from celery_durable import Compensated, Durable, Graph, render
-from celery_durable.persistence.records import Kind
+from celery_durable.model.records import Kind
 from celery_durable.testing import embedded_app, in_process_worker
 
 WORK_SECONDS = "0.15"

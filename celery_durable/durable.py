@@ -16,31 +16,32 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 
 from celery_durable import signals
+from celery_durable.engine.admission import FlowControl
 from celery_durable.engine.audit import actor
 from celery_durable.engine.execution import Execution
-from celery_durable.engine.flow import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
 from celery_durable.engine.retention import PruneReport, prune
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.start import start_run
-from celery_durable.engine.waits import send_event
+from celery_durable.engine.wakeups import send_event
 from celery_durable.errors import ConfigurationError, GraphDefinitionError, InvalidFlowOption
+from celery_durable.graphs.builder import Graph, Node, OnFailure, Saga
 from celery_durable.hooks import Hooks
+from celery_durable.model.records import BreakerState, ErrorRecord, EventRecord, utcnow
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.events import EventLog
-from celery_durable.persistence.flow import BreakerStatus, FlowStore
-from celery_durable.persistence.records import BreakerState, EventRecord, utcnow
+from celery_durable.persistence.event_log import EventLog
+from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
 from celery_durable.persistence.sealing import Sealer
-from celery_durable.persistence.slots import SlotTable
+from celery_durable.persistence.slot_table import SlotTable
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
-from celery_durable.saga.flow import BreakerPolicy, Limit
+from celery_durable.policies.breakers import BreakerPolicy
+from celery_durable.policies.limits import Limit
 from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks.dispatch import CeleryDispatcher
-from celery_durable.tasks.graph import Graph, Node, OnFailure, Saga
 from celery_durable.tasks.registry import (
     NodeTasks,
     keep_consuming_after_channel_errors,
@@ -62,6 +63,15 @@ class _Relay(Hooks):
         signals.execution_finished.send(
             sender=self.durable, execution_id=execution_id, graph=graph, status=status
         )
+
+    def announce_intervention(
+        self, execution_id: str, graph: str, step: str, error: ErrorRecord
+    ) -> None:
+        """The signal, with the error the hook does not carry, then the hook."""
+        signals.intervention_required.send(
+            sender=self.durable, execution_id=execution_id, step=step, error=error
+        )
+        self.intervention_required(execution_id, graph, step)
 
 
 _instances: WeakKeyDictionary[Celery, Durable] = WeakKeyDictionary()
@@ -111,7 +121,7 @@ class Durable:
             flow=FlowControl(
                 FlowStore(self.db), SlotTable(self.db), probe_ttl=self.settings.lease_ttl
             ),
-            signal_sender=self,
+            announcer=self._hooks,
         )
         self._tasks = NodeTasks(app, self.runtime)
         self._recovery = RecoveryLoop(self.runtime)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery_durable.persistence.records import Commit
+from celery_durable.model.records import Commit
 from celery_durable.status import Status
 
 logger = logging.getLogger(__name__)

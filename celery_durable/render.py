@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from celery_durable.persistence.records import Checkpoint, ExecutionRecord
+from celery_durable.model.records import Checkpoint, ExecutionRecord
 from celery_durable.status import ENDS_WAIT, Status
 
 if TYPE_CHECKING:
     from celery_durable.engine.execution import Execution, Progress
-    from celery_durable.tasks.graph import Graph
+    from celery_durable.graphs.builder import Graph
 
 MARKS = {
     "done": "✓",

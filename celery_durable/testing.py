@@ -34,7 +34,7 @@ from celery_durable.constants import TASK_PREFIX
 from celery_durable.durable import Durable
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
-from celery_durable.persistence.records import Kind, utcnow
+from celery_durable.model.records import Kind, utcnow
 from celery_durable.status import Status
 
 POLLING_INTERVAL = 0.01

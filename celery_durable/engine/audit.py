@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from celery_durable.engine import waits
+from celery_durable.engine import wakeups
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import CheckpointCorrupted, InvalidTransition, VersionConflict
-from celery_durable.persistence.records import Commit, ErrorRecord, ExecutionRecord, Kind
-from celery_durable.saga.coordinator import Cursor
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import Commit, ErrorRecord, ExecutionRecord, Kind
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
 
@@ -88,7 +88,9 @@ class Audited:
             except VersionConflict:
                 continue
             if c.status.finished and c.status != record.status:
-                waits.finished(self.runtime, execution_id, record.graph, c.status, c.cursor.parent)
+                wakeups.finished(
+                    self.runtime, execution_id, record.graph, c.status, c.cursor.parent
+                )
             return record, commit
         raise VersionConflict(execution_id, -1)
 

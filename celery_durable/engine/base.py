@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from celery_durable.persistence.records import (
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import (
     Commit,
     ErrorRecord,
     ExecutionRecord,
     Kind,
 )
-from celery_durable.saga.coordinator import Cursor
 from celery_durable.status import Status
 
 # Commits rebase on a version conflict and try again; past this many, something is wrong.

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from celery_durable.engine import waits
+from celery_durable.engine import wakeups
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.repairs import Repairs
 from celery_durable.engine.runtime import Runtime
@@ -20,7 +20,8 @@ from celery_durable.errors import (
     NeedsIntervention,
     WaitTimeout,
 )
-from celery_durable.persistence.records import (
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import (
     Checkpoint,
     ErrorRecord,
     EventRecord,
@@ -28,7 +29,6 @@ from celery_durable.persistence.records import (
     Kind,
     error_record,
 )
-from celery_durable.saga.coordinator import Cursor
 from celery_durable.status import ENDS_WAIT, FINISHED, Status
 
 ENDINGS: dict[Status, type[ExecutionFailed]] = {
@@ -169,7 +169,7 @@ class Execution:
     ) -> EventRecord:
         """Send an event: the run's next ``ctx.wait_for_event(name)`` gets ``payload``. Kept
         until consumed; the same ``idempotency_key`` twice stores one event."""
-        return waits.send_event(self.runtime, self.id, name, payload, idempotency_key)
+        return wakeups.send_event(self.runtime, self.id, name, payload, idempotency_key)
 
     def children(self) -> list[Execution]:
         """The runs this one started as children (ctx.start_child, ctx.map), in id order."""

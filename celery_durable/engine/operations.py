@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from celery_durable.engine import waits
+from celery_durable.engine import wakeups
 from celery_durable.engine.audit import Audited, Change, actor
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, check_fields, validate
@@ -18,13 +18,13 @@ from celery_durable.errors import (
     NotWaiting,
     UnknownNode,
 )
-from celery_durable.persistence.records import (
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import (
     ExecutionRecord,
     Kind,
     error_record,
 )
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
 
@@ -75,7 +75,11 @@ class Operations(Audited):
         self.runtime.dispatch_all(record.graph, execution_id, Base.after(commit), held)
 
     def _approve(
-        self, record: ExecutionRecord, patch: waits.Patch | None, by: str | None, reason: str | None
+        self,
+        record: ExecutionRecord,
+        patch: wakeups.Patch | None,
+        by: str | None,
+        reason: str | None,
     ) -> None:
         interrupts = [k for k, w in Base.of(record).cursor.waits.items() if w.kind == "interrupt"]
         if record.status not in (S.WAITING, S.RUNNING):
@@ -83,7 +87,7 @@ class Operations(Audited):
         if not interrupts:
             raise NotWaiting(record.id, "an approval (interrupt_before/after)", record.status)
         meta = {"op": "resume", "by": actor(by), "reason": reason}
-        approved = waits.wake(
+        approved = wakeups.wake(
             self.runtime,
             record.id,
             interrupts[0],
@@ -94,7 +98,7 @@ class Operations(Audited):
         if not approved:
             raise NotWaiting(record.id, "this approval any more", record.status)
 
-    def _patcher(self, graph: GraphShape, patch: dict[str, Any]) -> waits.Patch:
+    def _patcher(self, graph: GraphShape, patch: dict[str, Any]) -> wakeups.Patch:
         """The state with ``patch`` applied, refused (before anything is stored) if a field is
         unknown, the model rejects a value, or the state grows too large."""
         check_fields(graph, patch)
@@ -211,7 +215,7 @@ class Operations(Audited):
         )
         if commit.status == S.COMPENSATED:
             parent = Base.after(commit).cursor.parent
-            waits.finished(self.runtime, execution_id, graph.name, S.COMPENSATED, parent)
+            wakeups.finished(self.runtime, execution_id, graph.name, S.COMPENSATED, parent)
         self.runtime.dispatch_undo(graph.name, execution_id, Base.after(commit))
 
     def _attempts(self, execution_id: str, kind: Kind, node: str, visit: int) -> int:

@@ -15,12 +15,12 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from celery_durable.engine import slots, waits
+from celery_durable.engine import slots, wakeups
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, VersionConflict
 from celery_durable.faults import SimulatedCrash
-from celery_durable.persistence.records import (
+from celery_durable.model.records import (
     ExecutionRecord,
     Kind,
     VisitRecord,
@@ -58,7 +58,7 @@ def fire_timers(
             node, _, slot = due.node.rpartition("@")
             key = f"{node}:{due.visit}:{slot}"
             try:
-                woken = waits.wake(runtime, due.execution_id, key, waits.timer_result(runtime))
+                woken = wakeups.wake(runtime, due.execution_id, key, wakeups.timer_result(runtime))
             except SimulatedCrash:
                 # crash_at("after_wake"): woken, not dispatched. A later sweep heals it; this
                 # one counts the wake as progress, as it would have been a moment ago.
@@ -106,7 +106,7 @@ def _rearm(runtime: Runtime, due: VisitRecord, key: str) -> None:
     """A wait on children that is still open: look at it again later."""
     record = _live(runtime, due.execution_id)
     wait = Base.of(record).cursor.waits.get(key) if record else None
-    when = waits.due_at(runtime, wait) if wait is not None and wait.until is None else None
+    when = wakeups.due_at(runtime, wait) if wait is not None and wait.until is None else None
     if when is not None:
         runtime.visits.schedule(due.execution_id, due.kind, due.node, due.visit, when)
 

@@ -10,9 +10,10 @@ from celery_durable.engine.audit import Audited, Change, actor
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, check_fields, validate
 from celery_durable.errors import CannotSkip
-from celery_durable.persistence.records import ExecutionRecord, Kind
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import ExecutionRecord, Kind
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor, Handed, advance
+from celery_durable.saga.coordinator import Handed, advance, interrupt
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
 
@@ -33,7 +34,7 @@ class Repairs(Audited):
 
         def change(r: ExecutionRecord) -> Change:
             cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor.from_json(r.cursor))
-            cursor.interrupt(graph, cursor.frontier)
+            interrupt(graph, cursor, cursor.frontier)
             return Change(state, cursor, cursor.settled(), None, meta={"from_seq": seq})
 
         record, commit = self.apply(
@@ -61,7 +62,7 @@ class Repairs(Audited):
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
         graph = self._graph(record)
         cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor())
-        cursor.interrupt(graph, cursor.frontier)
+        interrupt(graph, cursor, cursor.frontier)
         new_id = new_id or uuid.uuid4().hex
         meta = {
             "op": "fork",

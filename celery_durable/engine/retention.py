@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from celery_durable.engine.runtime import Runtime
-from celery_durable.persistence.records import utcnow
+from celery_durable.model.records import utcnow
 from celery_durable.status import Status
 
 KEEP_FAILED = (Status.FAILED, Status.COMPENSATED, Status.CANCELLED)

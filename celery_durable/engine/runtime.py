@@ -11,18 +11,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from celery_durable.engine.admission import FlowControl
 from celery_durable.engine.base import Base
-from celery_durable.engine.flow import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.errors import StateTooLarge, UnknownGraph
 from celery_durable.hooks import Hooks
+from celery_durable.model.records import ErrorRecord
+from celery_durable.model.wait import Visit
 from celery_durable.persistence import codec
-from celery_durable.persistence.events import EventLog
+from celery_durable.persistence.event_log import EventLog
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.saga import compensation
 from celery_durable.saga.shape import GraphShape
-from celery_durable.saga.waits import Visit
 from celery_durable.settings import Settings
 
 
@@ -31,6 +32,16 @@ class Publication(Protocol):
 
     def send(self) -> None:
         """Publish it."""
+        ...
+
+
+class Announcer(Protocol):
+    """Tells the world outside the engine what an operator must act on (Celery's signals)."""
+
+    def announce_intervention(
+        self, execution_id: str, graph: str, step: str, error: ErrorRecord
+    ) -> None:
+        """A run stopped in ``needs_intervention`` at ``step``."""
         ...
 
 
@@ -83,8 +94,7 @@ class Runtime:
     settings: Settings
     graphs: Mapping[str, GraphShape]
     flow: FlowControl
-    # Who sends the Celery signals of this runtime (the Durable), so receivers can tell apps apart.
-    signal_sender: object = None
+    announcer: Announcer
 
     def graph(self, name: str) -> GraphShape:
         try:

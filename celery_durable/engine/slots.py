@@ -10,8 +10,8 @@ from datetime import datetime
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import ExecutionNotFound
-from celery_durable.persistence.slots import Holder
-from celery_durable.saga.flow import Limit
+from celery_durable.persistence.slot_table import Holder
+from celery_durable.policies.limits import Limit
 from celery_durable.status import LIVE
 
 Limits = dict[str, tuple[int, float | None]]

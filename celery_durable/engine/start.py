@@ -16,8 +16,9 @@ from celery_durable.errors import (
     InvalidPriority,
     StartNotDispatched,
 )
-from celery_durable.persistence.records import ExecutionRecord
-from celery_durable.saga.coordinator import Cursor
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import ExecutionRecord
+from celery_durable.saga.coordinator import interrupt
 from celery_durable.saga.shape import GraphShape
 
 # The executions table's id column (persistence/schema.py ID_LENGTH).
@@ -54,7 +55,7 @@ def start_run(
     execution_id = execution_id or uuid.uuid4().hex
     assert graph.entry_node is not None
     cursor = Cursor.start(graph.entry_node, queue, parent, priority)
-    go = cursor.interrupt(graph, cursor.frontier)
+    go = interrupt(graph, cursor, cursor.frontier)
     base = Base(0, state, cursor, cursor.settled())
     built: list[Publication] = []
 

@@ -72,7 +72,7 @@ and point the server at the volume's root with ``CELERY_DURABLE_METRICS_DIR`` (o
 subdirectories. The Docker image's entrypoint does exactly that.
 """
 
-from celery_durable.metrics.hooks import PrometheusHooks, instrument
+from celery_durable.metrics.instruments import PrometheusHooks, instrument
 from celery_durable.metrics.server import (
     DatabaseCollector,
     MetricsServer,

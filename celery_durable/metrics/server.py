@@ -22,8 +22,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from celery_durable.metrics.hooks import PREFIX
-from celery_durable.persistence.records import BreakerState, utcnow
+from celery_durable.metrics.instruments import PREFIX
+from celery_durable.model.records import BreakerState, utcnow
 from celery_durable.status import Status
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ from datetime import datetime
 
 from sqlalchemy import case, func, select
 
+from celery_durable.model.records import as_utc
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import as_utc
 from celery_durable.persistence.schema import executions
 from celery_durable.status import ACTIVE, Status
 

@@ -15,15 +15,15 @@ from typing import Any
 from sqlalchemy import Row
 
 from celery_durable.errors import CheckpointCorrupted, EncryptionKeyMissing
-from celery_durable.persistence import codec
-from celery_durable.persistence.dialect import Advance, Start
-from celery_durable.persistence.records import (
+from celery_durable.model.records import (
     Checkpoint,
     Commit,
     ExecutionRecord,
     Kind,
     as_utc,
 )
+from celery_durable.persistence import codec
+from celery_durable.persistence.dialect import Advance, Start
 from celery_durable.persistence.sealing import Sealer, Unsealable
 from celery_durable.status import FINISHED, Status
 

@@ -25,16 +25,16 @@ from celery_durable.errors import (
     LeaseLost,
     VersionConflict,
 )
-from celery_durable.persistence import codec, gauges
-from celery_durable.persistence.database import Database
-from celery_durable.persistence.dialect import Waiter
-from celery_durable.persistence.gauges import ACTIVE_NAMES, ExecutionGauges
-from celery_durable.persistence.records import (
+from celery_durable.model.records import (
     Checkpoint,
     Commit,
     ExecutionRecord,
     utcnow,
 )
+from celery_durable.persistence import codec, gauges
+from celery_durable.persistence.database import Database
+from celery_durable.persistence.dialect import Waiter
+from celery_durable.persistence.gauges import ACTIVE_NAMES, ExecutionGauges
 from celery_durable.persistence.rows import (
     STATELESS,
     advance_row,

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import Row, and_, delete, or_, select, update
 
+from celery_durable.model.records import Kind, VisitRecord, as_utc, utcnow
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import Kind, VisitRecord, as_utc, utcnow
 from celery_durable.persistence.schema import node_visits
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from celery_durable.persistence.records import Checkpoint, Kind
-from celery_durable.saga.coordinator import Cursor, Undo
+from celery_durable.model.cursor import Cursor, Undo
+from celery_durable.model.records import Checkpoint, Kind
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
 

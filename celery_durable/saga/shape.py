@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from celery_durable.saga.flow import Limit
+from celery_durable.policies.limits import Limit
 
 Router = Callable[[Any], "str | Sequence[str] | None"]
 

@@ -25,7 +25,7 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from celery_durable.engine.base import Base
-from celery_durable.tasks.graph import Graph, Node
+from celery_durable.graphs.builder import Graph, Node
 from celery_durable.tasks.message import Message, task_id
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_durable.engine.base import Base
-from celery_durable.saga.coordinator import Cursor
+from celery_durable.model.cursor import Cursor
 from celery_durable.status import Status
 
 

@@ -17,15 +17,15 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
+from celery_durable.engine.attempt import Attempt, Outcome
+from celery_durable.engine.compensation_run import CompensationRun
+from celery_durable.engine.node_run import NodeRun
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import UnsafeSerializer
 from celery_durable.faults import SimulatedCrash
-from celery_durable.tasks.attempt import Attempt, Outcome
-from celery_durable.tasks.compensate import CompensationRun
-from celery_durable.tasks.events import InlineEvents
-from celery_durable.tasks.graph import Node
+from celery_durable.graphs.builder import Node
+from celery_durable.tasks.inline_events import InlineEvents
 from celery_durable.tasks.message import Message
-from celery_durable.tasks.node import NodeRun
 
 logger = logging.getLogger(__name__)
 

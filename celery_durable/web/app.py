@@ -26,7 +26,7 @@ from celery_durable.durable import Durable
 from celery_durable.engine.execution import Execution
 from celery_durable.errors import DurableError, ExecutionNotFound
 from celery_durable.web import views
-from celery_durable.web.operations import OPERATIONS, Refused, run_operation
+from celery_durable.web.actions import OPERATIONS, Refused, run_operation
 from celery_durable.web.svg import graph_svg
 
 HERE = Path(__file__).parent

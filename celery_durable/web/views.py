@@ -10,7 +10,7 @@ from typing import Any
 
 from celery_durable.durable import Durable
 from celery_durable.engine.execution import Execution
-from celery_durable.persistence.records import Checkpoint, ExecutionRecord, utcnow
+from celery_durable.model.records import Checkpoint, ExecutionRecord, utcnow
 from celery_durable.render import node_states
 from celery_durable.status import ACTIVE
 from celery_durable.tasks.message import task_id

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from celery_durable.persistence.records import Checkpoint
+from celery_durable.model.records import Checkpoint
 from celery_durable.worker_processes import WorkerProcess, WorkerProcesses
 from tests.integration import app as app_module
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from celery_durable import Execution, ExecutionFailed, Status
 from celery_durable.engine.base import Base
-from celery_durable.saga.coordinator import Cursor
+from celery_durable.model.cursor import Cursor
 from tests.integration.app import CHAIN_NODES, DurableApp
 from tests.integration.harness import (
     HAND_ON,

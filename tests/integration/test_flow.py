@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from celery_durable import Status
-from celery_durable.persistence.records import Kind
+from celery_durable.model.records import Kind
 from celery_durable.persistence.schema import slot_queue
 from tests.integration import flow_app
 from tests.integration.flow_app import FlowApp

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from celery_durable.engine.deadline import time_limit
 from celery_durable.errors import NodeTimeout
-from celery_durable.tasks.deadline import time_limit
 
 
 def test_the_soft_limit_raises_inside_the_node() -> None:
@@ -46,7 +46,7 @@ def test_a_node_that_ignores_the_soft_limit_ends_its_process() -> None:
     script = textwrap.dedent(
         """
         import time
-        from celery_durable.tasks import deadline
+        from celery_durable.engine import deadline
         deadline.HARD_LIMIT_GRACE = 0.3
         with deadline.time_limit("stubborn", 0.1):
             while True:

@@ -9,7 +9,7 @@ from celery import Celery
 from celery.signals import before_task_publish, task_prerun
 
 from celery_durable import Durable
-from celery_durable.persistence.records import Kind
+from celery_durable.model.records import Kind
 from celery_durable.testing import in_process_worker
 from tests.unit.test_inline import NODES, chain
 

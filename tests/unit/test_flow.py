@@ -13,8 +13,9 @@ from pydantic import BaseModel
 
 from celery_durable import CircuitOpen, Context, Durable, Execution, RateLimit, RetryPolicy
 from celery_durable.errors import InvalidFlowOption, InvalidNodeOption, InvalidPriority
-from celery_durable.persistence.records import BreakerRow, BreakerState, Kind
-from celery_durable.saga.flow import BreakerPolicy, Limit, admit, record
+from celery_durable.model.records import BreakerRow, BreakerState, Kind
+from celery_durable.policies.breakers import BreakerPolicy, admit, record
+from celery_durable.policies.limits import Limit
 from celery_durable.testing import assert_status, in_process_worker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

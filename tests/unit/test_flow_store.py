@@ -10,15 +10,15 @@ from datetime import timedelta
 
 import pytest
 
-from celery_durable.engine.flow import FlowControl
+from celery_durable.engine.admission import FlowControl
+from celery_durable.model.records import BreakerRow, BreakerState, Kind, utcnow
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.flow import FlowStore
-from celery_durable.persistence.records import BreakerRow, BreakerState, Kind, utcnow
-from celery_durable.persistence.slots import Holder, SlotTable
+from celery_durable.persistence.flow_rows import FlowStore
+from celery_durable.persistence.slot_table import Holder, SlotTable
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
-from celery_durable.saga.flow import BreakerPolicy
+from celery_durable.policies.breakers import BreakerPolicy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,7 +24,7 @@ from celery_durable import (
     Status,
 )
 from celery_durable.errors import ExecutionIdInUse, StateTooLarge
-from celery_durable.persistence.records import Commit, Kind
+from celery_durable.model.records import Commit, Kind
 from celery_durable.persistence.schema import executions
 from celery_durable.testing import in_process_worker
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from celery_durable import Durable, Hooks, Status
-from celery_durable.persistence.records import Commit
+from celery_durable.model.records import Commit
 
 
 class Count(BaseModel):

@@ -14,11 +14,11 @@ from celery.signals import task_prerun
 from pydantic import BaseModel
 
 from celery_durable import Durable, Hooks, Status
+from celery_durable.engine import node_run as node_module
 from celery_durable.engine.base import Base
-from celery_durable.saga.coordinator import Cursor
-from celery_durable.tasks import node as node_module
-from celery_durable.tasks.graph import Graph
-from celery_durable.tasks.node import NodeRun
+from celery_durable.engine.node_run import NodeRun
+from celery_durable.graphs.builder import Graph
+from celery_durable.model.cursor import Cursor
 from celery_durable.testing import in_process_worker
 
 NODES = ("a", "b", "c", "d", "e")

@@ -41,7 +41,7 @@ from celery_durable.metrics import (
     metrics_registry,
     serve_metrics,
 )
-from celery_durable.persistence.records import utcnow
+from celery_durable.model.records import utcnow
 from celery_durable.persistence.schema import executions
 from celery_durable.testing import embedded_app
 

@@ -25,7 +25,7 @@ from celery_durable import (
     Status,
 )
 from celery_durable.errors import CannotSkip, CheckpointNotFound
-from celery_durable.persistence.records import utcnow
+from celery_durable.model.records import utcnow
 from tests.waiting import wait_for
 
 FAST = RetryPolicy(max_attempts=2, initial_delay=0.01, backoff=1, jitter=False)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from celery_durable import Context, Durable, NeedsIntervention, RetryPolicy, Status
 from celery_durable.engine.recovery import RecoveryReport, sweep
 from celery_durable.errors import UnknownNode
-from celery_durable.persistence.records import Commit, utcnow
+from celery_durable.model.records import Commit, utcnow
 from celery_durable.testing import embedded_app, in_process_worker
 from tests.waiting import wait_for
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from celery_durable import Durable, Status
 from celery_durable.engine.recovery import sweep
-from celery_durable.persistence.records import utcnow
+from celery_durable.model.records import utcnow
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
 
 

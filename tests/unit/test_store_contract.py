@@ -26,10 +26,10 @@ from celery_durable.errors import (
     NotJSONSerializable,
     VersionConflict,
 )
+from celery_durable.model.records import Commit, utcnow
 from celery_durable.persistence import migrate, postgres
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.gauges import ActiveRuns
-from celery_durable.persistence.records import Commit, utcnow
 from celery_durable.persistence.schema import executions
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger

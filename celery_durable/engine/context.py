@@ -10,8 +10,8 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel
 
 from celery_durable.errors import ChildFailed, EventTimeout, NotJSONSerializable
+from celery_durable.model.records import ExecutionRecord
 from celery_durable.persistence import codec
-from celery_durable.persistence.records import ExecutionRecord
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, select, update
 
+from celery_durable.model.records import BreakerRow, BreakerState, as_utc, utcnow
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import BreakerRow, BreakerState, as_utc, utcnow
 from celery_durable.persistence.schema import breakers, rate_limits
 
 T = TypeVar("T")

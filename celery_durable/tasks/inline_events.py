@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from celery_durable.tasks.attempt import Attempt, Outcome
+from celery_durable.engine.attempt import Attempt, Outcome
 from celery_durable.tasks.message import Message, task_id
 
 

@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from celery_durable.errors import UnknownBreaker
-from celery_durable.persistence.flow import BreakerStatus, FlowStore
-from celery_durable.persistence.records import BreakerRow, BreakerState, utcnow
-from celery_durable.persistence.slots import SlotTable
-from celery_durable.saga.flow import Admission, BreakerPolicy, RateLimit, admit, record
+from celery_durable.model.records import BreakerRow, BreakerState, utcnow
+from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
+from celery_durable.persistence.slot_table import SlotTable
+from celery_durable.policies.breakers import Admission, BreakerPolicy, admit, record
+from celery_durable.policies.limits import RateLimit
 
 T = TypeVar("T")
 

@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery_durable.engine import waits
+from celery_durable.engine import wakeups
+from celery_durable.engine.attempt import Attempt, Superseded, Suspend
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.context import json_roundtrip
 from celery_durable.engine.start import start_run
 from celery_durable.errors import VersionConflict
-from celery_durable.persistence.records import Checkpoint, Commit, ExecutionRecord, Kind
-from celery_durable.saga.retry import NonRetryable
+from celery_durable.model.records import Checkpoint, Commit, ExecutionRecord, Kind
+from celery_durable.model.wait import Wait, WaitKind
+from celery_durable.policies.retry import NonRetryable
 from celery_durable.saga.shape import GraphShape
-from celery_durable.saga.waits import Wait, WaitKind
 from celery_durable.status import Status
-from celery_durable.tasks.attempt import Attempt, Superseded, Suspend
-from celery_durable.tasks.context import json_roundtrip
 
 
 class VisitMemo:
@@ -142,17 +142,17 @@ class VisitMemo:
             return {"due": wait.until, "timeout": False}
         if wait.kind == "event":
             assert wait.event is not None
-            found = waits.next_event(self.run.runtime, self.run.execution_id, wait.event)
+            found = wakeups.next_event(self.run.runtime, self.run.execution_id, wait.event)
             if found is not None:
                 return {"event": found.id, "payload": found.payload}
         if wait.kind in ("child", "children"):
-            return waits.child_result(self.run.runtime, self.run.execution_id, wait)
+            return wakeups.child_result(self.run.runtime, self.run.execution_id, wait)
         return None
 
     def _begin(self, wait: Wait) -> None:
         """Commit the wait; its timer row goes first, so no committed wait lacks one."""
         run = self.run
-        due = waits.due_at(run.runtime, wait)
+        due = wakeups.due_at(run.runtime, wait)
         if due is not None:
             run.runtime.visits.schedule(
                 run.execution_id, Kind.WAIT, wait.checkpoint_node, run.visit, due
@@ -174,9 +174,11 @@ class VisitMemo:
         self._commit(build)
         # What ended while this wait was being committed found no wait to wake: look again.
         if wait.kind == "event":
-            waits.wake_event_waits(run.runtime, run.execution_id)
+            wakeups.wake_event_waits(run.runtime, run.execution_id)
         elif wait.kind in ("child", "children"):
-            waits.wake(run.runtime, run.execution_id, wait.key, waits.children_result(run.runtime))
+            wakeups.wake(
+                run.runtime, run.execution_id, wait.key, wakeups.children_result(run.runtime)
+            )
 
     def _commit(self, build: Callable[[], Commit]) -> Checkpoint:
         """A commit in the middle of the node: rebase on whatever moved the run meanwhile

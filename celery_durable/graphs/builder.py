@@ -25,10 +25,10 @@ from celery_durable.errors import (
     UnknownNode,
     UnreachableNode,
 )
-from celery_durable.saga.flow import Limit, RateLimit
-from celery_durable.saga.retry import RetryPolicy
+from celery_durable.graphs.options import arity, check_options
+from celery_durable.policies.limits import Limit, RateLimit
+from celery_durable.policies.retry import RetryPolicy
 from celery_durable.saga.shape import Router
-from celery_durable.tasks.options import arity, check_options
 
 P = ParamSpec("P")
 R = TypeVar("R")

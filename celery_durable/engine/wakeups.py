@@ -23,9 +23,10 @@ from celery_durable.errors import (
     PayloadTooLarge,
     VersionConflict,
 )
+from celery_durable.model.records import EventRecord, ExecutionRecord, Kind
+from celery_durable.model.wait import AFTER, Wait
 from celery_durable.persistence import codec
-from celery_durable.persistence.records import EventRecord, ExecutionRecord, Kind
-from celery_durable.saga.waits import AFTER, Wait
+from celery_durable.saga.coordinator import interrupt
 from celery_durable.status import FINISHED, Status
 
 # A wait is woken while its run goes on; while paused, the woken visit waits for resume().
@@ -63,7 +64,7 @@ def wake(
         del cursor.waits[key]
         woken = [(wait.node, wait.visit)]
         if wait.slot == AFTER:
-            woken = cursor.interrupt(runtime.graph(record.graph), list(wait.ready))
+            woken = interrupt(runtime.graph(record.graph), cursor, list(wait.ready))
         if record.status == Status.PAUSED:
             cursor.held.extend(woken)
         commit = base.commit(

@@ -23,9 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from celery_durable import faults
-from celery_durable.engine import slots, waits
+from celery_durable.engine import slots, wakeups
+from celery_durable.engine.admission import Held, HeldBack
+from celery_durable.engine.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.engine.base import Base
-from celery_durable.engine.flow import Held, HeldBack
+from celery_durable.engine.compensation_run import after_failure
+from celery_durable.engine.context import Context, as_update
+from celery_durable.engine.deadline import time_limit
+from celery_durable.engine.memo import VisitMemo
 from celery_durable.engine.runtime import Publication
 from celery_durable.engine.state import apply_update, fit, refuse_unknown, validate
 from celery_durable.errors import (
@@ -40,21 +45,16 @@ from celery_durable.errors import (
     UnknownStateFields,
 )
 from celery_durable.faults import SimulatedCrash
-from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind, utcnow
-from celery_durable.persistence.slots import Holder
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import Checkpoint, Commit, ErrorRecord, Kind, utcnow
+from celery_durable.model.wait import Visit
+from celery_durable.persistence.slot_table import Holder
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor, Handed, advance
-from celery_durable.saga.waits import Visit
-from celery_durable.signals import intervention_required
+from celery_durable.saga.coordinator import Handed, advance
 from celery_durable.status import LIVE, Status
-from celery_durable.tasks.attempt import Attempt, Outcome, Superseded, Suspend
-from celery_durable.tasks.compensate import after_failure
-from celery_durable.tasks.context import Context, as_update
-from celery_durable.tasks.deadline import time_limit
-from celery_durable.tasks.memo import VisitMemo
 
 if TYPE_CHECKING:
-    from celery_durable.tasks.graph import Node
+    from celery_durable.engine.definition import NodeDefinition as Node
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class NodeRun(Attempt):
     _read_at: int = field(default=-1, init=False)
 
     @property
-    def node(self) -> Node[..., Any]:
+    def node(self) -> Node:
         return self.graph.nodes[self.name]
 
     def execute(self) -> Outcome:
@@ -121,7 +121,7 @@ class NodeRun(Attempt):
         slots.leave(self.runtime, place)
         return outcome
 
-    def _attempt(self, node: Node[..., Any]) -> Outcome:
+    def _attempt(self, node: Node) -> Outcome:
         """Past the concurrency limits: the rate limit, the breaker, the call, the commit."""
         probe = self._admit(node)
         if isinstance(probe, Outcome):
@@ -147,7 +147,7 @@ class NodeRun(Attempt):
             return Outcome.DROPPED
         return self._commit(update, lease.token)
 
-    def _take_place(self, node: Node[..., Any]) -> Holder | Outcome | None:
+    def _take_place(self, node: Node) -> Holder | Outcome | None:
         """Concurrency keys: a run's place at its entry node (held to its end), then this
         visit's place (given up when the attempt ends). Without one, the visit waits in line."""
         graph, runtime = self.graph, self.runtime
@@ -173,7 +173,7 @@ class NodeRun(Attempt):
         self.runtime.hooks.node_held(self.graph.name, self.name, f"slot {holder.key}")
         return Outcome.HELD
 
-    def _admit(self, node: Node[..., Any]) -> bool | Outcome:
+    def _admit(self, node: Node) -> bool | Outcome:
         """Flow control before the call: go (True: as the probe of the node's breaker), or
         the outcome of holding the visit back."""
         flow = self.runtime.flow
@@ -206,7 +206,7 @@ class NodeRun(Attempt):
         runtime.hooks.node_held(self.graph.name, self.name, held.by)
         return Outcome.HELD
 
-    def _call(self, node: Node[..., Any], ctx: Context) -> dict[str, Any]:
+    def _call(self, node: Node, ctx: Context) -> dict[str, Any]:
         """The user's function on the validated state; its result as a state update."""
         started = time.monotonic()
         model, _ = fit(self.graph, self.base.state)
@@ -370,7 +370,7 @@ class NodeRun(Attempt):
             runtime.dispatch_undo(self.graph.name, self.execution_id, after)
         elif commit.status.finished:
             parent = after.cursor.parent
-            waits.finished(runtime, self.execution_id, self.graph.name, commit.status, parent)
+            wakeups.finished(runtime, self.execution_id, self.graph.name, commit.status, parent)
 
     def _may_inline(self, ready: list[Visit]) -> bool:
         """Run the one node that follows in this task rather than publish it, where the
@@ -419,7 +419,7 @@ class NodeRun(Attempt):
             error["message"],
         )
         parent = self.base.cursor.parent
-        waits.finished(self.runtime, self.execution_id, self.graph.name, Status.FAILED, parent)
+        wakeups.finished(self.runtime, self.execution_id, self.graph.name, Status.FAILED, parent)
         return Outcome.FAILED
 
     def _intervention(self, error: ErrorRecord) -> Outcome:
@@ -432,17 +432,13 @@ class NodeRun(Attempt):
             error["message"],
             self.name,
         )
-        intervention_required.send(
-            sender=self.runtime.signal_sender,
-            execution_id=self.execution_id,
-            step=self.name,
-            error=error,
+        self.runtime.announcer.announce_intervention(
+            self.execution_id, self.graph.name, self.name, error
         )
-        self.runtime.hooks.intervention_required(self.execution_id, self.graph.name, self.name)
         return Outcome.NEEDS_INTERVENTION
 
 
-def _translate(exc: Exception, node: Node[..., Any]) -> Exception:
+def _translate(exc: Exception, node: Node) -> Exception:
     if type(exc).__name__ == "SoftTimeLimitExceeded" and node.timeout is not None:
         return NodeTimeout(node.name, node.timeout)
     return exc

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery_durable.errors import InvalidNodeOption
-from celery_durable.saga.flow import Limit, RateLimit
+from celery_durable.policies.limits import Limit, RateLimit
 
 
 def arity(fn: Callable[..., Any], name: str) -> int:

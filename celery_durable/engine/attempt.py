@@ -17,10 +17,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.context import Context, Memo
 from celery_durable.engine.leases import worker_id
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, LeaseLost, VersionConflict
-from celery_durable.persistence.records import (
+from celery_durable.model.records import (
     Checkpoint,
     Commit,
     ErrorRecord,
@@ -29,12 +30,11 @@ from celery_durable.persistence.records import (
     error_record,
     utcnow,
 )
-from celery_durable.saga.retry import RetryPolicy
+from celery_durable.policies.retry import RetryPolicy
 from celery_durable.status import Status
-from celery_durable.tasks.context import Context, Memo
 
 if TYPE_CHECKING:
-    from celery_durable.tasks.graph import Graph
+    from celery_durable.engine.definition import GraphDefinition as Graph
 
 logger = logging.getLogger(__name__)
 

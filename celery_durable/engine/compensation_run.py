@@ -14,18 +14,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from celery_durable import faults
-from celery_durable.engine import waits
+from celery_durable.engine import wakeups
+from celery_durable.engine.attempt import Attempt, Outcome, Superseded
 from celery_durable.engine.base import Base
+from celery_durable.engine.deadline import time_limit
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.state import fit
 from celery_durable.errors import InvalidTransition
-from celery_durable.persistence.records import Checkpoint, Commit, ErrorRecord, Kind
+from celery_durable.model.cursor import Cursor
+from celery_durable.model.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Cursor
-from celery_durable.signals import intervention_required
 from celery_durable.status import Status
-from celery_durable.tasks.attempt import Attempt, Outcome, Superseded
-from celery_durable.tasks.deadline import time_limit
 
 logger = logging.getLogger("celery_durable.saga")
 # A child saga in one of these is compensated when the parent step that started it is undone.
@@ -70,7 +69,7 @@ def after_failure(run: Attempt, error: ErrorRecord) -> Outcome:
 def _after(run: Attempt, commit: Commit) -> None:
     if commit.status == Status.COMPENSATED:
         parent = Cursor.from_json(commit.cursor).parent
-        waits.finished(run.runtime, run.execution_id, run.graph.name, commit.status, parent)
+        wakeups.finished(run.runtime, run.execution_id, run.graph.name, commit.status, parent)
     else:
         run.runtime.dispatch_undo(run.graph.name, run.execution_id, Base.after(commit))
 
@@ -182,11 +181,7 @@ class CompensationRun(Attempt):
             error["message"],
             self.name,
         )
-        intervention_required.send(
-            sender=self.runtime.signal_sender,
-            execution_id=self.execution_id,
-            step=self.name,
-            error=stuck,
+        self.runtime.announcer.announce_intervention(
+            self.execution_id, self.graph.name, self.name, stuck
         )
-        self.runtime.hooks.intervention_required(self.execution_id, self.graph.name, self.name)
         return Outcome.NEEDS_INTERVENTION

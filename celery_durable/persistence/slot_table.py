@@ -21,8 +21,8 @@ from sqlalchemy import (
     update,
 )
 
+from celery_durable.model.records import Kind, utcnow
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import Kind, utcnow
 from celery_durable.persistence.schema import executions, node_visits, slot_queue, slots
 from celery_durable.status import FINISHED
 

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 
+from celery_durable.model.records import EventRecord, as_utc, utcnow
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.records import EventRecord, as_utc, utcnow
 from celery_durable.persistence.schema import events
 
 

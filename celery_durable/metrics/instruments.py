@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from celery_durable.hooks import Hooks
-from celery_durable.persistence.records import Commit, Kind
+from celery_durable.model.records import Commit, Kind
 from celery_durable.status import Status
 
 if TYPE_CHECKING:

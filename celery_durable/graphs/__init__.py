@@ -1,0 +1,1 @@
+"""Graph definitions: the builder users write with, and the checks on what they write."""

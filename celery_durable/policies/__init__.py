@@ -1,0 +1,1 @@
+"""Policies users set on nodes: retries, rate limits, concurrency limits, circuit breakers."""
