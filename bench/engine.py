@@ -547,7 +547,7 @@ def report_hops(directory: Path, results: dict[str, list[Round]]) -> None:
 
     print()
     print("Per hop in the pool process, latency phase, p50 ms (task: prerun to postrun;")
-    print("commit: the node's statement, the next node's message built meanwhile; publish:")
+    print("commit: the wait for the node's answer, after its next message was built; publish:")
     print("sending that message; rest: the task less both):")
     print(f"  {'side':<8} {'hops':>6} " + " ".join(f"{part:>8}" for part in (*hops.PARTS, "rest")))
     for name, rounds in results.items():

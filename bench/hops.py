@@ -31,8 +31,8 @@ def install(directory: str) -> None:
     """Time every task, node commit and node publish of this worker's pool processes."""
     from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
-    from celery_durable.persistence.postgres import PostgresDialect
-    from celery_durable.tasks.dispatch import CeleryDispatcher
+    from celery_durable.persistence.pending import PendingCommit
+    from celery_durable.tasks.producer import HeldProducer
 
     hop: dict[str, float] = {}
     hops: list[list[float | None]] = []
@@ -48,8 +48,9 @@ def install(directory: str) -> None:
 
         return wrapper
 
-    PostgresDialect.save = timed("commit", PostgresDialect.save)  # type: ignore[method-assign]
-    CeleryDispatcher._publish = timed("publish", CeleryDispatcher._publish)  # type: ignore[method-assign]
+    # The commit: the wait for its answer, once the next messages were built.
+    PendingCommit.result = timed("commit", PendingCommit.result)  # type: ignore[method-assign]
+    HeldProducer.send = timed("publish", HeldProducer.send)  # type: ignore[method-assign]
 
     @task_prerun.connect(weak=False)
     def _started(**_: Any) -> None:

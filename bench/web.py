@@ -75,7 +75,7 @@ def main() -> None:
         print(f"{args.runs} runs stored in {time.perf_counter() - started:.1f} s")
         deep = views.Filters()
         for _ in range(50):  # 50 pages back: 2,500 runs older than the newest
-            deep = views.Filters.parse({"before": views.runs_page(durable, deep)["next"]})
+            deep = views.Filters.parse({"before": views.runs_page(durable, deep).next})
         cases = {
             "first page": ("", views.Filters()),
             "status=failed": ("status=failed", views.Filters(status="failed")),

@@ -50,44 +50,50 @@ def run(database_url: str | None = None) -> None:
     returns = shop.define_returns(durable)  # type: ignore[attr-defined]
     click.echo(f"celery-durable demo: SQLite at {database_url}, in-process broker and worker\n")
     with in_process_worker(durable, timers=True):
-        click.echo("1. Fulfilment graph: fan-out and join, a branch, a retried carrier call")
-        run1 = fulfilment.delay(order_id="o-1001", amount=250)
-        render.follow_progress(run1)
-        final = run1.wait(timeout=60)
-        click.echo(f"   final state: {final.model_dump()}")
-        checkpoints = run1.history()
-        click.echo(render.graph(fulfilment, render.node_states(run1.refresh(), checkpoints)))
-        click.echo(render.history(checkpoints))
-        retried = durable.visits.get(run1.id, Kind.NODE, final.shipping, 1)
-        if retried is not None:
-            click.echo(
-                f"   {final.shipping} failed {retried.attempts} time(s) "
-                f"({retried.last_error['message'] if retried.last_error else ''}) and was retried"
-            )
-
-        click.echo("\n2. Order saga: the card is declined, so the saga compensates")
-        run2 = orders.delay(order_id="o-1002", amount=5_000)
-        try:
-            run2.wait(timeout=60)
-        except Compensated as exc:
-            click.echo(f"   {exc}")
-        click.echo(render.history(run2.history()))
-
-        click.echo("\n3. Order saga that succeeds (its ship step is retried once)")
-        run3 = orders.delay(order_id="o-1003", amount=120)
-        click.echo(f"   final state: {run3.wait(timeout=60).model_dump()}")
-
-        click.echo("\n4. The customer cancels o-1003: compensate() undoes it, newest first")
-        run3.compensate("customer cancelled", by="support@shop")
-        with contextlib.suppress(Compensated):
-            run3.wait(timeout=60)
-        click.echo(render.history(run3.history()))
-
+        _fulfil(durable, fulfilment)
+        _orders(orders)
         _return(returns)
     click.echo(
         f"\ndemo finished in {time.monotonic() - started:.1f}s; "
         f"inspect it: celery-durable --database-url {database_url} ls"
     )
+
+
+def _fulfil(durable: Durable, fulfilment: Graph) -> None:
+    click.echo("1. Fulfilment graph: fan-out and join, a branch, a retried carrier call")
+    run1 = fulfilment.delay(order_id="o-1001", amount=250)
+    render.follow_progress(run1)
+    final = run1.wait(timeout=60).model_dump()
+    click.echo(f"   final state: {final}")
+    checkpoints = run1.history()
+    click.echo(render.graph(fulfilment, render.node_states(run1.refresh(), checkpoints)))
+    click.echo(render.history(checkpoints))
+    retried = durable.visits.get(run1.id, Kind.NODE, final["shipping"], 1)
+    if retried is not None:
+        click.echo(
+            f"   {final['shipping']} failed {retried.attempts} time(s) "
+            f"({retried.last_error['message'] if retried.last_error else ''}) and was retried"
+        )
+
+
+def _orders(orders: Graph) -> None:
+    click.echo("\n2. Order saga: the card is declined, so the saga compensates")
+    run2 = orders.delay(order_id="o-1002", amount=5_000)
+    try:
+        run2.wait(timeout=60)
+    except Compensated as exc:
+        click.echo(f"   {exc}")
+    click.echo(render.history(run2.history()))
+
+    click.echo("\n3. Order saga that succeeds (its ship step is retried once)")
+    run3 = orders.delay(order_id="o-1003", amount=120)
+    click.echo(f"   final state: {run3.wait(timeout=60).model_dump()}")
+
+    click.echo("\n4. The customer cancels o-1003: compensate() undoes it, newest first")
+    run3.compensate("customer cancelled", by="support@shop")
+    with contextlib.suppress(Compensated):
+        run3.wait(timeout=60)
+    click.echo(render.history(run3.history()))
 
 
 def _return(returns: Graph) -> None:

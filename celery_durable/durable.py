@@ -16,23 +16,31 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
 
 from celery_durable import signals
-from celery_durable.engine.admission import FlowControl
 from celery_durable.engine.audit import actor
 from celery_durable.engine.execution import Execution
+from celery_durable.engine.flow_control import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
-from celery_durable.engine.retention import PruneReport, prune
+from celery_durable.engine.retention import PruneReport, Retention, prune
 from celery_durable.engine.runtime import Runtime
-from celery_durable.engine.start import start_run
+from celery_durable.engine.start import StartOptions, start_run
 from celery_durable.engine.wakeups import send_event
 from celery_durable.errors import ConfigurationError, GraphDefinitionError, InvalidFlowOption
-from celery_durable.graphs.builder import Graph, Node, OnFailure, Saga
+from celery_durable.graphs.builder import Definitions, Graph, Node, OnFailure, Saga
 from celery_durable.hooks import Hooks
-from celery_durable.model.records import BreakerState, ErrorRecord, EventRecord, utcnow
+from celery_durable.model.records import (
+    BreakerState,
+    Checkpoint,
+    ErrorRecord,
+    EventRecord,
+    Kind,
+    utcnow,
+)
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.event_log import EventLog
 from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
+from celery_durable.persistence.gauges import ExecutionGauges
 from celery_durable.persistence.sealing import Sealer
 from celery_durable.persistence.slot_table import SlotTable
 from celery_durable.persistence.store import CheckpointStore
@@ -41,6 +49,7 @@ from celery_durable.policies.breakers import BreakerPolicy
 from celery_durable.policies.limits import Limit
 from celery_durable.settings import Settings
 from celery_durable.status import Status
+from celery_durable.tasks import message
 from celery_durable.tasks.dispatch import CeleryDispatcher
 from celery_durable.tasks.registry import (
     NodeTasks,
@@ -106,6 +115,7 @@ class Durable:
         self.store = CheckpointStore(self.db, sealer)
         self.visits = VisitLedger(self.db)
         self.graphs: dict[str, Graph] = {}
+        definitions = Definitions(self.graphs)
         # The engine calls this relay; what users set as ``hooks`` is chained behind it.
         self._hooks = _Relay(self)
         self._hooks.inner = hooks or Hooks()
@@ -114,10 +124,10 @@ class Durable:
             visits=self.visits,
             events=EventLog(self.db),
             leases=LeaseKeeper(self.visits, self.settings.lease_after, self.settings.lease_ttl),
-            dispatcher=CeleryDispatcher(app, self.graphs),
+            dispatcher=CeleryDispatcher(app, definitions),
             hooks=self._hooks,
             settings=self.settings,
-            graphs=self.graphs,
+            graphs=definitions,
             flow=FlowControl(
                 FlowStore(self.db), SlotTable(self.db), probe_ttl=self.settings.lease_ttl
             ),
@@ -202,15 +212,8 @@ class Durable:
         priority: int | None = None,
     ) -> Execution:
         """Validate, store, publish the entry node: in that order, so bad input changes nothing."""
-        record = start_run(
-            self.runtime,
-            graph,
-            input,
-            execution_id=execution_id,
-            countdown=countdown,
-            queue=queue,
-            priority=priority,
-        )
+        options = StartOptions(execution_id, countdown, queue, priority)
+        record = start_run(self.runtime, graph.definition(), input, options)
         return Execution(self.runtime, record.id, record)
 
     def get(self, execution_id: str) -> Execution:
@@ -225,18 +228,57 @@ class Durable:
         limit: int = 100,
         *,
         parent: str | None = None,
+        id_prefix: str | None = None,
+        before: tuple[datetime, str] | None = None,
     ) -> builtins.list[Execution]:
-        """Executions, newest first; ``parent``: only the children of that run."""
+        """Executions, newest first; ``parent``: only the children of that run; ``id_prefix``:
+        only ids that start with it.
+
+        Paging is by key, not offset: ``before`` is ``(run.record.created_at, run.id)`` of the
+        last run of the page before, and the page goes on from there, so runs started while
+        an operator pages through do not shift or repeat what the next page shows.
+        """
         records = self.store.list_executions(
-            status=status, graph=graph, since=since, parent=parent, limit=limit
+            status=status,
+            graph=graph,
+            since=since,
+            parent=parent,
+            id_prefix=id_prefix,
+            before=before,
+            limit=limit,
         )
         return [Execution(self.runtime, r.id, r) for r in records]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many executions there are in each status; a status with none is left out."""
+        return self.store.count_by_status()
 
     def stuck(self, threshold: timedelta | None = None) -> builtins.list[Execution]:
         """Running executions with no commit for ``threshold`` (default: stuck_after)."""
         age = threshold or timedelta(seconds=self.settings.stuck_after)
         records = self.store.list_stale(utcnow() - age, limit=1000, include_swept=True)
         return [Execution(self.runtime, r.id, r) for r in records]
+
+    def execution_gauges(self, stuck_before: datetime) -> ExecutionGauges:
+        """What the metrics server shows, read in a few grouped queries: executions by graph
+        and status, the active runs of each graph (those idle since ``stuck_before`` counted),
+        waiting runs by what they wait for."""
+        return self.store.execution_gauges(stuck_before)
+
+    def task_id(self, checkpoint: Checkpoint) -> str | None:
+        """The Celery task id of the attempt that committed ``checkpoint``, to find it in
+        Flower or a result backend; None for a checkpoint no node or compensation task wrote
+        (a start, a manual change, a step)."""
+        attempt = (checkpoint.meta or {}).get("attempt")
+        if checkpoint.kind not in (Kind.NODE, Kind.COMPENSATION) or attempt is None:
+            return None
+        return message.task_id(
+            checkpoint.execution_id,
+            checkpoint.node,
+            checkpoint.visit,
+            attempt,
+            compensation=checkpoint.kind == Kind.COMPENSATION,
+        )
 
     def send_event(
         self,
@@ -307,14 +349,8 @@ class Durable:
         dry_run: bool = False,
     ) -> PruneReport:
         """Remove finished runs past retention (7 days succeeded, 30 failed, by default)."""
-        return prune(
-            self.runtime,
-            older_than,
-            succeeded=succeeded,
-            failed=failed,
-            batch=batch,
-            dry_run=dry_run,
-        )
+        keep = Retention(older_than, succeeded, failed)
+        return prune(self.runtime, keep, batch=batch, dry_run=dry_run)
 
     # -- the worker -------------------------------------------------------------------------
 

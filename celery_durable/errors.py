@@ -59,6 +59,22 @@ from datetime import datetime
 from typing import Any
 
 
+def _listed(names: Iterable[str]) -> str:
+    return ", ".join(names) or "none"
+
+
+def _shown(value: object, limit: int) -> str:
+    """``value``'s repr, cut short when longer than ``limit``: an id can be any length."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[: limit - 20]}... ({len(str(value))} chars)"
+
+
+def _cause(error: Mapping[str, Any]) -> str:
+    return f"{error.get('type', 'Error')}: {error.get('message', '')}"
+
+
 class DurableError(Exception):
     """Root of every celery-durable error."""
 
@@ -96,7 +112,7 @@ class UnknownNode(GraphDefinitionError):
         self.graph = graph
         self.node = node
         super().__init__(
-            f"Graph {graph!r} has no node named {node!r}; known nodes: {', '.join(known) or '-'}. "
+            f"Graph {graph!r} has no node named {node!r}; known nodes: {_listed(known)}. "
             "Define the node with @graph.node before referring to it."
         )
 
@@ -125,7 +141,7 @@ class UnknownGraph(DurableError):
     def __init__(self, graph: str, known: list[str]) -> None:
         super().__init__(
             f"No durable graph named {graph!r} is registered in this process (known: "
-            f"{', '.join(known) or '-'}). Import the module that defines it before using it."
+            f"{_listed(known)}). Import the module that defines it before using it."
         )
 
 
@@ -179,10 +195,8 @@ class ExecutionNotFound(DurableError):
 
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
-        shown = repr(execution_id)
-        shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(execution_id)} chars)"
         super().__init__(
-            f"No execution with id {shown}; check the id (durable.list() shows "
+            f"No execution with id {_shown(execution_id, 80)}; check the id (durable.list() shows "
             "recent ones) and that this process uses the same database."
         )
 
@@ -197,11 +211,10 @@ class ExecutionIdInUse(DurableError):
 
 class InvalidExecutionId(DurableError):
     def __init__(self, execution_id: object, limit: int) -> None:
-        shown = repr(execution_id)
-        shown = shown if len(shown) <= 60 else f"{shown[:40]}... ({len(str(execution_id))} chars)"
         super().__init__(
-            f"execution_id={shown} cannot name a run: give a non-empty string of at most "
-            f"{limit} characters, or none for a generated one. Nothing was stored or sent."
+            f"execution_id={_shown(execution_id, 60)} cannot name a run: give a non-empty "
+            f"string of at most {limit} characters, or none for a generated one. Nothing was "
+            "stored or sent."
         )
 
 
@@ -305,55 +318,54 @@ class CannotSkip(DurableError):
 
 
 class ExecutionFailed(DurableError):
-    """Raised by Execution.wait() when the run ended failed; carries the node and its error."""
+    """Raised by Execution.wait() when the run ended failed; carries the node and its error.
+    Its subclasses say how else a run can end without succeeding, each in its own words."""
 
     def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
         self.execution_id = execution_id
         self.node = node
         self.error = error
+        super().__init__(self._message(execution_id, node, error))
+
+    @staticmethod
+    def _message(execution_id: str, node: str | None, error: Mapping[str, Any]) -> str:
         where = f" at node {node!r}" if node else ""
-        super().__init__(
-            f"Execution {execution_id!r} failed{where}: {error.get('type', 'Error')}: "
-            f"{error.get('message', '')}. Its history() shows what was committed; fix the "
-            "cause and start a new run."
+        return (
+            f"Execution {execution_id!r} failed{where}: {_cause(error)}. Its history() shows "
+            "what was committed; fix the cause and start a new run."
         )
 
 
 class Compensated(ExecutionFailed):
     """Raised by wait() when a saga ended compensated: its steps were undone."""
 
-    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
-        DurableError.__init__(
-            self,
+    @staticmethod
+    def _message(execution_id: str, node: str | None, error: Mapping[str, Any]) -> str:
+        where = f" at step {node!r}" if node else ""
+        return (
             f"Saga {execution_id!r} was compensated: its completed steps were undone after "
-            f"{error.get('type', 'Error')}: {error.get('message', '')}"
-            + (f" at step {node!r}" if node else "")
-            + ". history() shows each compensation.",
+            f"{_cause(error)}{where}. history() shows each compensation."
         )
-        self.execution_id, self.node, self.error = execution_id, node, error
 
 
 class ExecutionCancelled(ExecutionFailed):
     """Raised by wait() when the run was cancelled."""
 
-    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
-        DurableError.__init__(
-            self, f"Execution {execution_id!r} was cancelled: {error.get('message', '')}."
-        )
-        self.execution_id, self.node, self.error = execution_id, node, error
+    @staticmethod
+    def _message(execution_id: str, node: str | None, error: Mapping[str, Any]) -> str:
+        return f"Execution {execution_id!r} was cancelled: {error.get('message', '')}."
 
 
 class NeedsIntervention(ExecutionFailed):
     """Raised by wait() when a compensation failed for good and the run waits for an operator."""
 
-    def __init__(self, execution_id: str, node: str | None, error: Mapping[str, Any]) -> None:
-        DurableError.__init__(
-            self,
-            f"Execution {execution_id!r} needs intervention at {node!r}: "
-            f"{error.get('type', 'Error')}: {error.get('message', '')}. Fix the cause, then "
-            f"Execution.retry(), or Execution.skip({node!r}) to mark it done by hand.",
+    @staticmethod
+    def _message(execution_id: str, node: str | None, error: Mapping[str, Any]) -> str:
+        return (
+            f"Execution {execution_id!r} needs intervention at {node!r}: {_cause(error)}. Fix "
+            f"the cause, then Execution.retry(), or Execution.skip({node!r}) to mark it done "
+            "by hand."
         )
-        self.execution_id, self.node, self.error = execution_id, node, error
 
 
 class WaitTimeout(DurableError, TimeoutError):
@@ -402,7 +414,7 @@ class ChildFailed(DurableError):
 
     def __init__(self, child_id: str, status: str, error: Mapping[str, Any] | None) -> None:
         self.child_id, self.status, self.error = child_id, status, error
-        detail = f": {error.get('type', 'Error')}: {error.get('message', '')}" if error else ""
+        detail = f": {_cause(error)}" if error else ""
         super().__init__(
             f"Child run {child_id!r} ended {status}{detail}. Its history() shows why; catch "
             "ChildFailed in the node to go on without it, or retry the child and this node."
@@ -420,7 +432,7 @@ class InvalidPriority(DurableError):
 class UnknownBreaker(DurableError):
     def __init__(self, name: str, known: Iterable[str]) -> None:
         super().__init__(
-            f"No circuit breaker named {name!r} (known: {', '.join(sorted(known)) or 'none'}). "
+            f"No circuit breaker named {name!r} (known: {_listed(sorted(known))}). "
             f"Declare it with durable.breaker({name!r}, ...) where the graphs are defined."
         )
 
@@ -506,7 +518,7 @@ class EncryptionKeyMissing(DurableError):
 
     def __init__(self, key_id: str, known: Iterable[str]) -> None:
         self.key_id = key_id
-        have = ", ".join(sorted(known)) or "none"
+        have = _listed(sorted(known))
         super().__init__(
             f"A stored state was encrypted with key {key_id!r}, which encryption_keys does not "
             f"hold (it has: {have}). Nothing was read or changed. Add the key to "

@@ -12,7 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from celery_durable.constants import DEFAULT_SQLITE_FILE, ENV_PREFIX
 from celery_durable.errors import ConfigurationError
@@ -23,89 +33,57 @@ def default_database_url() -> str:
 
 
 class Settings(BaseModel):
-    """How durable executions store their checkpoints and recover from crashes."""
+    """How durable executions store their checkpoints and recover from crashes. Each field's
+    docstring is its description (``Settings.model_fields[name].description``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    database_url: str = Field(
-        default_factory=default_database_url,
-        description="SQLAlchemy URL of the checkpoint database; PostgreSQL via "
-        "postgresql+psycopg://, else a SQLite file in the working directory.",
-    )
-    max_state_bytes: int = Field(
-        1_048_576, gt=0, description="Largest serialized state a run may carry."
-    )
-    eta_threshold: float = Field(
-        5.0,
-        ge=0,
-        description="Retry delays up to this many seconds wait in the broker (countdown); "
-        "longer ones wait as rows in the database and the recovery sweep dispatches them.",
-    )
-    lease_after: float = Field(
-        5.0, gt=0, description="A node running longer than this takes a lease in the database."
-    )
-    lease_ttl: float = Field(
-        30.0, gt=0, description="A lease not renewed for this long is expired."
-    )
-    sweep_interval: float = Field(
-        10.0, gt=0, description="Seconds between recovery sweeps in each worker."
-    )
-    timer_interval: float = Field(
-        0.5,
-        gt=0,
-        description="Seconds between each worker's looks for retries and waits that came due "
-        "(sleeps ending, event waits timing out): what bounds their lag.",
-    )
-    stale_after: float = Field(
-        60.0,
-        gt=0,
-        description="A running execution with no commit for this long and no live lease is "
-        "re-dispatched by the recovery sweep.",
-    )
-    max_redeliveries: int = Field(
-        10, ge=1, description="A node message redelivered more often fails its execution."
-    )
-    inline_nodes: int = Field(
-        16,
-        ge=0,
-        description="When one node follows another, bound for the same queue, and no Celery "
-        "time or rate limit applies, the worker runs it in the same task after the commit "
-        "instead of publishing a message, up to this many in a row; 0 publishes every node.",
-    )
-    pool_size: int = Field(5, ge=1, description="Database connections per worker process.")
-    retention_succeeded_days: float = Field(
-        7.0, gt=0, description="prune() removes succeeded runs finished this many days ago."
-    )
-    retention_failed_days: float = Field(
-        30.0,
-        gt=0,
-        description="prune() removes failed, compensated and cancelled runs after this many days.",
-    )
-    stuck_after: float = Field(
-        1800.0,
-        gt=0,
-        description="A running execution with no commit for this many seconds is reported stuck.",
-    )
-    slow_node_after: float = Field(
-        60.0, gt=0, description="A node running longer than this is logged as slow."
-    )
-    compress_over: int = Field(
-        4096,
-        ge=0,
-        description="States and node outputs longer than this many characters of JSON are "
-        "stored zlib-compressed; 0 stores them as they are.",
-    )
-    encryption_keys: dict[str, str] = Field(
-        default_factory=dict,
-        description="Key id -> base64 of a 32-byte key: states and outputs are stored "
-        "encrypted (AES-256-GCM, the 'encryption' extra), each row naming its key. Keep old "
-        "keys here to read what they wrote. In the environment: a JSON object.",
-    )
-    encryption_key: str | None = Field(
-        None,
-        description="The id in encryption_keys that encrypts new rows; needed when there are "
-        "several (a rotation), else the only one.",
-    )
+    database_url: str = Field(default_factory=default_database_url)
+    """SQLAlchemy URL of the checkpoint database; PostgreSQL via postgresql+psycopg://, else a
+    SQLite file in the working directory."""
+    max_state_bytes: PositiveInt = 1_048_576
+    """Largest serialized state a run may carry."""
+    eta_threshold: NonNegativeFloat = 5.0
+    """Retry delays up to this many seconds wait in the broker (countdown); longer ones wait
+    as rows in the database and the recovery sweep dispatches them."""
+    lease_after: PositiveFloat = 5.0
+    """A node running longer than this takes a lease in the database."""
+    lease_ttl: PositiveFloat = 30.0
+    """A lease not renewed for this long is expired."""
+    sweep_interval: PositiveFloat = 10.0
+    """Seconds between recovery sweeps in each worker."""
+    timer_interval: PositiveFloat = 0.5
+    """Seconds between each worker's looks for retries and waits that came due (sleeps
+    ending, event waits timing out): what bounds their lag."""
+    stale_after: PositiveFloat = 60.0
+    """A running execution with no commit for this long and no live lease is re-dispatched by
+    the recovery sweep."""
+    max_redeliveries: PositiveInt = 10
+    """A node message redelivered more often fails its execution."""
+    inline_nodes: NonNegativeInt = 16
+    """When one node follows another, bound for the same queue, and no Celery time or rate
+    limit applies, the worker runs it in the same task after the commit instead of
+    publishing a message, up to this many in a row; 0 publishes every node."""
+    pool_size: PositiveInt = 5
+    """Database connections per worker process."""
+    retention_succeeded_days: PositiveFloat = 7.0
+    """prune() removes succeeded runs finished this many days ago."""
+    retention_failed_days: PositiveFloat = 30.0
+    """prune() removes failed, compensated and cancelled runs after this many days."""
+    stuck_after: PositiveFloat = 1800.0
+    """A running execution with no commit for this many seconds is reported stuck."""
+    slow_node_after: PositiveFloat = 60.0
+    """A node running longer than this is logged as slow."""
+    compress_over: NonNegativeInt = 4096
+    """States and node outputs longer than this many characters of JSON are stored
+    zlib-compressed; 0 stores them as they are."""
+    encryption_keys: dict[str, str] = Field(default_factory=dict)
+    """Key id -> base64 of a 32-byte key: states and outputs are stored encrypted
+    (AES-256-GCM, the 'encryption' extra), each row naming its key. Keep old keys here to
+    read what they wrote. In the environment: a JSON object."""
+    encryption_key: str | None = None
+    """The id in encryption_keys that encrypts new rows; needed when there are several (a
+    rotation), else the only one."""
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from celery_durable import DurableError
 from celery_durable.cli.admin import metrics, migrate, prune, recover, verify, web
-from celery_durable.cli.breakers import breaker, breakers
+from celery_durable.cli.breaker_commands import breaker, breakers
 from celery_durable.cli.common import Obj
 from celery_durable.cli.inspect import history, ls, progress, show
 from celery_durable.cli.operate import OPERATIONS, fork, patch, restart, resume, send_event, skip

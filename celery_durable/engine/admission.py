@@ -1,116 +1,209 @@
-"""Flow control at a node visit's door: circuit breakers and fleet-wide rate limits
-(concurrency keys build on the slots here, in engine/slots.py).
+"""A node visit's door: the one gate every attempt passes before its function runs.
 
-A visit that may not run now is held: a row in the visit ledger, due when it may try again,
-saying what holds it. No worker waits and no attempt is counted; the recovery sweep's timer
-loop sends the visit again when the row comes due. A success costs a breaker nothing; only
-failures, probes and rejections write.
+In order: concurrency keys (a node visit takes one of its key's places and gives it up when
+the attempt ends; a run of a graph with a limit takes one at its entry node and gives it up
+when the run ends), the node's fleet-wide rate limit (a turn), its circuit breaker. A visit
+that may not run now waits without holding a worker or counting an attempt: in line for a
+place (sent when one frees), or held (a due row the timer loop sends again, or a message with
+a countdown for a rate turn that is close). A holder that died frees its place when its lease
+runs out (the sweep's timer loop).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
 
-from celery_durable.errors import UnknownBreaker
-from celery_durable.model.records import BreakerRow, BreakerState, utcnow
-from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
-from celery_durable.persistence.slot_table import SlotTable
-from celery_durable.policies.breakers import Admission, BreakerPolicy, admit, record
-from celery_durable.policies.limits import RateLimit
+from celery_durable.engine.attempt import Attempt, Outcome
+from celery_durable.engine.base import Base
+from celery_durable.engine.failure import Failure
+from celery_durable.engine.flow_control import Held
+from celery_durable.engine.runtime import Runtime
+from celery_durable.engine.state import fit
+from celery_durable.errors import CircuitOpen, ExecutionNotFound, StateSchemaMismatch
+from celery_durable.model.records import utcnow
+from celery_durable.persistence.slot_table import Holder
+from celery_durable.policies.limits import Limit
+from celery_durable.status import LIVE
 
-T = TypeVar("T")
+Limits = dict[str, tuple[int, float | None]]
+
+
+def node_scope(graph: str, node: str) -> str:
+    return f"node {graph}.{node}"
+
+
+def graph_scope(graph: str) -> str:
+    return f"graph {graph}"
+
+
+def limits(runtime: Runtime) -> Limits:
+    """Every scope the graphs declare: its max, and its ttl (None: held until the run ends)."""
+    found: Limits = {}
+    for name, graph in runtime.graphs.items():
+        if graph.concurrency is not None:
+            found[graph_scope(name)] = (graph.concurrency.max, None)
+        for node, shape in graph.nodes.items():
+            if shape.concurrency is not None:
+                found[node_scope(name, node)] = (shape.concurrency.max, runtime.settings.lease_ttl)
+    return found
+
+
+def enter(runtime: Runtime, holder: Holder, limit: Limit, ttl: float | None) -> bool:
+    """A place for ``holder``, or False: it waits in line, and is sent when its turn comes."""
+    return runtime.flow.slots.take(holder, limit.max, ttl)
+
+
+def leave(runtime: Runtime, holder: Holder) -> None:
+    """Give ``holder``'s place up and send whoever it goes to."""
+    known = limits(runtime)
+    if holder.scope in known:
+        send(runtime, runtime.flow.slots.leave(holder, *known[holder.scope]), known)
+
+
+def reap(runtime: Runtime, now: datetime) -> int:
+    """Free the places of holders that died or ended; returns how many visits were sent."""
+    known = limits(runtime)
+    if not known:
+        return 0
+    return send(runtime, runtime.flow.slots.reap(now, known), known)
+
+
+def send(runtime: Runtime, granted: list[Holder], known: Limits) -> int:
+    """Send the visits that were handed places; a place whose visit is no longer due (the
+    run was cancelled, moved on, or is gone) is given up again at once."""
+    sent = 0
+    while granted:
+        holder = granted.pop(0)
+        try:
+            record = runtime.store.get_execution(holder.execution_id)
+        except ExecutionNotFound:
+            record = None
+        base = None if record is None else Base.of(record)
+        if (
+            record is None
+            or base is None
+            or record.status not in LIVE
+            or not (base.cursor.holds(holder.node, holder.visit))
+        ):
+            granted += runtime.flow.slots.leave(holder, *known[holder.scope])
+            continue
+        runtime.dispatcher.dispatch(
+            record.graph, holder.node, holder.visit, record.id, base, attempt=holder.attempt
+        )
+        sent += 1
+    return sent
 
 
 @dataclass(frozen=True, slots=True)
-class Held:
-    """Come back at ``until``: ``by`` ("breaker payments", "rate stripe") holds the visit."""
+class Admitted:
+    """Past the gate: the visit's place (given up when the attempt ends), and whether the
+    call is its breaker's probe."""
 
-    until: datetime
-    by: str
-
-
-class HeldBack(BaseException):
-    """``ctx.step(..., breaker=)`` met an open breaker: the whole visit is held. A
-    BaseException, so that a node's ``except Exception`` cannot swallow it."""
-
-    def __init__(self, held: Held) -> None:
-        super().__init__(held.by)
-        self.held = held
+    place: Holder | None = None
+    probe: bool = False
 
 
-class FlowControl:
-    """The breakers declared on one Durable, and the shared rows behind them and the rates."""
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Not now: come back at ``held.until``. ``by_message``: a rate turn, which waits as a
+    message with a countdown when it is close, keeping calls evenly spaced rather than in
+    bursts at each sweep."""
 
-    def __init__(self, store: FlowStore, slots: SlotTable, probe_ttl: float) -> None:
-        self.store = store
-        self.slots = slots
-        self.probe_ttl = probe_ttl
-        self.policies: dict[str, BreakerPolicy] = {}
+    held: Held
+    by_message: bool = False
 
-    def declare(self, policy: BreakerPolicy) -> BreakerPolicy:
-        self.policies[policy.name] = policy
-        return policy
 
-    def policy(self, name: str) -> BreakerPolicy:
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """In line for a place under a concurrency key: sent when one frees."""
+
+    holder: Holder
+
+
+class Gate:
+    """Admission for node visits: places, rate turns, breakers, and the holds they decide."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def admit(self, run: Attempt) -> Admitted | Hold | Queued | Failure:
+        """Take what this visit needs to run now, or say why it may not."""
         try:
-            return self.policies[name]
-        except KeyError:
-            raise UnknownBreaker(name, self.policies) from None
+            place = self._places(run)
+        except StateSchemaMismatch as exc:
+            return Failure(exc, permanent=True)
+        if isinstance(place, Queued):
+            return place
+        decision = self._flow(run)
+        if isinstance(decision, Admitted):
+            return replace(decision, place=place)
+        self.release(Admitted(place))
+        return decision
 
-    def admit(self, breaker: str) -> Admission:
-        """May a call behind ``breaker`` go now? A rejection is counted."""
-        policy = self.policy(breaker)
-        admission = self.store.breaker(
-            breaker, lambda row: admit(policy, row, utcnow(), self.probe_ttl)
-        )
-        if not admission.allowed:
-            self.store.reject(breaker)
-        return admission
+    def release(self, admitted: Admitted) -> None:
+        """The attempt ended: give its visit's place up (the run's is held to its end)."""
+        if admitted.place is not None:
+            leave(self.runtime, admitted.place)
 
-    def call(self, breaker: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """``fn(*args)`` behind ``breaker``, or HeldBack while it is open."""
-        admission = self.admit(breaker)
-        if admission.retry_at is not None:
-            raise HeldBack(Held(admission.retry_at, f"breaker {breaker}"))
-        try:
-            result = fn(*args)
-        except Exception:
-            self.report(breaker, False, admission.probe)
-            raise
-        self.report(breaker, True, admission.probe)
-        return result
-
-    def report(self, breaker: str, ok: bool, probe: bool) -> None:
-        """A call behind ``breaker`` ended. Successes outside a probe change nothing."""
-        if ok and not probe:
+    def report(self, run: Attempt, admitted: Admitted, failure: Failure | None) -> None:
+        """Tell the node's breaker how the call went; a permanent failure is the node's own
+        fault, not the service's behind the breaker."""
+        breaker = run.graph.nodes[run.name].breaker
+        if breaker is None or (failure is not None and failure.permanent):
             return
-        policy = self.policy(breaker)
-        self.store.breaker(breaker, lambda row: (None, record(policy, row, ok, utcnow(), probe)))
+        self.runtime.flow.report(breaker, failure is None, admitted.probe)
 
-    def take_turn(self, rate: RateLimit, by: str, passed: str | None) -> Held | None:
-        """Reserve this call's turn under ``rate``; hold the visit if the turn is later.
-        A visit sent again at its turn (``passed``) took it already."""
-        if passed == by:
+    def wait(self, run: Attempt, decision: Hold | Queued) -> Outcome:
+        """The visit waits, without holding a worker or counting an attempt."""
+        runtime = self.runtime
+        if isinstance(decision, Queued):
+            by = f"slot {decision.holder.key}"
+        else:
+            by = decision.held.by
+            delay = (decision.held.until - utcnow()).total_seconds()
+            if decision.by_message and delay <= runtime.settings.eta_threshold:
+                run.redispatch(run.attempt, max(delay, 0.0), passed=by)
+            else:
+                until = decision.held.until
+                runtime.visits.hold(run.execution_id, run.name, run.visit, run.attempt, until, by)
+        runtime.hooks.node_held(run.graph.name, run.name, by)
+        return Outcome.HELD
+
+    def _places(self, run: Attempt) -> Holder | Queued | None:
+        """A run's place at its entry node (held to its end), then this visit's place."""
+        graph, runtime = run.graph, self.runtime
+        node = graph.nodes[run.name]
+        entry = run.name == graph.entry_node and run.visit == 1
+        run_limit = graph.concurrency if entry else None
+        if run_limit is None and node.concurrency is None:
             return None
-        now = utcnow()
-        turn = self.store.reserve(rate.name, rate.interval, now)
-        return Held(turn, by) if turn > now else None
+        model, _ = fit(graph, run.base.state)
+        if run_limit is not None:
+            key = run_limit.key_of(model)
+            holder = Holder(graph_scope(graph.name), key, run.execution_id, run.name, 1)
+            if not enter(runtime, replace(holder, attempt=run.attempt), run_limit, None):
+                return Queued(holder)
+        if node.concurrency is None:
+            return None
+        key, scope = node.concurrency.key_of(model), node_scope(graph.name, run.name)
+        mine = Holder(scope, key, run.execution_id, run.name, run.visit, run.attempt)
+        if not enter(runtime, mine, node.concurrency, runtime.settings.lease_ttl):
+            return Queued(mine)
+        return mine
 
-    def set(self, name: str, state: BreakerState, by: str) -> None:
-        """An operator opens or closes a breaker; an opened one half-opens after reset_after."""
-        if name not in self.policies and name not in {b.name for b in self.store.breakers()}:
-            raise UnknownBreaker(name, self.policies)
-        now = utcnow()
-        row = BreakerRow(state, opened_at=now) if state == BreakerState.OPEN else BreakerRow()
-        self.store.set_breaker(name, row, by)
-
-    def breakers(self) -> list[BreakerStatus]:
-        """Every declared or stored breaker, with its state (closed when never used)."""
-        stored = {status.name: status for status in self.store.breakers()}
-        return [
-            stored.get(name) or BreakerStatus(name, BreakerRow(), 0, None, None)
-            for name in sorted(set(self.policies) | set(stored))
-        ]
+    def _flow(self, run: Attempt) -> Admitted | Hold | Failure:
+        """The node's rate turn, then its breaker."""
+        node, flow = run.graph.nodes[run.name], self.runtime.flow
+        if node.rate is not None:
+            held = flow.take_turn(node.rate, f"rate {node.rate.name}", run.passed)
+            if held is not None:
+                return Hold(held, by_message=True)
+        if node.breaker is None:
+            return Admitted()
+        admission = flow.admit(node.breaker)
+        if admission.retry_at is None:
+            return Admitted(probe=admission.probe)
+        if node.when_open == "fail":
+            return Failure(CircuitOpen(node.breaker, admission.retry_at))
+        return Hold(Held(admission.retry_at, f"breaker {node.breaker}"))

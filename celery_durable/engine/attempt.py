@@ -1,24 +1,23 @@
 """What every durable task attempt shares, node or compensation: the committed base it builds
-on, redelivery handling with its cap, crash-proof attempt counting and retry scheduling, and
-the commit loop that rebases on a version conflict.
+on, redelivery handling with its cap, and the commit that rebases on a version conflict.
+
+An attempt's failures are the failure stage's (engine/failure.py); what a node attempt does
+between its message and its ack is engine/node_run.py.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.base import Base
 from celery_durable.engine.context import Context, Memo
 from celery_durable.engine.leases import worker_id
+from celery_durable.engine.rebase import until_committed
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, LeaseLost, VersionConflict
 from celery_durable.model.records import (
@@ -35,6 +34,7 @@ from celery_durable.status import Status
 
 if TYPE_CHECKING:
     from celery_durable.engine.definition import GraphDefinition as Graph
+    from celery_durable.persistence.pending import PendingCommit
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Attempt:
     base: Base
     attempt: int = 1
     redelivered: bool = False
-    # The flow control hold this attempt was sent again after (see engine/flow.py).
+    # The flow control hold this attempt was sent again after (see engine/admission.py).
     passed: str | None = None
 
     @property
@@ -92,6 +92,10 @@ class Attempt:
         return (self.execution_id, self.kind, self.name, self.visit)
 
     # Subclasses decide how to run, and what "still due", "replay" and "give up" mean.
+    @property
+    def policy(self) -> RetryPolicy:
+        raise NotImplementedError
+
     def execute(self) -> Outcome:
         raise NotImplementedError
 
@@ -153,7 +157,7 @@ class Attempt:
             idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}{suffix}",
         )
 
-    # -- shared protocol --------------------------------------------------------------------
+    # -- replay: a copy that may have run before -------------------------------------------
 
     def before_rerun(self) -> Outcome | None:
         """A redelivered message: replay if committed, cap poison, defer to a live lease."""
@@ -182,81 +186,40 @@ class Attempt:
             return Outcome.DROPPED
         return None
 
-    def save(
-        self,
-        build: Callable[[], Commit | Outcome],
-        meanwhile: Callable[[Commit], object] | None = None,
-    ) -> Commit | Outcome:
-        """Commit what ``build`` makes from the current base, rebasing on version conflicts;
-        ``meanwhile(commit)`` runs while each commit is in flight (Dialect.save).
+    # -- commit -----------------------------------------------------------------------------
+
+    def rebase(self, conflict: VersionConflict | None) -> Outcome | None:
+        """Before a commit is built again: take the row the conflict found; None to go on."""
+        return None if conflict is None else self.refresh(conflict.current)
+
+    def collect(self, pending: PendingCommit, commit: Commit, started: float) -> Outcome | None:
+        """The answer to a commit in flight: None when it landed, else why nothing was
+        committed. A conflict is raised on, for ``until_committed`` to rebase."""
+        try:
+            pending.result()
+        except DuplicateCheckpoint:
+            # Another copy of this visit committed first and is dispatching what follows.
+            # Only a redelivered copy replays: its first run may have died before that.
+            existing = self.runtime.store.find(*self.key)
+            return self.replay(existing) if self.redelivered and existing else Outcome.DUPLICATE
+        except LeaseLost:
+            return Outcome.DROPPED
+        took = time.perf_counter() - started
+        self.runtime.hooks.checkpoint_written(self.graph.name, commit.node, commit.kind, took)
+        return None
+
+    def save(self, build: Callable[[], Commit]) -> Commit | Outcome:
+        """Commit what ``build`` makes from the current base, rebasing on version conflicts.
 
         Returns the commit, or the outcome that says why nothing was committed.
         """
-        store = self.runtime.store
-        for _ in range(MAX_COMMIT_TRIES):
+
+        def once(conflict: VersionConflict | None) -> Commit | Outcome:
+            if (stop := self.rebase(conflict)) is not None:
+                return stop
             commit = build()
-            if isinstance(commit, Outcome):
-                return commit
-            during = None if meanwhile is None else functools.partial(meanwhile, commit)
             started = time.perf_counter()
-            try:
-                store.save(commit, during)
-            except DuplicateCheckpoint:
-                # Another copy of this visit committed first and is dispatching what follows.
-                # Only a redelivered copy replays: its first run may have died before that.
-                existing = store.find(*self.key)
-                return self.replay(existing) if self.redelivered and existing else Outcome.DUPLICATE
-            except LeaseLost:
-                return Outcome.DROPPED
-            except VersionConflict as conflict:
-                if (reason := self.refresh(conflict.current)) is not None:
-                    return reason
-                continue
-            self.runtime.hooks.checkpoint_written(
-                self.graph.name, commit.node, commit.kind, time.perf_counter() - started
-            )
-            return commit
-        raise VersionConflict(self.execution_id, self.base.version)
+            stop = self.collect(self.runtime.store.send(commit), commit, started)
+            return commit if stop is None else stop
 
-    def failed(self, exc: BaseException, policy: RetryPolicy, permanent: bool = False) -> Outcome:
-        """Count the failure in the database; retry per ``policy`` or give up."""
-        error = describe(exc, self.name, self.attempt)
-        visits = self.runtime.visits
-        if permanent or not policy.should_retry(exc, self.attempt):
-            visits.record_failure(*self.key, error=dict(error), due_at=None)
-            return self.give_up(error)
-        delay = policy.next_delay(self.attempt, random.Random())
-        in_db = delay > self.runtime.settings.eta_threshold
-        due_at = utcnow() + timedelta(seconds=delay) if in_db else None
-        attempts = visits.record_failure(*self.key, error=dict(error), due_at=due_at)
-        if attempts >= policy.max_attempts:
-            # Another copy counted attempts too: the database says this was the last one.
-            if in_db:
-                visits.clear_due(*self.key)
-            return self.give_up(error)
-        self.runtime.hooks.node_retrying(self.graph.name, self.name, exc, delay)
-        logger.warning(
-            "%s %s.%s visit %d attempt %d failed (%s); retry in %.2fs",
-            self.kind,
-            self.graph.name,
-            self.name,
-            self.visit,
-            attempts,
-            error["message"],
-            delay,
-        )
-        if not in_db:
-            self.redispatch(attempts + 1, delay)
-        return Outcome.RETRYING
-
-
-def describe(exc: BaseException, node: str, attempt: int) -> ErrorRecord:
-    """An error as stored: type, message, where, which attempt, and the end of the traceback."""
-    tb = "".join(traceback.format_exception(exc, limit=8))
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "node": node,
-        "attempt": attempt,
-        "traceback": tb[-4000:],
-    }
+        return until_committed(self.execution_id, once)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_durable.engine import wakeups
-from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.base import Base
+from celery_durable.engine.rebase import current_row, until_committed
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import CheckpointCorrupted, InvalidTransition, VersionConflict
 from celery_durable.model.cursor import Cursor
@@ -61,13 +62,17 @@ class Audited:
         fails its checksum is taken as its newest checkpoint says it was, and healed."""
         allowed = frozenset(allowed)
         store = self.runtime.store
-        for _ in range(MAX_COMMIT_TRIES):
+
+        def read() -> ExecutionRecord:
             try:
-                record = store.get_execution(execution_id)
+                return store.get_execution(execution_id)
             except CheckpointCorrupted as corrupted:
                 if not (rewrites_row and corrupted.row):
                     raise
-                record = store.rebuilt(execution_id)
+                return store.rebuilt(execution_id)
+
+        def once(conflict: VersionConflict | None) -> tuple[ExecutionRecord, Change, Commit]:
+            record = current_row(conflict, read)
             if record.status not in allowed:
                 raise InvalidTransition(execution_id, op, record.status, allowed)
             c = change(record)
@@ -83,16 +88,13 @@ class Audited:
                 meta={"op": op, "by": actor(by), "reason": reason, **(c.meta or {})},
                 error=c.error,
             )
-            try:
-                store.save(commit)
-            except VersionConflict:
-                continue
-            if c.status.finished and c.status != record.status:
-                wakeups.finished(
-                    self.runtime, execution_id, record.graph, c.status, c.cursor.parent
-                )
-            return record, commit
-        raise VersionConflict(execution_id, -1)
+            store.save(commit)
+            return record, c, commit
+
+        record, c, commit = until_committed(execution_id, once)
+        if c.status.finished and c.status != record.status:
+            wakeups.finished(self.runtime, execution_id, record.graph, c.status, c.cursor.parent)
+        return record, commit
 
     def _graph(self, record: ExecutionRecord) -> GraphShape:
         return self.runtime.graph(record.graph)

@@ -19,9 +19,6 @@ from celery_durable.model.records import (
 )
 from celery_durable.status import Status
 
-# Commits rebase on a version conflict and try again; past this many, something is wrong.
-MAX_COMMIT_TRIES = 50
-
 
 class _Keep:
     """Marks an argument of Base.commit() left as the base has it."""

@@ -18,11 +18,13 @@ from celery_durable.engine import wakeups
 from celery_durable.engine.attempt import Attempt, Outcome, Superseded
 from celery_durable.engine.base import Base
 from celery_durable.engine.deadline import time_limit
+from celery_durable.engine.failure import Failure, fail, needs_intervention
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.state import fit
 from celery_durable.errors import InvalidTransition
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Checkpoint, Commit, ErrorRecord, Kind
+from celery_durable.policies.retry import RetryPolicy
 from celery_durable.saga import compensation
 from celery_durable.status import Status
 
@@ -33,7 +35,7 @@ UNDOABLE = frozenset(
 )
 
 
-def after_failure(run: Attempt, error: ErrorRecord) -> Outcome:
+def start_compensating(run: Attempt, error: ErrorRecord) -> Outcome:
     """A saga step failed for good: keep the error, start undoing what committed."""
 
     def build() -> Commit:
@@ -81,6 +83,10 @@ class CompensationRun(Attempt):
     kind: ClassVar[Kind] = Kind.COMPENSATION
     live: ClassVar[frozenset[Status]] = frozenset({Status.COMPENSATING})
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return self.graph.nodes[self.name].compensation_retry
+
     def execute(self) -> Outcome:
         # Off the hot path, so always start from the row: it carries the run's error, which
         # the message does not, and says whether this undo is still due.
@@ -88,29 +94,33 @@ class CompensationRun(Attempt):
             return outcome
         if (outcome := self.refresh()) is not None:
             return outcome
-        node = self.graph.nodes[self.name]
-        assert node.compensator is not None
         _, _, seq = self.base.cursor.undo[0]
-        ctx = self.context(None)
+        self._undo_children()
         # A long undo holds a lease like a long node: the sweep leaves it alone, and a
         # superseded attempt cannot commit.
-        self._undo_children()
         with self.runtime.leases.watch(self.key) as lease:
-            try:
-                _, as_committed = self.runtime.store.state_at(self.execution_id, seq)
-                model, _ = fit(self.graph, as_committed)
-                with time_limit(f"{self.name}.compensation", node.timeout):
-                    if node.compensator_wants_context:
-                        node.compensator(model, ctx)
-                    else:
-                        node.compensator(model)
-            except Superseded:
-                return Outcome.DROPPED
-            except Exception as exc:
-                return self.failed(exc, node.compensation_retry)
+            called = self._call(seq)
+        if called is not None:
+            return called if isinstance(called, Outcome) else fail(self, called)
         if lease.lost:
             return Outcome.DROPPED
         return self._commit(seq, lease_token=lease.token)
+
+    def _call(self, seq: int) -> Outcome | Failure | None:
+        """The compensation, on the state as the step committed it; None when it ran."""
+        node = self.graph.nodes[self.name]
+        assert node.compensator is not None
+        try:
+            _, as_committed = self.runtime.store.state_at(self.execution_id, seq)
+            model, _ = fit(self.graph, as_committed)
+            args = (model, self.context(None)) if node.compensator_wants_context else (model,)
+            with time_limit(f"{self.name}.compensation", node.timeout):
+                node.compensator(*args)
+        except Superseded:
+            return Outcome.DROPPED
+        except Exception as exc:
+            return Failure(exc)
+        return None
 
     def _undo_children(self) -> None:
         """The child sagas this step's visit started are compensated too, newest first (their
@@ -172,16 +182,4 @@ class CompensationRun(Attempt):
         )
         if isinstance(commit, Outcome):
             return commit
-        logger.error(
-            "saga %s %s needs intervention: compensation of step %s failed for good: %s. "
-            "Fix the cause, then Execution.retry(), or Execution.skip(%r) to mark it done.",
-            self.graph.name,
-            self.execution_id,
-            self.name,
-            error["message"],
-            self.name,
-        )
-        self.runtime.announcer.announce_intervention(
-            self.execution_id, self.graph.name, self.name, stuck
-        )
-        return Outcome.NEEDS_INTERVENTION
+        return needs_intervention(self, stuck, "the compensation of step")

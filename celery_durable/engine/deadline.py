@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from celery_durable.errors import NodeTimeout
+from celery_durable.forks import ProcessLocal
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +112,16 @@ def _end(node: str, on_kill: Callable[[], None] | None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-_watchdogs: dict[int, _Watchdog] = {}
-_lock = threading.Lock()
+def _start_watchdog() -> _Watchdog:
+    # The handler stays installed: it raises only while a node is under a limit.
+    signal.signal(signal.SIGALRM, _expire)
+    return _Watchdog()
+
+
+# This process's watchdog and SIGALRM handler; a forked child (a prefork pool process) gets
+# its own.
+_watchdogs = ProcessLocal(_start_watchdog)
 
 
 def _watchdog() -> _Watchdog:
-    """This process's watchdog and SIGALRM handler; a forked child (a prefork pool process)
-    gets its own. The handler stays installed: it raises only while a node is under a limit."""
-    pid = os.getpid()
-    watchdog = _watchdogs.get(pid)
-    if watchdog is None:
-        with _lock:
-            if pid not in _watchdogs:
-                signal.signal(signal.SIGALRM, _expire)
-                _watchdogs[pid] = _Watchdog()
-            watchdog = _watchdogs[pid]
-    return watchdog
+    return _watchdogs.get()

@@ -1,67 +1,117 @@
-"""What the engine reads of a graph and its nodes: the definition the builder
-(``graphs/builder.py``) makes, never the decorator that made it."""
+"""What the engine reads of a graph and its nodes: frozen data the builder
+(``graphs/builder.py``) makes, never the decorator that made it.
+
+A definition is taken of a whole graph that checked out, and nothing changes it afterwards:
+a node task reads the same definition for as long as the graph is not redefined, and a graph
+changed while runs are in flight gives a new definition, with a new fingerprint, rather than
+changing the one those runs read. The saga decisions read these through the protocols of
+``saga/shape.py``, which they satisfy.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
 
-from celery_durable.policies.limits import RateLimit
+from pydantic import BaseModel
+
+from celery_durable.policies.limits import Limit, RateLimit
 from celery_durable.policies.retry import RetryPolicy
-from celery_durable.saga.shape import GraphShape, NodeShape
+from celery_durable.saga.shape import Router
 
 OnFailure = Literal["fail", "compensate", "intervene"]
 # While a node's breaker is open: wait in the database, or fail the attempt with CircuitOpen.
 WhenOpen = Literal["wait", "fail"]
+DEFAULT_MAX_VISITS = 1000
+# An undo should not give up easily: it retries for a long time, backing off.
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(
+    max_attempts=10, initial_delay=1.0, backoff=2.0, max_delay=60.0, jitter=True
+)
 
 
-class NodeDefinition(NodeShape, Protocol):
-    @property
-    def name(self) -> str: ...
+@dataclass(frozen=True, slots=True)
+class NodeDefinition:
+    """A node as the engine runs it: the user's function and every option it was declared with.
 
-    @property
-    def fn(self) -> Callable[..., Any]: ...
+    ``interrupt_before``/``interrupt_after``: human approval, the run waits before this node
+    runs or before what follows it. ``breaker``, ``rate``, ``concurrency``: flow control
+    (engine/admission.py). ``max_visits``: visits of this node in one run before the run
+    fails, a runaway loop's end.
+    """
 
-    @property
-    def wants_context(self) -> bool: ...
-
-    @property
-    def retry(self) -> RetryPolicy: ...
-
-    @property
-    def timeout(self) -> float | None: ...
-
-    @property
-    def queue(self) -> str | None: ...
-
-    @property
-    def task_name(self) -> str: ...
-
-    @property
-    def compensation_task_name(self) -> str: ...
-
-    @property
-    def compensator_wants_context(self) -> bool: ...
-
-    @property
-    def compensation_retry(self) -> RetryPolicy: ...
-
-    @property
-    def breaker(self) -> str | None: ...
-
-    @property
-    def when_open(self) -> WhenOpen: ...
+    name: str
+    fn: Callable[..., Any]
+    task_name: str
+    wants_context: bool
+    retry: RetryPolicy
+    timeout: float | None = None
+    queue: str | None = None
+    interrupt_before: bool = False
+    interrupt_after: bool = False
+    compensator: Callable[..., Any] | None = None
+    compensator_wants_context: bool = False
+    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
+    breaker: str | None = None
+    when_open: WhenOpen = "wait"
+    rate: RateLimit | None = None
+    concurrency: Limit | None = None
+    max_visits: int = DEFAULT_MAX_VISITS
 
     @property
-    def rate(self) -> RateLimit | None: ...
+    def compensation_task_name(self) -> str:
+        return f"{self.task_name}.compensate"
 
 
-class GraphDefinition(GraphShape, Protocol):
-    @property
-    def nodes(self) -> Mapping[str, NodeDefinition]: ...
+Branch = tuple[Router, tuple[str, ...] | None]
 
-    @property
-    def on_failure(self) -> OnFailure: ...
 
-    @property
-    def reducers(self) -> Mapping[str, Callable[[Any, Any], Any]]: ...
+# Compared by identity (eq=False): field by field would compare every node's function, and the
+# read-only mappings would make it unhashable.
+@dataclass(frozen=True, slots=True, eq=False)
+class GraphDefinition:
+    """A whole graph as the engine runs it, with its fingerprint (recorded on every execution).
+
+    The mappings are copied behind read-only views when the definition is made, so the
+    builder can go on changing its own without touching a definition already taken.
+    ``concurrency`` bounds running executions per key, taken at the entry node and held to
+    the end; ``upgrader`` fits a stored state the state model no longer accepts.
+    """
+
+    name: str
+    state: type[BaseModel]
+    entry_node: str
+    nodes: Mapping[str, NodeDefinition]
+    edges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    joins: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    branches: Mapping[str, Branch] = field(default_factory=dict)
+    on_failure: OnFailure = "fail"
+    concurrency: Limit | None = None
+    reducers: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    upgrader: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "edges", "joins", "branches", "reducers"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        object.__setattr__(self, "fingerprint", self._shape_hash())
+
+    def validate(self) -> str:
+        """The fingerprint: a definition is only ever taken of a graph that checked out."""
+        return self.fingerprint
+
+    def _shape_hash(self) -> str:
+        # Stored with every execution: changing what goes in here, or how, makes every run
+        # in flight look like a run of another graph.
+        shape = {
+            "entry": self.entry_node,
+            "nodes": sorted(self.nodes),
+            "edges": {k: sorted(v) for k, v in sorted(self.edges.items())},
+            "joins": {k: sorted(v) for k, v in sorted(self.joins.items())},
+            "branches": {k: sorted(v[1] or ["*"]) for k, v in sorted(self.branches.items())},
+            "on_failure": self.on_failure,
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()

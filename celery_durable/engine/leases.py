@@ -15,6 +15,7 @@ import threading
 import time
 from types import TracebackType
 
+from celery_durable.forks import ProcessLocal
 from celery_durable.persistence.visits import VisitLedger
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class LeaseKeeper:
         self.ttl = ttl
         self._leases: dict[int, Lease] = {}
         self._lock = threading.Lock()
-        self._pid = 0
+        # The heartbeat thread: one per process, a forked child starts its own.
+        self._heartbeat = ProcessLocal(self._start)
 
     def watch(self, key: Key) -> Lease:
         return Lease(self, key)
@@ -72,9 +74,12 @@ class LeaseKeeper:
     def add(self, lease: Lease) -> None:
         with self._lock:
             self._leases[id(lease)] = lease
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="durable-leases", daemon=True).start()
+        self._heartbeat.get()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="durable-leases", daemon=True)
+        thread.start()
+        return thread
 
     def remove(self, lease: Lease) -> None:
         with self._lock:

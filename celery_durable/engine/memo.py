@@ -15,9 +15,10 @@ from typing import Any
 
 from celery_durable.engine import wakeups
 from celery_durable.engine.attempt import Attempt, Superseded, Suspend
-from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.base import Base
 from celery_durable.engine.context import json_roundtrip
-from celery_durable.engine.start import start_run
+from celery_durable.engine.rebase import until_committed
+from celery_durable.engine.start import StartOptions, start_run
 from celery_durable.errors import VersionConflict
 from celery_durable.model.records import Checkpoint, Commit, ExecutionRecord, Kind
 from celery_durable.model.wait import Wait, WaitKind
@@ -105,14 +106,8 @@ class VisitMemo:
 
     def _start(self, graph: GraphShape, input: dict[str, Any], child: str) -> None:
         run = self.run
-        start_run(
-            run.runtime,
-            graph,
-            input,
-            execution_id=child,
-            queue=run.base.cursor.queue,
-            parent=run.execution_id,
-        )
+        options = StartOptions(child, queue=run.base.cursor.queue, parent=run.execution_id)
+        start_run(run.runtime, run.runtime.graph(graph.name), input, options)
 
     def _wait(self, wait: Wait) -> dict[str, Any]:
         run = self.run
@@ -184,15 +179,14 @@ class VisitMemo:
         """A commit in the middle of the node: rebase on whatever moved the run meanwhile
         (a sibling branch, an operator) and build it again."""
         run = self.run
-        for _ in range(MAX_COMMIT_TRIES):
+
+        def once(conflict: VersionConflict | None) -> Checkpoint:
+            if (reason := run.rebase(conflict)) is not None:
+                raise Superseded(reason)
             commit = build()
-            try:
-                checkpoint = run.runtime.store.save(commit)
-            except VersionConflict as conflict:
-                if (reason := run.refresh(conflict.current)) is not None:
-                    raise Superseded(reason) from None
-                continue
+            checkpoint = run.runtime.store.save(commit)
             run.base = Base.after(commit)
             self.recorded[(commit.kind, commit.node)] = checkpoint
             return checkpoint
-        raise VersionConflict(run.execution_id, run.base.version)
+
+        return until_committed(run.execution_id, once)

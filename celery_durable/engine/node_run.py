@@ -1,77 +1,68 @@
 """The checkpoint decorator at work: one attempt of one node visit, from message to ack.
 
+It reads as its protocol: replay → admit → call → commit → hand on. Each stage returns a
+value the next one takes, or the outcome that ends the attempt, or a ``Failure`` for the
+failure stage (engine/failure.py), which runs after the stages, never inside a commit.
+
 The happy path costs one database round trip: run the function on the state the message
 carries, commit checkpoint + execution advance (version-checked, unique per visit), publish
-what follows. A redelivered message is the one case that reads first, to replay a visit that
-already committed instead of running it again.
+what follows, its messages built while the commit is in flight. A redelivered message is the
+one case that reads first, to replay a visit that already committed instead of running it
+again.
 
 When exactly one node follows, bound for the same queue, with no Celery time or rate limit
-(``timeout=`` is the engine's, per node: tasks/deadline.py), the worker
-runs it next in the same task instead of publishing a message for it (up to ``inline_nodes``
-in a row): the commit still comes first, and the message stays unacked until the last of
-them, so a crash redelivers it and its replay walks the committed visits to what is due.
+(``timeout=`` is the engine's, per node: engine/deadline.py), the worker runs it next in the
+same task instead of publishing a message for it (up to ``inline_nodes`` in a row): the commit
+still comes first, and the message stays unacked until the last of them, so a crash
+redelivers it and its replay walks the committed visits to what is due.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel
-
 from celery_durable import faults
-from celery_durable.engine import slots, wakeups
-from celery_durable.engine.admission import Held, HeldBack
+from celery_durable.engine import wakeups
+from celery_durable.engine.admission import Admitted, Gate, Hold
 from celery_durable.engine.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.engine.base import Base
-from celery_durable.engine.compensation_run import after_failure
+from celery_durable.engine.compensation_run import start_compensating
 from celery_durable.engine.context import Context, as_update
 from celery_durable.engine.deadline import time_limit
+from celery_durable.engine.failure import Failure, fail, needs_intervention
+from celery_durable.engine.flow_control import HeldBack
 from celery_durable.engine.memo import VisitMemo
+from celery_durable.engine.node_commit import PERMANENT, Draft, draft
+from celery_durable.engine.rebase import until_committed
 from celery_durable.engine.runtime import Publication
-from celery_durable.engine.state import apply_update, fit, refuse_unknown, validate
-from celery_durable.errors import (
-    CircuitOpen,
-    InvalidInput,
-    MergeConflict,
-    NodeTimeout,
-    NotJSONSerializable,
-    StateSchemaMismatch,
-    StateTooLarge,
-    UnknownBreaker,
-    UnknownStateFields,
-)
-from celery_durable.faults import SimulatedCrash
-from celery_durable.model.cursor import Cursor
-from celery_durable.model.records import Checkpoint, Commit, ErrorRecord, Kind, utcnow
+from celery_durable.engine.state import fit
+from celery_durable.errors import NodeTimeout, StateSchemaMismatch, VersionConflict
+from celery_durable.model.records import Checkpoint, ErrorRecord, Kind
 from celery_durable.model.wait import Visit
-from celery_durable.persistence.slot_table import Holder
-from celery_durable.saga import compensation
-from celery_durable.saga.coordinator import Handed, advance
+from celery_durable.policies.retry import RetryPolicy
+from celery_durable.saga.coordinator import Handed
 from celery_durable.status import LIVE, Status
 
 if TYPE_CHECKING:
-    from celery_durable.engine.definition import NodeDefinition as Node
+    from celery_durable.engine.definition import NodeDefinition
 
 logger = logging.getLogger(__name__)
 
-# Errors no retry can fix: the node's output itself is wrong.
-PERMANENT = (
-    InvalidInput,
-    NotJSONSerializable,
-    StateTooLarge,
-    MergeConflict,
-    UnknownBreaker,
-    UnknownStateFields,
-    StateSchemaMismatch,
-)
 # A message stays unacked while the nodes it runs inline run: past this many seconds, hand on
 # by message, so that no delivery is held near the broker's ack timeout and other runs queued
 # behind it get their turn.
 INLINE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A node commit that landed, and the messages built for it while it was in flight."""
+
+    draft: Draft
+    messages: list[Publication]
 
 
 @dataclass(slots=True)
@@ -87,151 +78,44 @@ class NodeRun(Attempt):
     since: float = field(default_factory=time.monotonic)
     # The node to run next in the same task, set by a commit that decided to run it inline.
     successor: NodeRun | None = field(default=None, init=False)
-    _read_at: int = field(default=-1, init=False)
+    # The version of the state the function ran on: commits since then may clash with it.
+    read_at: int = field(default=-1, init=False)
 
     @property
-    def node(self) -> Node:
+    def node(self) -> NodeDefinition:
         return self.graph.nodes[self.name]
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return self.node.retry
+
     def execute(self) -> Outcome:
-        """Run, commit, dispatch."""
+        """replay → admit → call → commit → hand on."""
+        if (stop := self.catch_up()) is not None:
+            return stop
+        gate = Gate(self.runtime)
+        admitted = gate.admit(self)
+        if isinstance(admitted, Failure):
+            return fail(self, admitted)
+        if not isinstance(admitted, Admitted):
+            return gate.wait(self, admitted)
+        try:
+            return self.run_admitted(gate, admitted)
+        finally:
+            gate.release(admitted)
+
+    # -- replay -----------------------------------------------------------------------------
+
+    def catch_up(self) -> Outcome | None:
+        """Know the state to run on: the message's, unless this copy may have run before (a
+        redelivery) or was sent while paused or compensating (the row has what the message
+        does not carry: the run's error, and whether this visit is still due)."""
         if self.redelivered and (outcome := self.before_rerun()) is not None:
             return outcome
         if self.base.status != Status.RUNNING and (outcome := self.refresh()) is not None:
-            # Sent while paused or compensating: the row has what the message does not
-            # carry (the run's error), and says whether this visit is still due.
             return outcome
-        self._read_at = self.base.version
-        node = self.node
-        try:
-            place = self._take_place(node)
-        except StateSchemaMismatch as exc:
-            return self.failed(exc, node.retry, permanent=True)
-        if isinstance(place, Outcome):
-            return place
-        if place is None:
-            return self._attempt(node)
-        try:
-            outcome = self._attempt(node)
-        except SimulatedCrash:
-            raise  # as a dead worker: the place is freed when its lease runs out
-        except BaseException:
-            slots.leave(self.runtime, place)
-            raise
-        slots.leave(self.runtime, place)
-        return outcome
-
-    def _attempt(self, node: Node) -> Outcome:
-        """Past the concurrency limits: the rate limit, the breaker, the call, the commit."""
-        probe = self._admit(node)
-        if isinstance(probe, Outcome):
-            return probe
-        ctx = self.context(VisitMemo(self))
-        with self.runtime.leases.watch(self.key) as lease:
-            try:
-                update = self._call(node, ctx)
-            except Superseded:
-                return Outcome.DROPPED
-            except Suspend:
-                return Outcome.WAITING
-            except HeldBack as back:
-                return self._hold(back.held)
-            except Exception as exc:
-                permanent = isinstance(exc, PERMANENT)
-                if node.breaker is not None and not permanent:
-                    self.runtime.flow.report(node.breaker, False, probe)
-                return self.failed(_translate(exc, node), node.retry, permanent)
-        if node.breaker is not None:
-            self.runtime.flow.report(node.breaker, True, probe)
-        if lease.lost:
-            return Outcome.DROPPED
-        return self._commit(update, lease.token)
-
-    def _take_place(self, node: Node) -> Holder | Outcome | None:
-        """Concurrency keys: a run's place at its entry node (held to its end), then this
-        visit's place (given up when the attempt ends). Without one, the visit waits in line."""
-        graph, runtime = self.graph, self.runtime
-        run_limit = graph.concurrency if self.name == graph.entry_node and self.visit == 1 else None
-        if run_limit is None and node.concurrency is None:
-            return None
-        model, _ = fit(graph, self.base.state)
-        if run_limit is not None:
-            key = run_limit.key_of(model)
-            run = Holder(slots.graph_scope(graph.name), key, self.execution_id, self.name, 1)
-            if not slots.enter(runtime, replace(run, attempt=self.attempt), run_limit, None):
-                return self._queued(run)
-        if node.concurrency is None:
-            return None
-        key = node.concurrency.key_of(model)
-        scope = slots.node_scope(graph.name, self.name)
-        mine = Holder(scope, key, self.execution_id, self.name, self.visit, self.attempt)
-        if not slots.enter(runtime, mine, node.concurrency, runtime.settings.lease_ttl):
-            return self._queued(mine)
-        return mine
-
-    def _queued(self, holder: Holder) -> Outcome:
-        self.runtime.hooks.node_held(self.graph.name, self.name, f"slot {holder.key}")
-        return Outcome.HELD
-
-    def _admit(self, node: Node) -> bool | Outcome:
-        """Flow control before the call: go (True: as the probe of the node's breaker), or
-        the outcome of holding the visit back."""
-        flow = self.runtime.flow
-        if node.rate is not None:
-            held = flow.take_turn(node.rate, f"rate {node.rate.name}", self.passed)
-            if held is not None:
-                return self._hold(held, by_message=True)
-        if node.breaker is None:
-            return False
-        admission = flow.admit(node.breaker)
-        if admission.retry_at is None:
-            return admission.probe
-        if node.when_open == "fail":
-            return self.failed(CircuitOpen(node.breaker, admission.retry_at), node.retry)
-        return self._hold(Held(admission.retry_at, f"breaker {node.breaker}"))
-
-    def _hold(self, held: Held, by_message: bool = False) -> Outcome:
-        """Wait without holding a worker or counting an attempt: in the database, where the
-        sweep sends this attempt again at ``held.until``; or, for a rate limit's turn within
-        ``eta_threshold``, as a message with a countdown, which keeps the calls evenly spaced
-        rather than in bursts at each sweep."""
-        runtime = self.runtime
-        delay = (held.until - utcnow()).total_seconds()
-        if by_message and delay <= runtime.settings.eta_threshold:
-            self.redispatch(self.attempt, max(delay, 0.0), passed=held.by)
-        else:
-            runtime.visits.hold(
-                self.execution_id, self.name, self.visit, self.attempt, held.until, held.by
-            )
-        runtime.hooks.node_held(self.graph.name, self.name, held.by)
-        return Outcome.HELD
-
-    def _call(self, node: Node, ctx: Context) -> dict[str, Any]:
-        """The user's function on the validated state; its result as a state update."""
-        started = time.monotonic()
-        model, _ = fit(self.graph, self.base.state)
-        if node.timeout is None:
-            result = node.fn(model, ctx) if node.wants_context else node.fn(model)
-        else:
-            drop = functools.partial(self.runtime.visits.drop_lease, *self.key)
-            with time_limit(self.name, node.timeout, drop):
-                result = node.fn(model, ctx) if node.wants_context else node.fn(model)
-        update = as_update(result)
-        took = time.monotonic() - started
-        if node.timeout is not None and took > node.timeout:
-            raise NodeTimeout(self.name, node.timeout)
-        slow = self.runtime.settings.slow_node_after
-        if took > slow:
-            logger.warning(
-                "slow node: %s.%s visit %d of %s took %.1fs (slow_node_after is %gs)",
-                self.graph.name,
-                self.name,
-                self.visit,
-                self.execution_id,
-                took,
-                slow,
-            )
-        return update
+        self.read_at = self.base.version
+        return None
 
     def is_due(self, base: Base) -> bool:
         return base.cursor.holds(self.name, self.visit)
@@ -264,113 +148,108 @@ class NodeRun(Attempt):
                 return
             cp = self.runtime.store.find(self.execution_id, Kind.NODE, *handed.ready[0])
 
+    # -- call -------------------------------------------------------------------------------
+
+    def run_admitted(self, gate: Gate, admitted: Admitted) -> Outcome:
+        """Past the gate: call the function under a lease, then commit what it returned."""
+        with self.runtime.leases.watch(self.key) as lease:
+            called = self.call(self.context(VisitMemo(self)))
+        if isinstance(called, Outcome):
+            return called
+        gate.report(self, admitted, called if isinstance(called, Failure) else None)
+        if isinstance(called, Failure):
+            return fail(self, called)
+        if lease.lost:
+            return Outcome.DROPPED
+        return self.commit_update(called, lease.token)
+
+    def call(self, ctx: Context) -> dict[str, Any] | Outcome | Failure:
+        """The user's function on the validated state: its update, or why there is none."""
+        try:
+            return self._timed_call(ctx)
+        except Superseded:
+            return Outcome.DROPPED
+        except Suspend:
+            return Outcome.WAITING
+        except HeldBack as back:
+            return Gate(self.runtime).wait(self, Hold(back.held))
+        except Exception as exc:
+            return Failure(_translate(exc, self.node), permanent=isinstance(exc, PERMANENT))
+
+    def _timed_call(self, ctx: Context) -> dict[str, Any]:
+        """The call under the node's time limit; a slow one is logged."""
+        node, started = self.node, time.monotonic()
+        model, _ = fit(self.graph, self.base.state)
+        args = (model, ctx) if node.wants_context else (model,)
+        with time_limit(self.name, node.timeout, self._drop_lease):
+            update = as_update(node.fn(*args))
+        took = time.monotonic() - started
+        if node.timeout is not None and took > node.timeout:
+            raise NodeTimeout(self.name, node.timeout)
+        slow = self.runtime.settings.slow_node_after
+        if took > slow:
+            logger.warning(
+                "slow node: %s.%s visit %d of %s took %.1fs (slow_node_after is %gs)",
+                *(self.graph.name, self.name, self.visit, self.execution_id, took, slow),
+            )
+        return update
+
+    def _drop_lease(self) -> None:
+        """Before the hard time limit ends the process: let the redelivery run at once."""
+        self.runtime.visits.drop_lease(*self.key)
+
     # -- commit -----------------------------------------------------------------------------
 
-    def _commit(self, update: dict[str, Any], lease_token: int) -> Outcome:
-        handed = Handed([])
-
-        def build() -> Commit | Outcome:
-            nonlocal handed
-            base = self.base
-            if base.version != self._read_at:
-                clash = self._clashes(update, self._read_at)
-                if clash:
-                    return self.failed(MergeConflict(self.name, clash), self.node.retry, True)
-                self._read_at = base.version
-            try:
-                refuse_unknown(self.graph, self.name, update)
-                # A stale state is migrated once; without a hook it fit already (_call).
-                current = (
-                    base.state if self.graph.upgrader is None else fit(self.graph, base.state)[1]
-                )
-                merged = apply_update(current, update, self.graph.reducers)
-                model = validate(self.graph.name, self.graph.state, merged)
-                state = model.model_dump(mode="json")
-                state_json = self.runtime.state_json(state)
-            except PERMANENT as exc:
-                return self.failed(exc, self.node.retry, permanent=True)
-            cursor, status, handed, error = self._advance(model)
-            return self.commit(
-                Kind.NODE,
-                state=state,
-                cursor=cursor,
-                status=status,
-                output=update,
-                meta=handed.meta(),
-                error=error,
-                lease_token=lease_token,
-                state_json=state_json,
-            )
-
-        ahead: list[tuple[Commit, list[Publication]]] = []
-
-        def prepare(commit: Commit) -> None:
-            """Build the messages this commit hands on while it is in flight; they go out
-            once it has answered, and only if it committed."""
-            if commit.status == Status.RUNNING and handed.ready and not handed.inline:
-                after = Base.after(commit)
-                ready = self.runtime.prepare_all(
-                    self.graph.name, self.execution_id, after, handed.ready
-                )
-                ahead[:] = [(commit, ready)]
-
+    def commit_update(self, update: dict[str, Any], lease_token: int) -> Outcome:
+        """Commit the visit (rebasing on concurrent changes), then hand on what it made ready."""
         faults.hit(faults.BEFORE_COMMIT, self.name)
-        commit = self.save(build, prepare)
-        if isinstance(commit, Outcome):
-            return commit
+        sent = until_committed(
+            self.execution_id, lambda conflict: self._send(update, lease_token, conflict)
+        )
+        if isinstance(sent, Failure):
+            return fail(self, sent)
+        if isinstance(sent, Outcome):
+            return sent
         faults.hit(faults.AFTER_COMMIT, self.name)
-        built = [ready for made, ready in ahead if made is commit]
-        self._proceed(commit, handed, built[0] if built else None)
+        self.hand_on(sent)
         return Outcome.COMMITTED
 
-    def _advance(self, model: BaseModel) -> tuple[Cursor, Status, Handed, ErrorRecord | None]:
-        """Where this commit moves the run, and what it hands on."""
-        base = self.base
-        if base.status == Status.COMPENSATING:
-            # The saga is being undone: record this step so that it is undone too.
-            cursor = compensation.completed_while_compensating(
-                base.cursor, self.name, self.visit, base.version + 1
-            )
-            return cursor, Status.COMPENSATING, Handed([]), base.error
-        step = advance(self.graph, base.cursor, self.name, self.visit, model)
-        status = step.status
-        if base.status == Status.PAUSED and status in (Status.RUNNING, Status.WAITING):
-            # Paused: what this node made ready waits for resume().
-            status = Status.PAUSED
-            step.cursor.held.extend(step.ready)
-        inline = status == Status.RUNNING and self._may_inline(step.ready)
-        return step.cursor, status, Handed(step.ready, inline), step.error
+    def _send(
+        self, update: dict[str, Any], lease_token: int, conflict: VersionConflict | None
+    ) -> Sent | Outcome | Failure:
+        """One try: draft the commit on the current base, send it, build the next messages
+        while it is in flight, collect its answer."""
+        if (stop := self.rebase(conflict)) is not None:
+            return stop
+        clashing = self._written_since(self.read_at) if self.base.version != self.read_at else ()
+        made = draft(
+            self, update, clashing=clashing, lease_token=lease_token, may_inline=self._may_inline
+        )
+        if isinstance(made, Failure):
+            return made
+        self.read_at = self.base.version
+        started = time.perf_counter()
+        pending = self.runtime.store.send(made.commit)
+        messages = self._prepare(made)
+        stop = self.collect(pending, made.commit, started)
+        return Sent(made, messages) if stop is None else stop
 
-    def _proceed(
-        self, commit: Commit, handed: Handed, built: list[Publication] | None = None
-    ) -> None:
-        """After the commit: hand on what it made ready (``built``: its messages, made
-        during the commit), or report the end."""
-        runtime = self.runtime
-        runtime.hooks.node_committed(self.graph.name, self.name, commit)
+    def _written_since(self, version: int) -> set[str]:
+        """Fields written by node commits made since ``version``."""
+        written: set[str] = set()
+        for cp in self.runtime.store.list(self.execution_id, kinds=[Kind.NODE], after=version):
+            if isinstance(cp.output, dict):
+                written.update(cp.output)
+        return written
+
+    def _prepare(self, made: Draft) -> list[Publication]:
+        """The messages a commit hands on, built while it is in flight; sent only if it
+        committed."""
+        commit, handed = made.commit, made.handed
+        if commit.status != Status.RUNNING or not handed.ready or handed.inline:
+            return []
         after = Base.after(commit)
-        if commit.status == Status.RUNNING and handed.inline:
-            ((name, visit),) = handed.ready
-            self.successor = NodeRun(
-                runtime,
-                self.graph,
-                name,
-                self.execution_id,
-                visit,
-                after,
-                depth=self.depth + 1,
-                since=self.since,
-            )
-        elif commit.status == Status.RUNNING and built is not None:
-            for publication in built:
-                publication.send()
-        elif commit.status == Status.RUNNING:
-            runtime.dispatch_all(self.graph.name, self.execution_id, after, handed.ready)
-        elif commit.status == Status.COMPENSATING:
-            runtime.dispatch_undo(self.graph.name, self.execution_id, after)
-        elif commit.status.finished:
-            parent = after.cursor.parent
-            wakeups.finished(runtime, self.execution_id, self.graph.name, commit.status, parent)
+        return self.runtime.prepare_all(self.graph.name, self.execution_id, after, handed.ready)
 
     def _may_inline(self, ready: list[Visit]) -> bool:
         """Run the one node that follows in this task rather than publish it, where the
@@ -384,25 +263,38 @@ class NodeRun(Attempt):
             )
         )
 
-    def _clashes(self, update: dict[str, Any], since: int) -> list[str]:
-        """Fields this update shares with node commits made since our state was read."""
-        mine = set(update) - set(self.graph.reducers)
-        if not mine:
-            return []
-        theirs: set[str] = set()
-        for cp in self.runtime.store.list(self.execution_id, kinds=[Kind.NODE], after=since):
-            if isinstance(cp.output, dict):
-                theirs.update(cp.output)
-        return sorted(mine & theirs)
+    # -- hand on ----------------------------------------------------------------------------
 
-    # -- failure ----------------------------------------------------------------------------
+    def hand_on(self, sent: Sent) -> None:
+        """After the commit: the next visit inline, the messages built during the commit,
+        the undo that is due, or the run's end."""
+        runtime, commit, handed = self.runtime, sent.draft.commit, sent.draft.handed
+        runtime.hooks.node_committed(self.graph.name, self.name, commit)
+        after = Base.after(commit)
+        if commit.status == Status.RUNNING and handed.inline:
+            ((name, visit),) = handed.ready
+            self.successor = NodeRun(
+                *(runtime, self.graph, name, self.execution_id, visit, after),
+                depth=self.depth + 1,
+                since=self.since,
+            )
+        elif commit.status == Status.RUNNING:
+            for message in sent.messages:
+                message.send()
+        elif commit.status == Status.COMPENSATING:
+            runtime.dispatch_undo(self.graph.name, self.execution_id, after)
+        elif commit.status.finished:
+            parent = after.cursor.parent
+            wakeups.finished(runtime, self.execution_id, self.graph.name, commit.status, parent)
+
+    # -- giving up --------------------------------------------------------------------------
 
     def give_up(self, error: ErrorRecord) -> Outcome:
         """Attempts exhausted: fail the run, stop it for an operator (``intervene``, or a state
         a deploy left behind: no undo runs on it either), or for a saga start compensating."""
         mismatch = error["type"] == StateSchemaMismatch.__name__
         if self.graph.on_failure == "compensate" and not mismatch:
-            return after_failure(self, error)
+            return start_compensating(self, error)
         intervene = self.graph.on_failure == "intervene" or mismatch
         status = Status.NEEDS_INTERVENTION if intervene else Status.FAILED
         # The failed node stays due, so that retry() can run it again.
@@ -410,35 +302,17 @@ class NodeRun(Attempt):
         if isinstance(commit, Outcome):
             return commit
         if intervene:
-            return self._intervention(error)
+            return needs_intervention(self, error, "node")
         logger.error(
             "execution %s failed at %s.%s: %s",
-            self.execution_id,
-            self.graph.name,
-            self.name,
-            error["message"],
+            *(self.execution_id, self.graph.name, self.name, error["message"]),
         )
         parent = self.base.cursor.parent
         wakeups.finished(self.runtime, self.execution_id, self.graph.name, Status.FAILED, parent)
         return Outcome.FAILED
 
-    def _intervention(self, error: ErrorRecord) -> Outcome:
-        logger.error(
-            "execution %s needs intervention at %s.%s: %s. Fix the cause, then "
-            "Execution.retry(), or Execution.skip(%r).",
-            self.execution_id,
-            self.graph.name,
-            self.name,
-            error["message"],
-            self.name,
-        )
-        self.runtime.announcer.announce_intervention(
-            self.execution_id, self.graph.name, self.name, error
-        )
-        return Outcome.NEEDS_INTERVENTION
 
-
-def _translate(exc: Exception, node: Node) -> Exception:
+def _translate(exc: Exception, node: NodeDefinition) -> Exception:
     if type(exc).__name__ == "SoftTimeLimitExceeded" and node.timeout is not None:
         return NodeTimeout(node.name, node.timeout)
     return exc

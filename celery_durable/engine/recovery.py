@@ -15,11 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from celery_durable.engine import slots, wakeups
+from celery_durable.engine import admission, wakeups
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, VersionConflict
-from celery_durable.faults import SimulatedCrash
 from celery_durable.model.records import (
     ExecutionRecord,
     Kind,
@@ -52,19 +51,12 @@ def fire_timers(
     due row is claimed by one caller, however many workers fire timers at once."""
     report = report or RecoveryReport()
     fired: set[str] = set()
-    slots.reap(runtime, now)
+    admission.reap(runtime, now)
     for due in runtime.visits.claim_due(now, limit):
         if due.kind == Kind.WAIT:
             node, _, slot = due.node.rpartition("@")
             key = f"{node}:{due.visit}:{slot}"
-            try:
-                woken = wakeups.wake(runtime, due.execution_id, key, wakeups.timer_result(runtime))
-            except SimulatedCrash:
-                # crash_at("after_wake"): woken, not dispatched. A later sweep heals it; this
-                # one counts the wake as progress, as it would have been a moment ago.
-                fired.add(due.execution_id)
-                continue
-            if woken:
+            if wakeups.wake(runtime, due.execution_id, key, wakeups.timer_result(runtime)):
                 report.woken += 1
                 fired.add(due.execution_id)
             else:

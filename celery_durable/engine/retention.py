@@ -7,13 +7,34 @@ that is running, paused, waiting, compensating or needs intervention is never re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery_durable.engine.runtime import Runtime
 from celery_durable.model.records import utcnow
+from celery_durable.settings import Settings
 from celery_durable.status import Status
 
 KEEP_FAILED = (Status.FAILED, Status.COMPENSATED, Status.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished runs are kept: ``older_than`` for every finished status, else
+    ``succeeded`` and ``failed`` (also compensated and cancelled); what is None falls back to
+    the settings' retention days."""
+
+    older_than: timedelta | None = None
+    succeeded: timedelta | None = None
+    failed: timedelta | None = None
+
+    def cutoffs(self, settings: Settings, now: datetime) -> dict[Status, datetime]:
+        """For each finished status, the end time before which its runs go."""
+        succeeded = timedelta(days=settings.retention_succeeded_days)
+        failed = timedelta(days=settings.retention_failed_days)
+        cutoffs = {Status.SUCCEEDED: now - (self.older_than or self.succeeded or succeeded)}
+        for status in KEEP_FAILED:
+            cutoffs[status] = now - (self.older_than or self.failed or failed)
+        return cutoffs
 
 
 @dataclass(slots=True)
@@ -27,27 +48,12 @@ class PruneReport:
 
 
 def prune(
-    runtime: Runtime,
-    older_than: timedelta | None = None,
-    *,
-    succeeded: timedelta | None = None,
-    failed: timedelta | None = None,
-    batch: int = 500,
-    dry_run: bool = False,
+    runtime: Runtime, retention: Retention, *, batch: int = 500, dry_run: bool = False
 ) -> PruneReport:
-    """Remove finished runs; ``older_than`` sets one age for every finished status."""
-    settings, store = runtime.settings, runtime.store
-    keep = {
-        Status.SUCCEEDED: older_than
-        or succeeded
-        or timedelta(days=settings.retention_succeeded_days),
-    }
-    for status in KEEP_FAILED:
-        keep[status] = older_than or failed or timedelta(days=settings.retention_failed_days)
-    now = utcnow()
+    """Remove finished runs past ``retention``, ``batch`` per transaction (a dry run counts)."""
+    store = runtime.store
     report = PruneReport(dry_run=dry_run)
-    for status, age in keep.items():
-        cutoff = now - age
+    for status, cutoff in retention.cutoffs(runtime.settings, utcnow()).items():
         if dry_run:
             report.removed[str(status)] = store.count_prunable(status, cutoff)
             continue

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from celery_durable.engine.admission import FlowControl
 from celery_durable.engine.base import Base
+from celery_durable.engine.definition import GraphDefinition
+from celery_durable.engine.flow_control import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.errors import StateTooLarge, UnknownGraph
 from celery_durable.hooks import Hooks
@@ -23,7 +24,6 @@ from celery_durable.persistence.event_log import EventLog
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.saga import compensation
-from celery_durable.saga.shape import GraphShape
 from celery_durable.settings import Settings
 
 
@@ -92,11 +92,11 @@ class Runtime:
     dispatcher: Dispatcher
     hooks: Hooks
     settings: Settings
-    graphs: Mapping[str, GraphShape]
+    graphs: Mapping[str, GraphDefinition]
     flow: FlowControl
     announcer: Announcer
 
-    def graph(self, name: str) -> GraphShape:
+    def graph(self, name: str) -> GraphDefinition:
         try:
             return self.graphs[name]
         except KeyError:

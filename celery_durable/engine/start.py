@@ -5,6 +5,7 @@ parent node that runs again never starts its child twice."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery_durable.engine.base import Base
@@ -18,6 +19,7 @@ from celery_durable.errors import (
 )
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import ExecutionRecord
+from celery_durable.model.wait import Visit
 from celery_durable.saga.coordinator import interrupt
 from celery_durable.saga.shape import GraphShape
 
@@ -25,70 +27,101 @@ from celery_durable.saga.shape import GraphShape
 MAX_ID_LENGTH = 255
 
 
-def _check_ids(execution_id: str | None, priority: int | None) -> None:
-    if execution_id is not None and not (
-        isinstance(execution_id, str) and 0 < len(execution_id) <= MAX_ID_LENGTH
-    ):
-        raise InvalidExecutionId(execution_id, MAX_ID_LENGTH)
-    if priority is not None and (
-        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9
-    ):
-        raise InvalidPriority(priority)
+@dataclass(frozen=True, slots=True)
+class StartOptions:
+    """How a run starts, besides its input; checked when made, so a bad one changes nothing.
+
+    ``execution_id``: the run's id (the same id twice is the same run); ``countdown``: seconds
+    before its entry node runs; ``queue``: the queue of every node without one of its own;
+    ``priority``: the message priority (0-9) of every node; ``parent``: the run that started
+    this one (told when it ends).
+    """
+
+    execution_id: str | None = None
+    countdown: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    parent: str | None = None
+
+    def __post_init__(self) -> None:
+        execution_id, priority = self.execution_id, self.priority
+        if execution_id is not None and not (
+            isinstance(execution_id, str) and 0 < len(execution_id) <= MAX_ID_LENGTH
+        ):
+            raise InvalidExecutionId(execution_id, MAX_ID_LENGTH)
+        if priority is not None and (
+            isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9
+        ):
+            raise InvalidPriority(priority)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A run about to be stored: its id, first base, and the entry visits to send."""
+
+    execution_id: str
+    base: Base
+    go: list[Visit]
+    state_json: str
 
 
 def start_run(
-    runtime: Runtime,
-    graph: GraphShape,
-    input: dict[str, Any],
-    *,
-    execution_id: str | None = None,
-    countdown: float | None = None,
-    queue: str | None = None,
-    parent: str | None = None,
-    priority: int | None = None,
+    runtime: Runtime, graph: GraphShape, input: dict[str, Any], options: StartOptions
 ) -> ExecutionRecord:
+    """Validate, store (idempotent on the id), publish the entry node: in that order, so bad
+    input changes nothing. The entry's messages are built while the insert is in flight."""
     fingerprint = graph.validate()
-    _check_ids(execution_id, priority)
+    entry = _entry(runtime, graph, input, options)
+    cursor = entry.base.cursor
+    pending = runtime.store.send_start(
+        execution_id=entry.execution_id,
+        graph=graph.name,
+        fingerprint=fingerprint,
+        state=entry.base.state,
+        cursor=cursor.to_json(),
+        status=entry.base.status,
+        state_json=entry.state_json,
+        parent_id=options.parent,
+    )
+    # A countdown's messages are not built ahead: they go by Celery's own send.
+    built = [] if options.countdown is not None else _prepare(runtime, graph.name, entry)
+    record, created = pending.result()
+    if record.graph != graph.name:
+        raise ExecutionIdInUse(entry.execution_id, record.graph, graph.name)
+    if created:
+        _publish(runtime, graph.name, entry, built, options.countdown)
+    return record
+
+
+def _entry(
+    runtime: Runtime, graph: GraphShape, input: dict[str, Any], options: StartOptions
+) -> _Entry:
     check_fields(graph, input)
     state = dump(graph.name, validate(graph.name, graph.state, input))
     state_json = runtime.state_json(state)
-    execution_id = execution_id or uuid.uuid4().hex
     assert graph.entry_node is not None
-    cursor = Cursor.start(graph.entry_node, queue, parent, priority)
+    cursor = Cursor.start(graph.entry_node, options.queue, options.parent, options.priority)
     go = interrupt(graph, cursor, cursor.frontier)
     base = Base(0, state, cursor, cursor.settled())
-    built: list[Publication] = []
+    return _Entry(options.execution_id or uuid.uuid4().hex, base, go, state_json)
 
-    def prepare() -> None:
-        """The entry's messages, built while the start is in flight (a countdown's are not:
-        they go by Celery's own send)."""
+
+def _prepare(runtime: Runtime, graph: str, entry: _Entry) -> list[Publication]:
+    return runtime.prepare_all(graph, entry.execution_id, entry.base, entry.go)
+
+
+def _publish(
+    runtime: Runtime, graph: str, entry: _Entry, built: list[Publication], countdown: float | None
+) -> None:
+    try:
         if countdown is None:
-            built[:] = runtime.prepare_all(graph.name, execution_id, base, go)
-
-    record, created = runtime.store.create_execution(
-        execution_id=execution_id,
-        graph=graph.name,
-        fingerprint=fingerprint,
-        state=state,
-        cursor=cursor.to_json(),
-        status=base.status,
-        state_json=state_json,
-        parent_id=parent,
-        meanwhile=prepare,
-    )
-    if record.graph != graph.name:
-        raise ExecutionIdInUse(execution_id, record.graph, graph.name)
-    if created:
-        try:
-            if countdown is None:
-                for publication in built:
-                    publication.send()
-            else:
-                for node, visit in go:
-                    runtime.dispatcher.dispatch(
-                        graph.name, node, visit, execution_id, base, countdown=countdown
-                    )
-        except Exception as exc:
-            # Stored, not sent (the broker is down): the recovery sweep sends it later.
-            raise StartNotDispatched(execution_id, exc, runtime.settings.stale_after) from exc
-    return record
+            for publication in built:
+                publication.send()
+        else:
+            for node, visit in entry.go:
+                runtime.dispatcher.dispatch(
+                    graph, node, visit, entry.execution_id, entry.base, countdown=countdown
+                )
+    except Exception as exc:
+        # Stored, not sent (the broker is down): the recovery sweep sends it later.
+        raise StartNotDispatched(entry.execution_id, exc, runtime.settings.stale_after) from exc

@@ -9,11 +9,13 @@ again, and an event is consumed exactly when such a checkpoint names it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery_durable import faults
-from celery_durable.engine.base import MAX_COMMIT_TRIES, Base
+from celery_durable.engine.base import Base
+from celery_durable.engine.rebase import current_row, until_committed
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import (
     DuplicateCheckpoint,
@@ -23,8 +25,8 @@ from celery_durable.errors import (
     PayloadTooLarge,
     VersionConflict,
 )
-from celery_durable.model.records import EventRecord, ExecutionRecord, Kind
-from celery_durable.model.wait import AFTER, Wait
+from celery_durable.model.records import Commit, EventRecord, ExecutionRecord, Kind
+from celery_durable.model.wait import AFTER, Visit, Wait
 from celery_durable.persistence import codec
 from celery_durable.saga.coordinator import interrupt
 from celery_durable.status import FINISHED, Status
@@ -51,46 +53,77 @@ def wake(
     """Close wait ``key`` with what ``result`` says woke it, then hand on what waited: the
     visit, or after an interrupt_after the visits its node made ready. ``patch`` changes the
     state in the same commit (an approval's update). Returns whether this call woke it."""
-    for _ in range(MAX_COMMIT_TRIES):
-        record = runtime.store.get_execution(execution_id)
-        base = Base.of(record)
-        wait = base.cursor.waits.get(key)
-        if wait is None or record.status not in WAKEABLE:
-            return False
-        output = result(record, wait)
-        if output is None:
-            return False
-        cursor = base.cursor.copy()
-        del cursor.waits[key]
-        woken = [(wait.node, wait.visit)]
-        if wait.slot == AFTER:
-            woken = interrupt(runtime.graph(record.graph), cursor, list(wait.ready))
-        if record.status == Status.PAUSED:
-            cursor.held.extend(woken)
-        commit = base.commit(
-            execution_id,
-            Kind.WAKE,
-            wait.checkpoint_node,
-            wait.visit,
-            state=patch(record.state) if patch else None,
-            cursor=cursor,
-            status=Status.PAUSED if record.status == Status.PAUSED else cursor.settled(),
-            output=output,
-            meta=meta,
-        )
+
+    def once(conflict: VersionConflict | None) -> _Woken | None:
+        record = current_row(conflict, lambda: runtime.store.get_execution(execution_id))
+        woken = _woken(runtime, record, key, result, patch, meta)
+        if woken is None:
+            return None
         try:
-            runtime.store.save(commit)
-        except VersionConflict:
-            continue
+            runtime.store.save(woken.commit)
         except DuplicateCheckpoint:
-            return False
-        faults.hit(faults.AFTER_WAKE, wait.node)
-        if record.status != Status.PAUSED:
-            runtime.dispatch_all(record.graph, execution_id, Base.after(commit), woken)
-        if commit.status.finished:
-            finished(runtime, execution_id, record.graph, commit.status, cursor.parent)
-        return True
-    raise VersionConflict(execution_id, -1)
+            return None
+        return woken
+
+    done = until_committed(execution_id, once)
+    if done is None:
+        return False
+    commit, graph = done.commit, done.record.graph
+    faults.hit(faults.AFTER_WAKE, done.node)
+    if commit.status != Status.PAUSED:
+        runtime.dispatch_all(graph, execution_id, Base.after(commit), done.visits)
+    if commit.status.finished:
+        finished(runtime, execution_id, graph, commit.status, done.parent)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Woken:
+    """A wake's commit, and what it hands on: the visits that waited."""
+
+    record: ExecutionRecord
+    commit: Commit
+    node: str
+    visits: list[Visit]
+    parent: str | None
+
+
+def _woken(
+    runtime: Runtime,
+    record: ExecutionRecord,
+    key: str,
+    result: Result,
+    patch: Patch | None,
+    meta: dict[str, Any] | None,
+) -> _Woken | None:
+    """The commit that closes wait ``key`` of ``record``; None if it is not open, or not over."""
+    base = Base.of(record)
+    wait = base.cursor.waits.get(key)
+    if wait is None or record.status not in WAKEABLE:
+        return None
+    output = result(record, wait)
+    if output is None:
+        return None
+    cursor = base.cursor.copy()
+    del cursor.waits[key]
+    woken = [(wait.node, wait.visit)]
+    if wait.slot == AFTER:
+        woken = interrupt(runtime.graph(record.graph), cursor, list(wait.ready))
+    paused = record.status == Status.PAUSED
+    if paused:
+        cursor.held.extend(woken)
+    commit = base.commit(
+        record.id,
+        Kind.WAKE,
+        wait.checkpoint_node,
+        wait.visit,
+        state=patch(record.state) if patch else None,
+        cursor=cursor,
+        status=Status.PAUSED if paused else cursor.settled(),
+        output=output,
+        meta=meta,
+    )
+    return _Woken(record, commit, wait.node, woken, cursor.parent)
 
 
 def timer_result(runtime: Runtime) -> Result:

@@ -1,44 +1,46 @@
-"""Graph definition: nodes, edges, branches, joins, and their checks.
+"""The graph builder users write with: nodes, edges, branches, joins, and their checks.
 
-Everything a definition can get wrong is checked as it is written (duplicate names, unknown
-nodes in edges, bad options) or, for what needs the whole graph (an entry, reachability), by
-validate(), which runs on the first start and when a worker boots.
+Everything a graph can get wrong is checked as it is written (duplicate names, unknown nodes
+in edges, bad options) or, for what needs the whole graph (an entry, reachability), when its
+definition is taken: on the first start, and when a worker boots. The engine reads that
+definition (``engine/definition.py``, frozen), never this builder: ``Definitions`` is the
+runtime's live view of them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 
 from celery_durable.constants import TASK_PREFIX
+from celery_durable.engine.definition import GraphDefinition, NodeDefinition, OnFailure
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.state import reducers
 from celery_durable.errors import (
     DuplicateNode,
     GraphDefinitionError,
-    InvalidNodeOption,
     NoEntry,
     UnknownNode,
     UnreachableNode,
 )
-from celery_durable.graphs.options import arity, check_options
-from celery_durable.policies.limits import Limit, RateLimit
+from celery_durable.graphs.options import (
+    NodeOptions,
+    arity,
+    check_graph,
+    check_options,
+    node_definition,
+)
+from celery_durable.policies.limits import Limit
 from celery_durable.policies.retry import RetryPolicy
 from celery_durable.saga.shape import Router
 
+__all__ = ["Definitions", "Graph", "Node", "OnFailure", "Owner", "Saga"]
+
 P = ParamSpec("P")
 R = TypeVar("R")
-OnFailure = Literal["fail", "compensate", "intervene"]
-DEFAULT_MAX_VISITS = 1000
-# While a node's breaker is open: wait in the database, or fail the attempt with CircuitOpen.
-WhenOpen = Literal["wait", "fail"]
-DEFAULT_COMPENSATION_RETRY = RetryPolicy(
-    max_attempts=10, initial_delay=1.0, backoff=2.0, max_delay=60.0, jitter=True
-)
 
 
 class Owner(Protocol):
@@ -62,47 +64,29 @@ class Owner(Protocol):
 
 
 class Node(Generic[P, R]):
-    """A node: the user's function plus how it runs. Calling it calls the function."""
+    """The handle ``@graph.node`` returns: calling it calls the function;
+    ``@node.compensation`` says how to undo it. What the node is (its options, its
+    compensation) is ``definition``, which the graph keeps."""
 
-    def __init__(
-        self,
-        graph: Graph,
-        fn: Callable[P, R],
-        name: str,
-        retry: RetryPolicy,
-        timeout: float | None,
-        queue: str | None,
-        *,
-        interrupt_before: bool = False,
-        interrupt_after: bool = False,
-    ) -> None:
+    def __init__(self, graph: Graph, fn: Callable[P, R], name: str) -> None:
         self.graph = graph
         self.fn = fn
         self.name = name
-        self.retry = retry
-        self.timeout = timeout
-        self.queue = queue
-        # Human approval: the run waits before this node runs, or before what follows it.
-        self.interrupt_before = interrupt_before
-        self.interrupt_after = interrupt_after
-        self.task_name = f"{graph.task_prefix}.{name}"
-        self.wants_context = arity(fn, name) == 2
-        self.compensator: Callable[..., Any] | None = None
-        self.compensator_wants_context = False
-        self.compensation_retry = DEFAULT_COMPENSATION_RETRY
-        # Flow control (engine/flow.py): a shared circuit breaker, a fleet-wide rate limit.
-        self.breaker: str | None = None
-        self.when_open: WhenOpen = "wait"
-        self.rate: RateLimit | None = None
-        self.concurrency: Limit | None = None
-        # Visits of this node in one run before the run fails: a runaway loop's end.
-        self.max_visits = DEFAULT_MAX_VISITS
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
     @property
+    def definition(self) -> NodeDefinition:
+        """The node as it is defined now: a compensation added later gives a new one."""
+        return self.graph.nodes[self.name]
+
+    @property
+    def task_name(self) -> str:
+        return self.definition.task_name
+
+    @property
     def compensation_task_name(self) -> str:
-        return f"{self.task_name}.compensate"
+        return self.definition.compensation_task_name
 
     def compensation(
         self, fn: Callable[..., Any] | None = None, *, retry: RetryPolicy | None = None
@@ -114,14 +98,19 @@ class Node(Generic[P, R]):
         """
 
         def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-            if self.compensator is not None:
+            node = self.definition
+            if node.compensator is not None:
                 raise GraphDefinitionError(
                     f"Node {self.graph.name}.{self.name} already has a compensation."
                 )
-            self.compensator_wants_context = arity(func, f"{self.name}.compensation") == 2
-            if retry is not None:
-                self.compensation_retry = retry
-            self.compensator = func
+            self.graph._put(
+                replace(
+                    node,
+                    compensator=func,
+                    compensator_wants_context=arity(func, f"{self.name}.compensation") == 2,
+                    compensation_retry=retry or node.compensation_retry,
+                )
+            )
             self.graph.owner.register_compensation(self)
             return func
 
@@ -145,116 +134,49 @@ class Graph:
         on_failure: OnFailure = "fail",
         concurrency: Limit | None = None,
     ) -> None:
-        if not (isinstance(state, type) and issubclass(state, BaseModel)):
-            raise GraphDefinitionError(
-                f"Graph {name!r}: state= must be a pydantic BaseModel subclass, got {state!r}."
-            )
-        if on_failure not in ("fail", "compensate", "intervene"):
-            raise GraphDefinitionError(
-                f"Graph {name!r}: on_failure must be 'fail', 'compensate' or 'intervene', got "
-                f"{on_failure!r}."
-            )
+        check_graph(name, state, on_failure, concurrency)
         self.owner = owner
         self.name = name
         self.state = state
         self.on_failure: OnFailure = on_failure
-        if concurrency is not None and not isinstance(concurrency, Limit):
-            raise GraphDefinitionError(
-                f"Graph {name!r}: concurrency= takes a Limit(key=..., max=...)."
-            )
-        # Running executions per key (engine/slots.py): taken at the entry node, held to the end.
+        # Running executions per key (engine/admission.py): taken at the entry node, held to
+        # the end.
         self.concurrency = concurrency
         self.task_prefix = f"{TASK_PREFIX}.{name}"
-        self.nodes: dict[str, Node[..., Any]] = {}
+        self.nodes: dict[str, NodeDefinition] = {}
         self.edges: dict[str, list[str]] = {}
         self.joins: dict[str, frozenset[str]] = {}
         self.branches: dict[str, tuple[Router, tuple[str, ...] | None]] = {}
         self.entry_node: str | None = None
         self.reducers = reducers(state)
         self.upgrader: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-        self._fingerprint: str | None = None
+        # The definition taken since the last change, if any: every change drops it.
+        self._definition: GraphDefinition | None = None
 
     # -- definition -------------------------------------------------------------------------
 
     @overload
-    def node(self, fn: Callable[P, R], /) -> Node[P, R]: ...
+    def node(self, fn: Callable[P, R], /, **options: Unpack[NodeOptions]) -> Node[P, R]: ...
 
     @overload
     def node(
-        self,
-        fn: None = None,
-        *,
-        name: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        queue: str | None = None,
-        compensate: Callable[..., Any] | None = None,
-        compensation_retry: RetryPolicy | None = None,
-        interrupt_before: bool = False,
-        interrupt_after: bool = False,
-        breaker: str | None = None,
-        when_open: WhenOpen = "wait",
-        rate: RateLimit | None = None,
-        concurrency: Limit | None = None,
-        max_visits: int = DEFAULT_MAX_VISITS,
-        **unknown: Any,
+        self, fn: None = None, /, **options: Unpack[NodeOptions]
     ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
-    def node(
-        self,
-        fn: Callable[P, R] | None = None,
-        *,
-        name: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        queue: str | None = None,
-        compensate: Callable[..., Any] | None = None,
-        compensation_retry: RetryPolicy | None = None,
-        interrupt_before: bool = False,
-        interrupt_after: bool = False,
-        breaker: str | None = None,
-        when_open: WhenOpen = "wait",
-        rate: RateLimit | None = None,
-        concurrency: Limit | None = None,
-        max_visits: int = DEFAULT_MAX_VISITS,
-        **unknown: Any,
-    ) -> Any:
-        """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``."""
-        if unknown:
-            raise InvalidNodeOption(
-                f"Graph {self.name!r}: unknown node option(s) {', '.join(sorted(unknown))}; "
-                "use retry=, timeout=, queue=, compensate=, compensation_retry=, "
-                "interrupt_before=, interrupt_after=, breaker=, when_open=, rate=, concurrency=, "
-                "max_visits= or name=."
-            )
-        for option, value in (("retry", retry), ("compensation_retry", compensation_retry)):
-            if value is not None and not isinstance(value, RetryPolicy):
-                raise InvalidNodeOption(f"Graph {self.name!r}: {option}= takes a RetryPolicy.")
-        if timeout is not None and not timeout > 0:
-            raise InvalidNodeOption(f"Graph {self.name!r}: timeout= must be a positive number.")
-        check_options(self.name, breaker, when_open, rate, concurrency, max_visits)
+    def node(self, fn: Callable[P, R] | None = None, /, **options: Unpack[NodeOptions]) -> Any:
+        """Decorator: ``@graph.node`` or ``@graph.node(retry=..., timeout=..., queue=...)``;
+        the options are ``graphs.options.NodeOptions``."""
+        check_options(self.name, options)
 
         def decorate(func: Callable[P, R]) -> Node[P, R]:
-            node_name = name or func.__name__
-            if node_name in self.nodes:
-                raise DuplicateNode(self.name, node_name)
-            node = Node(
-                self,
-                func,
-                node_name,
-                retry or RetryPolicy(),
-                timeout,
-                queue,
-                interrupt_before=bool(interrupt_before),
-                interrupt_after=bool(interrupt_after),
-            )
-            node.breaker, node.when_open, node.rate = breaker, when_open, rate
-            node.concurrency, node.max_visits = concurrency, max_visits
-            self.nodes[node_name] = node
-            self._fingerprint = None
+            name = options.get("name") or func.__name__
+            if name in self.nodes:
+                raise DuplicateNode(self.name, name)
+            self._put(node_definition(self.task_prefix, name, func, options))
+            node = Node(self, func, name)
             self.owner.register(node)
-            if compensate is not None:
-                node.compensation(compensate, retry=compensation_retry)
+            if (compensate := options.get("compensate")) is not None:
+                node.compensation(compensate, retry=options.get("compensation_retry"))
             self._added(node)
             return node
 
@@ -269,14 +191,20 @@ class Graph:
         if not callable(fn):
             raise GraphDefinitionError(f"Graph {self.name!r}: upgrade takes a function.")
         self.upgrader = fn
+        self._definition = None
         return fn
+
+    def _put(self, node: NodeDefinition) -> None:
+        """A node defined, or redefined with its compensation."""
+        self.nodes[node.name] = node
+        self._definition = None
 
     def _added(self, node: Node[..., Any]) -> None:
         """A subclass hook: sagas chain their steps here."""
 
     def entry(self, node: str | Node[..., Any]) -> None:
         self.entry_node = self._known(node)
-        self._fingerprint = None
+        self._definition = None
 
     def edge(
         self,
@@ -297,7 +225,7 @@ class Graph:
             for dst in targets:
                 if dst not in self.edges.setdefault(src, []):
                     self.edges[src].append(dst)
-        self._fingerprint = None
+        self._definition = None
 
     def branch(
         self,
@@ -316,14 +244,22 @@ class Graph:
             raise GraphDefinitionError(f"Graph {self.name!r}: branch router must be callable.")
         known = tuple(self._known(p) for p in paths) if paths is not None else None
         self.branches[src] = (router, known)
-        self._fingerprint = None
+        self._definition = None
 
     # -- checks -----------------------------------------------------------------------------
 
+    def definition(self) -> GraphDefinition:
+        """The whole graph, checked and frozen: what the engine runs. Taken once per change,
+        so that a node task's look-up costs a dict get and this attribute test."""
+        if (taken := self._definition) is None:
+            taken = self._definition = self._take()
+        return taken
+
     def validate(self) -> str:
         """Check the whole graph; returns its fingerprint (recorded on every execution)."""
-        if self._fingerprint is not None:
-            return self._fingerprint
+        return self.definition().fingerprint
+
+    def _take(self) -> GraphDefinition:
         if not self.nodes:
             raise GraphDefinitionError(f"Graph {self.name!r} has no nodes.")
         if self.entry_node is None:
@@ -331,8 +267,19 @@ class Graph:
         unreachable = sorted(set(self.nodes) - self._reachable(self.entry_node))
         if unreachable:
             raise UnreachableNode(self.name, unreachable)
-        self._fingerprint = self._compute_fingerprint()
-        return self._fingerprint
+        return GraphDefinition(
+            name=self.name,
+            state=self.state,
+            entry_node=self.entry_node,
+            nodes=self.nodes,
+            edges={src: tuple(dsts) for src, dsts in self.edges.items()},
+            joins=self.joins,
+            branches=self.branches,
+            on_failure=self.on_failure,
+            concurrency=self.concurrency,
+            reducers=self.reducers,
+            upgrader=self.upgrader,
+        )
 
     def _reachable(self, start: str) -> set[str]:
         seen, todo = set(), [start]
@@ -346,17 +293,6 @@ class Graph:
                 paths = self.branches[name][1]
                 todo.extend(self.nodes if paths is None else paths)
         return seen
-
-    def _compute_fingerprint(self) -> str:
-        shape = {
-            "entry": self.entry_node,
-            "nodes": sorted(self.nodes),
-            "edges": {k: sorted(v) for k, v in sorted(self.edges.items())},
-            "joins": {k: sorted(v) for k, v in sorted(self.joins.items())},
-            "branches": {k: sorted(v[1] or ["*"]) for k, v in sorted(self.branches.items())},
-            "on_failure": self.on_failure,
-        }
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
     def _known(self, node: str | Node[..., Any]) -> str:
         name = node.name if isinstance(node, Node) else node
@@ -419,3 +355,30 @@ class Saga(Graph):
         else:
             self.edge(self._last, node)
         self._last = node.name
+
+
+class Definitions(Mapping[str, GraphDefinition]):
+    """The runtime's view of a Durable's graphs, by name: each one's current definition.
+
+    Live, so a graph defined or changed after the runtime was built is seen; cheap, since a
+    node task looks its graph up here for every message (a graph keeps its definition until
+    it changes).
+    """
+
+    __slots__ = ("_graphs",)
+
+    def __init__(self, graphs: Mapping[str, Graph]) -> None:
+        self._graphs = graphs
+
+    def __getitem__(self, name: str) -> GraphDefinition:
+        return self._graphs[name].definition()
+
+    def __contains__(self, name: object) -> bool:
+        # Without this, Mapping would take (and check) the definition to answer.
+        return name in self._graphs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._graphs)
+
+    def __len__(self) -> int:
+        return len(self._graphs)

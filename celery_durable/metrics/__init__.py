@@ -76,6 +76,7 @@ from celery_durable.metrics.instruments import PrometheusHooks, instrument
 from celery_durable.metrics.server import (
     DatabaseCollector,
     MetricsServer,
+    MetricsSources,
     MultiProcessDirCollector,
     metrics_registry,
     multiprocess_dir,
@@ -89,6 +90,7 @@ __all__ = [
     "DatabaseCollector",
     "MultiProcessDirCollector",
     "MetricsServer",
+    "MetricsSources",
     "metrics_registry",
     "multiprocess_dir",
     "serve_metrics",

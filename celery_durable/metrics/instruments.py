@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
@@ -26,6 +26,55 @@ WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 # -- in-process events --------------------------------------------------------------------------
 
 
+# What each instrument counts: field -> (name under PREFIX, help, labels[, histogram buckets]).
+COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "commits": ("node_commits", "Node visits committed.", ("graph", "node")),
+    "retries": (
+        "node_retries",
+        "Failed node attempts that will run again.",
+        ("graph", "node", "error"),
+    ),
+    "compensations": ("compensations", "Compensation steps committed.", ("graph", "step")),
+    "finished": (
+        "executions_finished",
+        "Executions that reached a final status.",
+        ("graph", "status"),
+    ),
+    "interventions": (
+        "interventions",
+        "Compensations that failed for good (execution needs_intervention).",
+        ("graph", "step"),
+    ),
+    "recoveries": ("recoveries", "Node messages the recovery sweep published again.", ("reason",)),
+    "held": (
+        "flow_held",
+        "Node attempts held back by flow control, by what: 'breaker <name>' (its "
+        "rejections), 'rate <name>', or 'slot' (in line for a concurrency key).",
+        ("graph", "node", "by"),
+    ),
+}
+HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
+    "wake_lag": (
+        "wake_lag_seconds",
+        "From a timer's due time to its node running again.",
+        ("graph", "kind"),
+        WAKE_BUCKETS,
+    ),
+    "node_duration": (
+        "node_duration_seconds",
+        "Wall time of node and compensation tasks.",
+        ("graph", "node", "kind"),
+        NODE_BUCKETS,
+    ),
+    "checkpoint_write": (
+        "checkpoint_write_seconds",
+        "Time of one checkpoint commit (one transaction).",
+        ("graph", "kind"),
+        WRITE_BUCKETS,
+    ),
+}
+
+
 @dataclass(frozen=True)
 class _Instruments:
     commits: Counter
@@ -41,60 +90,16 @@ class _Instruments:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> _Instruments:
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
-
-        return cls(
-            commits=counter("node_commits", "Node visits committed.", ("graph", "node")),
-            retries=counter(
-                "node_retries",
-                "Failed node attempts that will run again.",
-                ("graph", "node", "error"),
-            ),
-            compensations=counter(
-                "compensations", "Compensation steps committed.", ("graph", "step")
-            ),
-            finished=counter(
-                "executions_finished",
-                "Executions that reached a final status.",
-                ("graph", "status"),
-            ),
-            interventions=counter(
-                "interventions",
-                "Compensations that failed for good (execution needs_intervention).",
-                ("graph", "step"),
-            ),
-            recoveries=counter(
-                "recoveries", "Node messages the recovery sweep published again.", ("reason",)
-            ),
-            held=counter(
-                "flow_held",
-                "Node attempts held back by flow control, by what: 'breaker <name>' (its "
-                "rejections), 'rate <name>', or 'slot' (in line for a concurrency key).",
-                ("graph", "node", "by"),
-            ),
-            wake_lag=Histogram(
-                f"{PREFIX}_wake_lag_seconds",
-                "From a timer's due time to its node running again.",
-                ("graph", "kind"),
-                buckets=WAKE_BUCKETS,
-                registry=registry,
-            ),
-            node_duration=Histogram(
-                f"{PREFIX}_node_duration_seconds",
-                "Wall time of node and compensation tasks.",
-                ("graph", "node", "kind"),
-                buckets=NODE_BUCKETS,
-                registry=registry,
-            ),
-            checkpoint_write=Histogram(
-                f"{PREFIX}_checkpoint_write_seconds",
-                "Time of one checkpoint commit (one transaction).",
-                ("graph", "kind"),
-                buckets=WRITE_BUCKETS,
-                registry=registry,
-            ),
-        )
+        """Every instrument of COUNTERS and HISTOGRAMS, registered in ``registry``."""
+        made: dict[str, Any] = {
+            field: Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+            for field, (name, doc, labels) in COUNTERS.items()
+        }
+        for field, (name, doc, labels, buckets) in HISTOGRAMS.items():
+            made[field] = Histogram(
+                f"{PREFIX}_{name}", doc, labels, buckets=buckets, registry=registry
+            )
+        return cls(**made)
 
 
 # Metric objects are per registry and created once: a registry refuses a name twice.

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -74,7 +74,7 @@ class DatabaseCollector(Collector):
 
     def _read(self) -> list[Metric]:
         now = utcnow()
-        gauges = self.durable.store.execution_gauges(now - timedelta(seconds=self.stuck_after))
+        gauges = self.durable.execution_gauges(now - timedelta(seconds=self.stuck_after))
         graphs = sorted({g for g, _ in gauges.counts} | set(self.durable.graphs))
         total = GaugeMetricFamily(
             f"{PREFIX}_executions",
@@ -176,19 +176,24 @@ class _Delegate(Collector):
         return self.registry.collect()
 
 
-def metrics_registry(
-    durable: Durable,
-    *,
-    stuck_after: float | None = None,
-    multiprocess: str | None = None,
-    in_process: CollectorRegistry | None = REGISTRY,
-) -> CollectorRegistry:
+class MetricsSources(TypedDict, total=False):
+    """What a metrics endpoint reads, each optional: ``stuck_after``, the seconds without a
+    commit that count as stuck (default: the setting); ``multiprocess``, the directory of the
+    workers' multiprocess files (default: see multiprocess_dir); ``in_process``, the registry
+    exposed when there are no such files (default: this process's own; None: none)."""
+
+    stuck_after: float | None
+    multiprocess: str | None
+    in_process: CollectorRegistry | None
+
+
+def metrics_registry(durable: Durable, **sources: Unpack[MetricsSources]) -> CollectorRegistry:
     """What the metrics server exposes: the database gauges, plus the in-process metrics,
-    summed from the multiprocess files when configured, else ``in_process`` (this process's
-    own; None to leave them out)."""
+    summed from the multiprocess files when configured, else ``in_process``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(durable, stuck_after))
-    path = multiprocess_dir(multiprocess)
+    registry.register(DatabaseCollector(durable, sources.get("stuck_after")))
+    path = multiprocess_dir(sources.get("multiprocess"))
+    in_process = sources.get("in_process", REGISTRY)
     if path is not None:
         os.makedirs(path, exist_ok=True)
         registry.register(MultiProcessDirCollector(path))
@@ -225,15 +230,10 @@ def serve_metrics(
     durable: Durable,
     port: int = DEFAULT_PORT,
     addr: str = "0.0.0.0",
-    *,
-    stuck_after: float | None = None,
-    multiprocess: str | None = None,
-    in_process: CollectorRegistry | None = REGISTRY,
+    **sources: Unpack[MetricsSources],
 ) -> MetricsServer:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns at once."""
-    registry = metrics_registry(
-        durable, stuck_after=stuck_after, multiprocess=multiprocess, in_process=in_process
-    )
+    registry = metrics_registry(durable, **sources)
     server, thread = start_http_server(port, addr=addr, registry=registry)
     return MetricsServer(server, thread, registry, addr)
 
@@ -243,12 +243,11 @@ def run_metrics(
     port: int = DEFAULT_PORT,
     addr: str = "0.0.0.0",
     *,
-    stuck_after: float | None = None,
-    multiprocess: str | None = None,
     stop: threading.Event | None = None,
+    **sources: Unpack[MetricsSources],
 ) -> None:
     """Serve metrics until interrupted (Ctrl-C, SIGTERM) or until ``stop`` is set."""
-    running = serve_metrics(durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess)
+    running = serve_metrics(durable, port, addr, **sources)
     stop = stop or threading.Event()
     logger.info("celery-durable metrics on %s", running.url)
 

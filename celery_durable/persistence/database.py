@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
+from celery_durable.forks import ProcessLocal
 from celery_durable.persistence.dialect import Dialect, Engines
 from celery_durable.persistence.postgres import PostgresDialect
 from celery_durable.persistence.sqlite import SQLiteDialect
@@ -24,23 +23,13 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 5) -> None:
         kind = PostgresDialect if url.startswith("postgresql") else SQLiteDialect
         self.dialect: Dialect = kind(url, pool_size)
-        self._engines: Engines | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
+        # A forked child builds its own pools and leaves the parent's sockets alone.
+        self._engines = ProcessLocal(self.dialect.create_engines)
 
     @property
     def engines(self) -> Engines:
         """This process's pools, built on first use in each process."""
-        pid = os.getpid()
-        if self._engines is None or self._pid != pid:
-            with self._lock:
-                if self._engines is None or self._pid != pid:
-                    if self._engines is not None:
-                        # Inherited from the parent: drop its sockets without closing them.
-                        for inherited in self._engines:
-                            inherited.dispose(close=False)
-                    self._engines, self._pid = self.dialect.create_engines(), pid
-        return self._engines
+        return self._engines.get()
 
     @property
     def engine(self) -> Engine:
@@ -54,9 +43,7 @@ class Database:
             yield conn
 
     def dispose(self) -> None:
-        with self._lock:
-            if self._engines is not None and self._pid == os.getpid():
-                for engine in self._engines:
-                    engine.dispose()
-            self._engines = None
+        engines = self._engines.clear()
+        for engine in engines or ():
+            engine.dispose()
         self.dialect.close()

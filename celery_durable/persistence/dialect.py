@@ -1,19 +1,21 @@
 """What PostgreSQL and SQLite do differently, behind one interface.
 
 The store, the visit ledger and the migrations speak SQLAlchemy Core to either database; the
-few things that cannot be said the same way on both (the one-statement node commit, the
-upsert, the migration lock, waking a waiting caller) are a ``Dialect``'s methods.
+few things that cannot be said the same way on both (the one-statement node commit, sent
+before its answer is read, the upsert, the migration lock, waking a waiting caller) are a
+``Dialect``'s methods.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypedDict
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
+
+from celery_durable.persistence.answer import Answer
 
 # The INSERT constructs of the two dialects: both have on_conflict_do_update().
 Upsert: TypeAlias = postgresql.Insert | sqlite.Insert
@@ -100,27 +102,19 @@ class Dialect(ABC):
         """This process's pools, configured; called once per process."""
 
     @abstractmethod
-    def save(
-        self,
-        engines: Engines,
-        advance: Advance,
-        *,
-        fenced: bool,
-        wakes: bool,
-        meanwhile: Callable[[], object] | None = None,
-    ) -> bool:
-        """Insert the checkpoint and advance the execution, atomically; False when the
-        execution is not at ``expected_version`` or, if ``fenced``, a newer lease holds the
-        visit. ``wakes``: the run ends here, so its waiters must be woken. ``meanwhile``
-        (work that must not raise, and must not publish) is called before the answer is in,
-        while the database works where it can."""
+    def send(
+        self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool
+    ) -> Answer[bool]:
+        """Insert the checkpoint and advance the execution, atomically, returning before the
+        answer is in where the database allows: the caller works meanwhile, then collects
+        ``result()``, False when the execution is not at ``expected_version`` or, if
+        ``fenced``, a newer lease holds the visit. ``wakes``: the run ends here, so its
+        waiters must be woken. Collect it before this thread writes again."""
 
     @abstractmethod
-    def start(
-        self, engines: Engines, start: Start, meanwhile: Callable[[], object] | None = None
-    ) -> bool:
-        """Insert the execution and its start checkpoint; False when the id already exists.
-        ``meanwhile`` as for ``save``."""
+    def send_start(self, engines: Engines, start: Start) -> Answer[bool]:
+        """Insert the execution and its start checkpoint; ``result()`` is False when the id
+        already exists. Collected as for ``send``."""
 
     @abstractmethod
     def insert(self, table: Table) -> Upsert:

@@ -2,9 +2,10 @@
 executes and commits it.
 
 A node's commit is a round trip in which the worker has nothing to do but wait, and after it
-the worker builds the next node's message. Sent this way, the message is built during the
-round trip and only published once the commit has answered: the order that makes a commit
-come before what it hands on is unchanged, and the wait is shorter.
+the worker builds the next node's message. Sent and collected apart (``send()`` returns an
+``InFlight`` the caller collects), the message is built during the round trip and only
+published once the commit has answered: the order that makes a commit come before what it
+hands on is unchanged, and the wait is shorter.
 
 psycopg's ``cursor.execute()`` sends and waits in one call and converts the query and its
 parameters each time. Here the query is compiled once to ``$n`` placeholders, prepared once per
@@ -15,7 +16,7 @@ and the parameters go as text.
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -43,32 +44,20 @@ class Prepared:
         self.query = compiled.string.encode()
         self.order = tuple(compiled.positiontup or ())
 
-    def run(
-        self,
-        conn: psycopg.Connection[Any],
-        prepared: set[bytes],
-        params: Mapping[str, Any],
-        meanwhile: Callable[[], object] | None = None,
-    ) -> bool:
-        """Send, call ``meanwhile`` while the server works, collect the answer: whether the
-        statement returned a row. ``meanwhile`` must not raise (the statement may have
-        committed); errors are psycopg's. ``prepared`` holds the names this connection knows."""
+    def send(
+        self, conn: psycopg.Connection[Any], prepared: set[bytes], params: Mapping[str, Any]
+    ) -> InFlight:
+        """Put the statement on the wire and return without reading: the caller works while
+        the server executes and commits it. ``prepared`` holds the names ``conn`` knows;
+        errors are psycopg's."""
         values = [_text(params[key]) for key in self.order]
-        self._send(conn, prepared, values)
-        if meanwhile is not None:
-            meanwhile()
-        result = _result(conn.pgconn)
-        if result.error_field(pq.DiagnosticField.SQLSTATE) == _FORGOTTEN:
-            prepared.discard(self.name)
-            self._send(conn, prepared, values)
-            result = _result(conn.pgconn)
-        if result.status != pq.ExecStatus.TUPLES_OK:
-            raise error_from_result(result, encoding=conn.info.encoding)
-        return result.ntuples > 0
+        self.put(conn, prepared, values)
+        return InFlight(self, conn, prepared, values)
 
-    def _send(
+    def put(
         self, conn: psycopg.Connection[Any], prepared: set[bytes], values: list[bytes | None]
     ) -> None:
+        """Prepare the statement on ``conn`` if it does not know it, and send ``values``."""
         pgconn = conn.pgconn
         if self.name not in prepared:
             # Once per connection; libpq's prepare blocks, as this does only the first time.
@@ -79,6 +68,38 @@ class Prepared:
         pgconn.send_query_prepared(self.name, values)
         while pgconn.flush():
             _wait(pgconn, writing=True)
+
+
+class InFlight:
+    """A statement sent on a connection whose answer is not read yet: the connection can
+    take no other statement until ``collect()`` has run."""
+
+    __slots__ = ("conn", "prepared", "statement", "values")
+
+    def __init__(
+        self,
+        statement: Prepared,
+        conn: psycopg.Connection[Any],
+        prepared: set[bytes],
+        values: list[bytes | None],
+    ) -> None:
+        self.statement = statement
+        self.conn = conn
+        self.prepared = prepared
+        self.values = values
+
+    def collect(self) -> bool:
+        """Wait for the answer: whether the statement returned a row. Errors are psycopg's;
+        call it once."""
+        conn, statement = self.conn, self.statement
+        result = _result(conn.pgconn)
+        if result.error_field(pq.DiagnosticField.SQLSTATE) == _FORGOTTEN:
+            self.prepared.discard(statement.name)
+            statement.put(conn, self.prepared, self.values)
+            result = _result(conn.pgconn)
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            raise error_from_result(result, encoding=conn.info.encoding)
+        return result.ntuples > 0
 
 
 def _text(value: Any) -> bytes | None:

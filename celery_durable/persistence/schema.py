@@ -1,4 +1,5 @@
-"""The tables. Queries live in store.py; dialect differences in postgres.py and sqlite.py.
+"""The tables. Queries live in the modules that run them; dialect differences in postgres.py
+and sqlite.py.
 
 Checkpoints are append-only. A checkpoint's ``seq`` is the execution version its commit
 produced, so (execution_id, seq) is both the ordering and the primary key, and "latest
@@ -46,6 +47,17 @@ metadata = MetaData(
 ID_LENGTH = 255
 NAME_LENGTH = 200
 
+
+def _execution_id() -> Column[str]:
+    """The column that ties a row to its run; deleting the run deletes the row."""
+    return Column(
+        "execution_id",
+        String(ID_LENGTH),
+        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
 executions = Table(
     EXECUTIONS_TABLE,
     metadata,
@@ -85,12 +97,7 @@ UNIQUE_VISIT = "uq_durable_checkpoints_execution_id_kind_node_visit"
 checkpoints = Table(
     CHECKPOINTS_TABLE,
     metadata,
-    Column(
-        "execution_id",
-        String(ID_LENGTH),
-        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _execution_id(),
     Column("seq", BigInteger, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("node", String(NAME_LENGTH), nullable=False),
@@ -111,12 +118,7 @@ checkpoints = Table(
 node_visits = Table(
     NODE_VISITS_TABLE,
     metadata,
-    Column(
-        "execution_id",
-        String(ID_LENGTH),
-        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _execution_id(),
     Column("kind", String(32), nullable=False),
     Column("node", String(NAME_LENGTH), nullable=False),
     Column("visit", Integer, nullable=False),
@@ -139,12 +141,7 @@ events = Table(
     EVENTS_TABLE,
     metadata,
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
-    Column(
-        "execution_id",
-        String(ID_LENGTH),
-        ForeignKey(f"{EXECUTIONS_TABLE}.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _execution_id(),
     Column("name", String(NAME_LENGTH), nullable=False),
     Column("payload", Text, nullable=True),
     Column("idempotency_key", String(ID_LENGTH), nullable=True),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import StaticPool
 
+from celery_durable.persistence.answer import Answer, Deferred
 from celery_durable.persistence.dialect import Advance, CheckpointRow, Dialect, Engines, Start
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
 
@@ -39,85 +40,15 @@ class SQLiteDialect(Dialect):
         _configure(engine)
         return Engines(engine=engine, reader=engine.execution_options(durable_read=True))
 
-    def save(
-        self,
-        engines: Engines,
-        advance: Advance,
-        *,
-        fenced: bool,
-        wakes: bool,
-        meanwhile: Callable[[], object] | None = None,
-    ) -> bool:
-        """Two statements in one transaction; nobody to wake: waiters poll. Nothing to overlap
-        ``meanwhile`` with: it runs first."""
-        if meanwhile is not None:
-            meanwhile()
-        condition = and_(
-            executions.c.id == advance["execution_id"],
-            executions.c.version == advance["expected_version"],
-        )
-        if fenced:
-            condition = and_(
-                condition,
-                ~exists().where(
-                    node_visits.c.execution_id == advance["execution_id"],
-                    node_visits.c.kind == advance["kind"],
-                    node_visits.c.node == advance["node"],
-                    node_visits.c.visit == advance["visit"],
-                    node_visits.c.lease_token != advance["lease_token"],
-                ),
-            )
-        with engines.engine.begin() as conn:
-            advanced = conn.execute(
-                update(executions)
-                .where(condition)
-                .values(
-                    state=advance["state"],
-                    cursor=advance["cursor"],
-                    status=advance["status"],
-                    error=advance["error"],
-                    version=advance["seq"],
-                    updated_at=advance["now"],
-                    finished_at=advance["finished_at"],
-                    checksum=advance["row_checksum"],
-                )
-            )
-            if advanced.rowcount != 1:
-                return False
-            row = _checkpoint(advance, advance["seq"], advance["visit"], advance["output"])
-            row["state"] = advance["checkpoint_state"]
-            conn.execute(insert(checkpoints).values(row))
-        return True
+    def send(
+        self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool
+    ) -> Answer[bool]:
+        """Nothing to overlap the caller's work with: the commit runs now, and its answer
+        waits in the handle. Nobody to wake either: waiters poll."""
+        return Deferred(lambda: _save(engines, advance, fenced=fenced))
 
-    def start(
-        self, engines: Engines, start: Start, meanwhile: Callable[[], object] | None = None
-    ) -> bool:
-        if meanwhile is not None:
-            meanwhile()
-        with engines.engine.begin() as conn:
-            if conn.execute(
-                select(executions.c.id).where(executions.c.id == start["execution_id"])
-            ).first():
-                return False
-            conn.execute(
-                insert(executions).values(
-                    id=start["execution_id"],
-                    graph=start["graph"],
-                    fingerprint=start["fingerprint"],
-                    status=start["status"],
-                    version=0,
-                    state=start["state"],
-                    cursor=start["cursor"],
-                    error=None,
-                    created_at=start["now"],
-                    updated_at=start["now"],
-                    finished_at=None,
-                    parent_id=start["parent_id"],
-                    checksum=start["row_checksum"],
-                )
-            )
-            conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))
-        return True
+    def send_start(self, engines: Engines, start: Start) -> Answer[bool]:
+        return Deferred(lambda: _start(engines, start))
 
     def insert(self, table: Table) -> sqlite.Insert:
         return sqlite.insert(table)
@@ -169,17 +100,74 @@ def _configure(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _save(engines: Engines, advance: Advance, *, fenced: bool) -> bool:
+    """Two statements in one transaction."""
+    condition = and_(
+        executions.c.id == advance["execution_id"],
+        executions.c.version == advance["expected_version"],
+    )
+    if fenced:
+        condition = and_(
+            condition,
+            ~exists().where(
+                node_visits.c.execution_id == advance["execution_id"],
+                node_visits.c.kind == advance["kind"],
+                node_visits.c.node == advance["node"],
+                node_visits.c.visit == advance["visit"],
+                node_visits.c.lease_token != advance["lease_token"],
+            ),
+        )
+    with engines.engine.begin() as conn:
+        advanced = conn.execute(
+            update(executions)
+            .where(condition)
+            .values(
+                **_pick(advance, "state", "cursor", "status", "error", "finished_at"),
+                version=advance["seq"],
+                updated_at=advance["now"],
+                checksum=advance["row_checksum"],
+            )
+        )
+        if advanced.rowcount != 1:
+            return False
+        row = _checkpoint(advance, advance["seq"], advance["visit"], advance["output"])
+        row["state"] = advance["checkpoint_state"]
+        conn.execute(insert(checkpoints).values(row))
+    return True
+
+
+def _start(engines: Engines, start: Start) -> bool:
+    with engines.engine.begin() as conn:
+        if conn.execute(
+            select(executions.c.id).where(executions.c.id == start["execution_id"])
+        ).first():
+            return False
+        conn.execute(
+            insert(executions).values(
+                **_pick(start, "graph", "fingerprint", "status", "state", "cursor", "parent_id"),
+                id=start["execution_id"],
+                version=0,
+                error=None,
+                created_at=start["now"],
+                updated_at=start["now"],
+                finished_at=None,
+                checksum=start["row_checksum"],
+            )
+        )
+        conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))
+    return True
+
+
 def _checkpoint(row: CheckpointRow, seq: int, visit: int, output: str | None) -> dict[str, Any]:
     return {
-        "execution_id": row["execution_id"],
+        **_pick(row, "execution_id", "kind", "node", "state", "cursor", "meta", "checksum"),
         "seq": seq,
-        "kind": row["kind"],
-        "node": row["node"],
         "visit": visit,
-        "state": row["state"],
-        "cursor": row["cursor"],
         "output": output,
-        "meta": row["meta"],
-        "checksum": row["checksum"],
         "created_at": row["now"],
     }
+
+
+def _pick(row: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """The columns a row's keys name alike."""
+    return {name: row[name] for name in names}

@@ -42,10 +42,7 @@ class VisitLedger:
     ) -> int:
         """Count a failed attempt (and when to retry it); returns attempts so far."""
         row = self._upsert(
-            execution_id,
-            kind,
-            node,
-            visit,
+            (execution_id, kind, node, visit),
             # A failed attempt gives up its lease; bumping the token fences it out for good,
             # and keeps every later token above every earlier one.
             increments={"attempts": 1, "lease_token": 1},
@@ -63,7 +60,7 @@ class VisitLedger:
     ) -> None:
         """A timer: the recovery sweep claims the row at ``due_at`` (a sleep ends, an event
         wait times out). Written before the wait commits, so a wait never lacks its timer."""
-        self._upsert(execution_id, kind, node, visit, increments={}, values={"due_at": due_at})
+        self._upsert((execution_id, kind, node, visit), increments={}, values={"due_at": due_at})
 
     def hold(
         self, execution_id: str, node: str, visit: int, attempt: int, due_at: datetime, by: str
@@ -71,10 +68,7 @@ class VisitLedger:
         """Flow control holds a node visit back until ``due_at``: the sweep sends attempt
         ``attempt`` again then. Its own row, so the visit's attempt count stays as it was."""
         self._upsert(
-            execution_id,
-            Kind.HOLD,
-            node,
-            visit,
+            (execution_id, Kind.HOLD, node, visit),
             increments={},
             values={"due_at": due_at, "attempts": attempt, "waiting_for": by},
         )
@@ -93,17 +87,16 @@ class VisitLedger:
 
     def record_redelivery(self, execution_id: str, kind: str, node: str, visit: int) -> VisitRecord:
         """Count one more redelivery of this visit's message; returns the visit as it stands."""
-        return _visit(self._upsert(execution_id, kind, node, visit, increments={"redeliveries": 1}))
+        return _visit(
+            self._upsert((execution_id, kind, node, visit), increments={"redeliveries": 1})
+        )
 
     def take_lease(
         self, execution_id: str, kind: str, node: str, visit: int, owner: str, ttl: float
     ) -> int:
         """Lease the visit for ``ttl`` seconds; the returned fencing token beats every older one."""
         row = self._upsert(
-            execution_id,
-            kind,
-            node,
-            visit,
+            (execution_id, kind, node, visit),
             increments={"lease_token": 1},
             values={"lease_owner": owner, "lease_expires_at": utcnow() + timedelta(seconds=ttl)},
         )
@@ -186,13 +179,12 @@ class VisitLedger:
 
     def _upsert(
         self,
-        execution_id: str,
-        kind: str,
-        node: str,
-        visit: int,
+        key: tuple[str, str, str, int],
         increments: dict[str, int],
         values: dict[str, Any] | None = None,
     ) -> Row[Any]:
+        """Insert the visit's row, or add ``increments`` to it; set ``values`` either way."""
+        execution_id, kind, node, visit = key
         values = values or {}
         now = utcnow()
         row = {
@@ -235,17 +227,24 @@ def _key(execution_id: str, kind: str, node: str, visit: int) -> Any:
 
 def _visit(row: Row[Any]) -> VisitRecord:
     m = row._mapping
+    stored = {name: m[name] for name in _AS_STORED}
     return VisitRecord(
-        execution_id=m["execution_id"],
+        **stored,
         kind=Kind(m["kind"]),
-        node=m["node"],
-        visit=m["visit"],
-        attempts=m["attempts"],
-        redeliveries=m["redeliveries"],
-        lease_token=m["lease_token"],
-        lease_owner=m["lease_owner"],
         lease_expires_at=as_utc(m["lease_expires_at"]),
         due_at=as_utc(m["due_at"]),
         last_error=codec.loads(m["last_error"]),
-        waiting_for=m["waiting_for"],
     )
+
+
+# The columns a VisitRecord takes as they are stored.
+_AS_STORED = (
+    "execution_id",
+    "node",
+    "visit",
+    "attempts",
+    "redeliveries",
+    "lease_token",
+    "lease_owner",
+    "waiting_for",
+)

@@ -1,7 +1,8 @@
 """What the decisions need to know of a graph: its shape, not how its nodes run.
 
-``tasks.graph.Graph`` has all of this; saga/ and engine/ are written against these protocols
-so that they never import the Celery side.
+The engine's frozen ``GraphDefinition`` and ``NodeDefinition`` (``engine/definition.py``) have
+all of this; saga/ is written against these protocols because it sits below the engine and
+never imports it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The message of a node or compensation visit, both ways: what is sent, what a task reads.
+"""The message of a node or compensation visit, both ways: what is sent (Celery's task
+message, protocol 2, built here for either way of sending it), what a task reads.
 
 Only JSON travels. A message carries the committed state and version its visit runs on, so
 the happy path reads nothing before running. Task ids say what they run
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from celery import Celery
 
 from celery_durable.engine.base import Base
 from celery_durable.model.cursor import Cursor
@@ -24,7 +27,20 @@ def task_id(
 
 
 @dataclass(frozen=True, slots=True)
+class Address:
+    """Where a visit's message goes and under which id: its task, the queue it asks for (None:
+    the app's task_routes, else Celery's default queue) and its task id."""
+
+    task: str
+    queue: str | None
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
+    """A visit's message as the wire carries it; ``read`` is the inverse of ``args`` and
+    ``kwargs``."""
+
     execution_id: str
     visit: int
     base: Base
@@ -79,3 +95,35 @@ class Message:
     def kwargsrepr(self, inline: bool = False) -> str:
         extra = ", inline=True" if inline else ""
         return f"{{version={self.base.version}, attempt={self.attempt}{extra}}}"
+
+
+def send_options(address: Address, message: Message) -> dict[str, Any]:
+    """What ``send_task`` is given besides the task's name, args, kwargs and id: the router
+    sees these on either path, so both paths route a message alike."""
+    return {
+        "queue": address.queue,
+        "priority": message.base.cursor.priority,
+        "serializer": "json",
+        "argsrepr": message.argsrepr(),
+        "kwargsrepr": message.kwargsrepr(),
+    }
+
+
+def build(app: Celery, address: Address, message: Message) -> Any:
+    """Celery's task message (headers, properties, body, sent event) as ``send_task`` would
+    build it, its parent and root the task running now: built ahead, for the held producer
+    to send once the commit that makes it due answered."""
+    parent = app.current_worker_task
+    request = parent.request if parent is not None else None
+    return app.amqp.create_task_message(
+        address.task_id,
+        address.task,
+        message.args(),
+        message.kwargs(),
+        root_id=request and (request.root_id or request.id),
+        parent_id=request and request.id,
+        create_sent_event=app.conf.task_send_sent_event,
+        ignore_result=True,
+        argsrepr=message.argsrepr(),
+        kwargsrepr=message.kwargsrepr(),
+    )

@@ -75,13 +75,15 @@ class NodeTasks:
     def _body(
         self, kind: type[NodeRun] | type[CompensationRun], node: Node[..., Any]
     ) -> Callable[..., str]:
+        graph, name, graphs = node.graph.name, node.name, self.runtime.graphs
+
         def body(task: Any, execution_id: str, visit: int, **kwargs: Any) -> str:
             message = Message.read(execution_id, visit, kwargs)
             delivery = task.request.delivery_info or {}
             run: Attempt | None = kind(
                 self.runtime,
-                node.graph,
-                node.name,
+                graphs[graph],
+                name,
                 execution_id,
                 visit,
                 message.base,

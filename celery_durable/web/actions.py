@@ -8,8 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from celery_durable.durable import Durable
-from celery_durable.engine.execution import Execution
+from celery_durable import Durable, Execution
 
 
 class Refused(Exception):

@@ -22,9 +22,7 @@ import tornado.netutil
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from celery_durable.durable import Durable
-from celery_durable.engine.execution import Execution
-from celery_durable.errors import DurableError, ExecutionNotFound
+from celery_durable import Durable, DurableError, Execution, ExecutionNotFound
 from celery_durable.web import views
 from celery_durable.web.actions import OPERATIONS, Refused, run_operation
 from celery_durable.web.svg import graph_svg
@@ -103,15 +101,15 @@ class RunsPage(Handler):
     def get(self) -> None:
         filters = _filters(self.args())
         page = views.runs_page(self.web.durable, filters)
-        self.render("runs.html", page=page, args=self.args(), next_url=_next(self, page))
+        self.render("runs.html", page=page, args=self.args(), next_url=_next(self, page.next))
 
 
 class RunPage(Handler):
     def get(self, execution_id: str) -> None:
         execution = self.execution(execution_id)
         detail = views.run_detail(self.web.durable, execution, self.web.flower)
-        graph = self.web.durable.graphs.get(detail["graph"])
-        svg = graph_svg(detail["nodes"], detail["edges"], graph.entry_node if graph else None)
+        graph = self.web.durable.graphs.get(detail.graph)
+        svg = graph_svg(detail.nodes, detail.edges, graph.entry_node if graph else None)
         seq = self.get_argument("seq", None)
         at = _state_at(execution, seq)
         self.render(
@@ -130,17 +128,15 @@ class RunPage(Handler):
 
 class ApiRuns(Handler):
     def get(self) -> None:
-        self.finish(views.runs_page(self.web.durable, _filters(self.args())))
+        self.finish(views.runs_page(self.web.durable, _filters(self.args())).as_json())
 
 
 class ApiRun(Handler):
     def get(self, execution_id: str) -> None:
         execution = self.execution(execution_id)
-        detail = views.run_detail(self.web.durable, execution, self.web.flower)
-        seq = self.get_argument("seq", None)
-        if seq is not None:
-            detail["at"] = _state_at(execution, seq)
-        self.finish(detail)
+        detail = views.run_detail(self.web.durable, execution, self.web.flower).as_json()
+        at = _state_at(execution, self.get_argument("seq", None))
+        self.finish(detail if at is None else {**detail, "at": at.as_json()})
 
 
 class ApiOperation(Handler):
@@ -186,7 +182,7 @@ def _filters(args: dict[str, str]) -> views.Filters:
         raise tornado.web.HTTPError(400, reason=f"Bad filter: {exc}") from exc
 
 
-def _state_at(execution: Execution, seq: str | None) -> dict[str, Any] | None:
+def _state_at(execution: Execution, seq: str | None) -> views.StateAt | None:
     if seq is None:
         return None
     try:
@@ -199,10 +195,11 @@ def _run_url(execution_id: str, **params: str) -> str:
     return f"/runs/{quote(execution_id, safe='')}?{urlencode(params)}"
 
 
-def _next(handler: Handler, page: dict[str, Any]) -> str | None:
-    if not page["next"]:
+def _next(handler: Handler, before: str | None) -> str | None:
+    """The link to the page after: these filters, going on from ``before``."""
+    if not before:
         return None
-    return "/?" + urlencode({**handler.args(), "before": page["next"]})
+    return "/?" + urlencode({**handler.args(), "before": before})
 
 
 def make_app(web: WebConfig) -> tornado.web.Application:

@@ -42,7 +42,7 @@ def test_a_connection_closed_by_the_broker_loses_no_start(
     durable: DurableApp, workers: Workers
 ) -> None:
     first = durable.chain.delay()
-    held = durable.durable.runtime.dispatcher._held
+    held = durable.durable.runtime.dispatcher.producer
     assert held.connection is not None
     close_on_the_broker(held.connection.connection.sock.getsockname()[1])
     later = [durable.chain.delay() for _ in range(3)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pydantic import BaseModel
 
 import celery_durable
 from celery_durable import Durable, RetryPolicy
+from celery_durable.engine.definition import GraphDefinition
 from celery_durable.errors import (
     DuplicateNode,
     GraphDefinitionError,
@@ -22,6 +25,7 @@ from celery_durable.errors import (
     UnreachableNode,
     UnsafeSerializer,
 )
+from celery_durable.graphs.builder import Definitions, Graph
 
 
 class S(BaseModel):
@@ -183,7 +187,7 @@ def test_nodes_are_registered_tasks_with_safe_delivery(durable: Durable) -> None
     assert (task.acks_late, task.reject_on_worker_lost, task.serializer) == (True, True, "json")
     # The timeout is the engine's, per node (tasks/deadline.py): none on the Celery task.
     assert (task.soft_time_limit, task.time_limit) == (None, None)
-    assert work.timeout == 5
+    assert work.definition.timeout == 5
     assert work(S()) is None  # a node stays callable as the function it wraps
     assert work.__doc__ == "Does the work."
 
@@ -245,3 +249,150 @@ def test_beat_can_send_the_maintenance_tasks(durable: Durable) -> None:
     for name in ("durable.recover", "durable.prune"):
         assert name in durable.app.conf.beat_schedule
         durable.app.tasks[name].apply_async()  # what beat does; a bad signature raises here
+
+
+# -- the frozen definition the engine reads ---------------------------------------------------
+
+
+def _chain(durable: Durable, name: str, *nodes: str) -> Graph:
+    g = durable.graph(name, state=S)
+    for node in nodes:
+        g.node(lambda s: None, name=node)
+    g.entry(nodes[0])
+    for a, b in itertools.pairwise(nodes):
+        g.edge(a, b)
+    return g
+
+
+def test_a_definition_cannot_be_changed(durable: Durable) -> None:
+    definition = _chain(durable, "frozen", "a", "b").definition()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        definition.entry_node = "b"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        definition.nodes["a"].timeout = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        definition.edges["b"] = ("a",)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        definition.nodes["c"] = definition.nodes["a"]  # type: ignore[index]
+
+
+def test_a_definition_is_taken_once_until_the_graph_changes(durable: Durable) -> None:
+    g = _chain(durable, "cached", "a", "b")
+    first = g.definition()
+    assert g.definition() is first
+    assert g.validate() == first.fingerprint == first.validate()
+
+
+def test_a_node_added_later_is_in_the_next_definition_not_the_last(durable: Durable) -> None:
+    g = _chain(durable, "grows", "a", "b")
+    before = g.definition()
+    g.node(lambda s: None, name="c")
+    g.edge("b", "c")
+    after = g.definition()
+    assert list(after.nodes) == ["a", "b", "c"]
+    assert after.edges["b"] == ("c",)
+    assert list(before.nodes) == ["a", "b"]
+    assert "b" not in before.edges
+    assert after.fingerprint != before.fingerprint
+
+
+def test_a_compensation_added_later_is_in_the_next_definition(durable: Durable) -> None:
+    saga = durable.saga("undo_later", state=S)
+
+    @saga.step
+    def book(s: S) -> None: ...
+
+    before = saga.definition()
+    policy = RetryPolicy(max_attempts=3)
+
+    @book.compensation(retry=policy)
+    def unbook(s: S) -> None: ...
+
+    after = saga.definition()
+    assert before.nodes["book"].compensator is None
+    assert after.nodes["book"].compensator is unbook
+    assert after.nodes["book"].compensation_retry is policy
+    assert after.nodes["book"].compensation_task_name == "durable.undo_later.book.compensate"
+    assert book.definition is after.nodes["book"]
+
+
+def test_an_upgrade_hook_added_later_is_in_the_next_definition(durable: Durable) -> None:
+    g = _chain(durable, "upgraded", "a")
+    assert g.definition().upgrader is None
+
+    @g.upgrade
+    def up(old: dict[str, object]) -> dict[str, object]:
+        return old
+
+    assert g.definition().upgrader is up
+
+
+def test_a_definition_carries_the_node_options(durable: Durable) -> None:
+    g = durable.graph("options", state=S)
+    policy = RetryPolicy(max_attempts=2)
+
+    @g.node(retry=policy, timeout=3, queue="slow", interrupt_before=True, max_visits=5)
+    def work(s: S, ctx: object) -> None: ...
+
+    g.entry(work)
+    node = g.definition().nodes["work"]
+    assert (node.retry, node.timeout, node.queue) == (policy, 3, "slow")
+    assert (node.interrupt_before, node.interrupt_after, node.max_visits) == (True, False, 5)
+    assert (node.fn, node.wants_context, node.task_name) == (work.fn, True, "durable.options.work")
+
+
+def _pinned_graphs(durable: Durable) -> dict[str, Graph]:
+    plain = durable.graph("fp_plain", state=S)
+    for name in ("a", "b", "c", "d"):
+        plain.node(lambda s: None, name=name)
+    plain.entry("a")
+    plain.edge("a", ["b", "c"])
+    plain.edge(["b", "c"], "d")
+    branch = durable.graph("fp_branch", state=S, on_failure="intervene")
+    for name in ("start", "left", "right", "end"):
+        branch.node(lambda s: None, name=name)
+    branch.entry("start")
+    branch.branch("start", lambda s: "left", ["left", "right"])
+    branch.edge("left", "end")
+    branch.branch("right", lambda s: None)
+    saga = durable.saga("fp_saga", state=S)
+    for name in ("one", "two", "three"):
+        saga.step(lambda s: None, name=name)
+    return {"plain": plain, "branch": branch, "saga": saga}
+
+
+def test_the_fingerprint_is_the_one_runs_in_the_database_store(durable: Durable) -> None:
+    # Computed by validate() before definitions were frozen data: a different fingerprint
+    # for the same graph would make every run in flight look like a run of another graph.
+    pinned = {
+        "plain": "9e6ee009d065d3b1bee7cba09975b663455300ff4e93acd0adc43f0d75474701",
+        "branch": "b14674edc3d40983ed837d7f5d158d0e9b2f0acfc2c6f4630fdd28907dcee7ba",
+        "saga": "9f3e4ad9f3ca5fa8874abb18dcefa98fc59e16509372d7e6786441b446d2407a",
+    }
+    graphs = _pinned_graphs(durable)
+    assert {name: g.validate() for name, g in graphs.items()} == pinned
+    assert {name: g.definition().fingerprint for name, g in graphs.items()} == pinned
+
+
+def test_definitions_are_a_live_view_of_the_graphs(durable: Durable) -> None:
+    graphs: dict[str, Graph] = {}
+    definitions = Definitions(graphs)
+    assert "late" not in definitions
+    graphs["late"] = g = _chain(durable, "late", "a")
+    taken = definitions["late"]
+    assert isinstance(taken, GraphDefinition)
+    assert definitions["late"] is taken
+    assert list(definitions) == ["late"] and len(definitions) == 1
+    g.node(lambda s: None, name="b")
+    g.edge("a", "b")
+    assert list(definitions["late"].nodes) == ["a", "b"]
+    assert definitions.get("missing") is None
+
+
+def test_membership_does_not_check_a_broken_graph(durable: Durable) -> None:
+    broken = durable.graph("no_entry", state=S)
+    broken.node(lambda s: None, name="a")
+    definitions = Definitions({"no_entry": broken})
+    assert "no_entry" in definitions
+    with pytest.raises(NoEntry):
+        definitions["no_entry"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
 from celery import Celery
 from celery.signals import before_task_publish, task_prerun
 
-from celery_durable import Durable
+from celery_durable import Durable, Status
+from celery_durable.engine.base import Base
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Kind
 from celery_durable.testing import in_process_worker
-from tests.unit.test_inline import NODES, chain
+from tests.unit.test_inline import NODES, chain, messages
 
 
 def test_messages_say_which_task_sent_them(app: Celery, sqlite_url: str) -> None:
@@ -53,7 +56,7 @@ def test_a_broken_held_connection_falls_back_to_send_task(app: Celery, sqlite_ur
     dispatcher = durable.runtime.dispatcher
     with in_process_worker(durable):
         assert g.delay().wait(timeout=10).trail == list(NODES)
-        held = dispatcher._held  # this (the client's) thread's producer
+        held = dispatcher.producer  # this (the client's) thread's connection
         broken = held.connection
         assert broken is not None
         broken.close()  # as when the broker went away under it
@@ -102,4 +105,66 @@ def test_a_message_built_for_a_commit_that_lost_is_never_sent(app: Celery, sqlit
     assert sent[f"{run.id}.c.1.1"] == 1
     assert versions[f"{run.id}.c.1.1"] == 3  # the message of the commit that won
     assert all(count == 1 for count in sent.values())
+    durable.db.dispose()
+
+
+def by_version(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+) -> dict[str, str] | None:
+    """task_routes that read the message: a chain visit on version 3 or later goes to "late"."""
+    if name.startswith("durable.chain.") and kwargs.get("version", 0) >= 3:
+        return {"queue": "late"}
+    return None
+
+
+@pytest.mark.parametrize("route", [by_version, f"{__name__}.by_version"])
+def test_routes_that_read_kwargs_send_a_visit_to_one_queue_either_way(
+    app: Celery, sqlite_url: str, route: Any
+) -> None:
+    # Given task_routes that route by the message's version (as a function, or by its name)
+    app.conf.task_routes = (route,)
+    durable = Durable(app, database_url=sqlite_url, inline_nodes=0)
+    durable.migrate()
+    chain(durable)
+    dispatcher = durable.runtime.dispatcher
+    sent: dict[str, str] = {}
+
+    def record(sender: Any = None, headers: Any = None, routing_key: str = "", **_: Any) -> None:
+        sent[headers["id"]] = routing_key
+
+    # When each version's visit goes by the held producer and by send_task (a countdown)
+    before_task_publish.connect(record, weak=False)
+    try:
+        for version in (2, 3):
+            base = Base(version, {"trail": []}, Cursor(), Status.RUNNING)
+            dispatcher.prepare("chain", "b", version, "lean", base).send()
+            held = dispatcher.producer.connection
+            dispatcher.dispatch("chain", "b", version, "delayed", base, countdown=1.0)
+            assert held is not None and dispatcher.producer.connection is held  # lean, no fallback
+    finally:
+        before_task_publish.disconnect(record)
+    # Then the router saw the same kwargs both ways: version 3 goes to "late" on both paths
+    default = app.conf.task_default_queue
+    assert sent == {
+        "lean.b.2.1": default,
+        "delayed.b.2.1": default,
+        "lean.b.3.1": "late",
+        "delayed.b.3.1": "late",
+    }
+    with app.connection_for_write() as connection:  # the in-memory broker outlives the app
+        connection.default_channel.queue_purge("late")
+    durable.db.dispose()
+
+
+def test_routes_that_read_the_message_stop_inlining(app: Celery, sqlite_url: str) -> None:
+    """Where the next node's message goes is known only once it is built: a route function
+    could send it to another queue than the one this task came from."""
+    app.conf.task_routes = (by_version,)
+    durable = Durable(app, database_url=sqlite_url)
+    durable.migrate()
+    g = chain(durable)
+    queues = [app.conf.task_default_queue, "late"]
+    with messages(app) as seen, in_process_worker(durable, queues=queues):
+        assert g.delay().wait(timeout=10).trail == list(NODES)
+    assert seen == list(NODES)
     durable.db.dispose()

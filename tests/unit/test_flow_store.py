@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from celery_durable.engine.admission import FlowControl
+from celery_durable.engine.flow_control import FlowControl
 from celery_durable.model.records import BreakerRow, BreakerState, Kind, utcnow
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database

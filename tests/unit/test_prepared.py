@@ -1,6 +1,6 @@
-"""PostgreSQL's node commit on libpq's asynchronous calls (persistence/prepared.py): work runs
-while the statement is in flight, and the statement survives what a server or a deploy does
-to its connection."""
+"""PostgreSQL's node commit on libpq's asynchronous calls (persistence/prepared.py): send()
+returns while the statement is in flight, result() collects it, and the statement survives
+what a server or a deploy does to its connection."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from psycopg import pq
 from sqlalchemy.exc import OperationalError
 
-from celery_durable.persistence import migrate, postgres
+from celery_durable.errors import VersionConflict
+from celery_durable.persistence import held_connection, migrate
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.status import Status
@@ -31,19 +32,58 @@ def store(pg_url: str) -> Iterator[CheckpointStore]:
 
 def _held() -> psycopg.Connection[object]:
     """The connection this thread's commits go through."""
-    pooled = postgres._held.pooled
+    pooled = held_connection.current()
     assert pooled is not None
     return pooled.driver_connection  # type: ignore[no-any-return]
 
 
-def test_meanwhile_runs_while_the_commit_is_in_flight(store: CheckpointStore) -> None:
+def test_send_returns_while_the_commit_is_in_flight(store: CheckpointStore) -> None:
     _start(store)
-    seen: list[pq.TransactionStatus] = []
-    store.save(_commit(0), lambda: seen.append(_held().pgconn.transaction_status))
+    pending = store.send(_commit(0))
     # Sent and not yet answered: libpq says a command is in progress.
-    assert seen == [pq.TransactionStatus.ACTIVE]
+    assert _held().pgconn.transaction_status == pq.TransactionStatus.ACTIVE
+    assert pending.result().seq == 1
     assert store.get_execution(EID).version == 1
     assert _held().pgconn.transaction_status == pq.TransactionStatus.IDLE
+
+
+def test_send_does_not_wait_for_the_server(store: CheckpointStore) -> None:
+    """The commit waits on a row lock another transaction holds: send() returns anyway, and
+    the work done before result() happens before the commit does."""
+    _start(store)
+    with store.db.engine.connect() as blocker:
+        blocker.exec_driver_sql(f"SELECT 1 FROM durable_executions WHERE id = '{EID}' FOR UPDATE")
+        pending = store.send(_commit(0))
+        # Still in flight, so still not committed: another connection sees version 0.
+        assert store.get_execution(EID).version == 0
+        blocker.rollback()
+    assert pending.result().seq == 1
+    assert store.get_execution(EID).version == 1
+
+
+def test_a_conflict_is_raised_by_result_and_the_connection_is_usable_after(
+    store: CheckpointStore,
+) -> None:
+    _start(store)
+    pending = store.send(_commit(5))
+    with pytest.raises(VersionConflict) as raised:
+        pending.result()
+    with pytest.raises(VersionConflict) as again:  # a second call raises the same again
+        pending.result()
+    assert again.value is raised.value
+    assert store.send(_commit(0)).result().seq == 1
+    assert store.get_execution(EID).version == 1
+
+
+def test_an_uncollected_commit_is_collected_by_the_next_send(store: CheckpointStore) -> None:
+    """The caller broke the rule (one statement outstanding per thread): the next send
+    collects the first, and its owner still gets its answer."""
+    _start(store)
+    first = store.send(_commit(0))
+    second = store.send(_commit(1, "b"))
+    assert second.result().seq == 2
+    assert first.result().seq == 1
+    assert store.get_execution(EID).version == 2
 
 
 @pytest.mark.parametrize("forget", ["DEALLOCATE ALL", "DISCARD ALL"])
@@ -77,7 +117,7 @@ def test_a_connection_the_server_dropped_is_replaced(store: CheckpointStore) -> 
         admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
     with pytest.raises(OperationalError):
         store.save(_commit(1, "b"))
-    assert postgres._held.pooled is None  # dropped, not handed out again
+    assert held_connection.current() is None  # dropped, not handed out again
     store.save(_commit(1, "b"))
     assert store.get_execution(EID).version == 2
     assert _held().info.backend_pid != pid
@@ -89,6 +129,6 @@ def test_without_poll_the_commit_waits_with_select(
     """eventlet's patching removes select.poll (so does Windows): the commit still waits."""
     _start(store)
     monkeypatch.delattr(select, "poll")
-    store.save(_commit(0), lambda: None)
+    store.send(_commit(0)).result()
     store.save(_commit(1, "b", status=Status.SUCCEEDED))
     assert store.get_execution(EID).status == Status.SUCCEEDED

@@ -27,9 +27,10 @@ from celery_durable.errors import (
     VersionConflict,
 )
 from celery_durable.model.records import Commit, utcnow
-from celery_durable.persistence import migrate, postgres
+from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.gauges import ActiveRuns
+from celery_durable.persistence.listener import Listener, read_notice
 from celery_durable.persistence.schema import executions
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
@@ -254,6 +255,71 @@ def test_a_stale_version_is_refused(backend: Backend) -> None:
     assert store.find(EID, "node", "b", 1) is None and len(store.list(EID)) == 2
 
 
+# -- writes in flight: send() and result() -----------------------------------------------------
+
+
+def test_a_sent_commit_is_what_result_returns(backend: Backend) -> None:
+    store = backend.store
+    _start(store)
+    # When a commit is sent, then collected twice
+    pending = store.send(_commit(0, "a", output={"ok": True}))
+    checkpoint = pending.result()
+    # Then it is stored, and the second call returns the same answer
+    assert pending.result() is checkpoint
+    assert store.load(EID, 1) == checkpoint
+    assert store.get_execution(EID).version == 1
+
+
+def test_a_sent_conflict_is_raised_by_result(backend: Backend) -> None:
+    store = backend.store
+    _start(store)
+    store.save(_commit(0, "a"))
+    pending = store.send(_commit(0, "b"))
+    with pytest.raises(VersionConflict) as raised:
+        pending.result()
+    # It carries the execution as read, for the rebase; a second call raises it again
+    assert raised.value.current == store.get_execution(EID)
+    with pytest.raises(VersionConflict) as again:
+        pending.result()
+    assert again.value is raised.value
+    # And the store is usable afterwards, on the same thread
+    assert store.send(_commit(1, "b")).result().seq == 2
+    assert [cp.node for cp in store.list(EID)] == ["", "a", "b"]
+
+
+def test_a_sent_duplicate_is_raised_by_result(backend: Backend) -> None:
+    store = backend.store
+    _start(store)
+    store.save(_commit(0, "a"))
+    pending = store.send(_commit(1, "a", state={"n": 42}))
+    with pytest.raises(DuplicateCheckpoint):
+        pending.result()
+    with pytest.raises(DuplicateCheckpoint):
+        pending.result()
+    assert store.find(EID, "node", "a", 1).state == {"n": 1}  # type: ignore[union-attr]
+    assert store.send(_commit(1, "b")).result().seq == 2
+
+
+def test_a_sent_commit_from_a_lost_lease_is_raised_by_result(backend: Backend) -> None:
+    store = backend.store
+    _start(store)
+    backend.ledger.take_lease(EID, "node", "a", 1, "old", ttl=30)
+    newer = backend.ledger.take_lease(EID, "node", "a", 1, "new", ttl=30)
+    with pytest.raises(LeaseLost):
+        store.send(_commit(0, "a", lease_token=newer - 1)).result()
+    assert store.send(_commit(0, "a", lease_token=newer)).result().seq == 1
+
+
+def test_a_sent_start_is_idempotent_on_its_id(backend: Backend) -> None:
+    store = backend.store
+    fields: dict[str, Any] = {"graph": "g", "fingerprint": "f", "cursor": {}}
+    pending = store.send_start(execution_id=EID, state={"n": 0}, **fields)
+    record, created = pending.result()
+    assert created and pending.result() == (record, True)
+    again, created_again = store.send_start(execution_id=EID, state={"n": 9}, **fields).result()
+    assert not created_again and again == record == store.get_execution(EID)
+
+
 def test_concurrent_threads_commit_a_visit_once(backend: Backend) -> None:
     store, writers = backend.store, 8
     _start(store)
@@ -466,7 +532,7 @@ def test_the_listener_wakes_only_the_waiters_of_the_run_that_ended(pg_url: str) 
     store = CheckpointStore(db)
     _start(store)
     _start(store, "other")
-    listener = postgres.Listener(make_url(pg_url))
+    listener = Listener(make_url(pg_url))
     try:
         mine, theirs = listener.subscribe(EID), listener.subscribe("other")
         # Both were woken once when the connection was made (look again): start from clear.
@@ -488,7 +554,7 @@ def test_a_notified_row_is_verified_and_a_large_one_goes_as_its_id(pg_url: str) 
     migrate.upgrade(db)
     store = CheckpointStore(db)
     _start(store)
-    listener = postgres.Listener(make_url(pg_url))
+    listener = Listener(make_url(pg_url))
     try:
         slot = listener.subscribe(EID)
         slot.event.clear()
@@ -508,6 +574,6 @@ def test_a_notified_row_is_verified_and_a_large_one_goes_as_its_id(pg_url: str) 
 
 
 def test_a_notification_from_an_earlier_release_names_the_run_alone() -> None:
-    assert postgres.read_notice("run-1") == ("run-1", None)
-    assert postgres.read_notice("{not json") == ("{not json", None)
-    assert postgres.read_notice('{"id": "run-1"}') == ("run-1", None)
+    assert read_notice("run-1") == ("run-1", None)
+    assert read_notice("{not json") == ("{not json", None)
+    assert read_notice('{"id": "run-1"}') == ("run-1", None)

@@ -3,6 +3,7 @@ basic auth and XSRF with them, operations through the public methods, escaping."
 
 from __future__ import annotations
 
+import ast
 import base64
 import http.cookiejar
 import json
@@ -11,6 +12,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,13 +176,13 @@ def test_pages_are_keyset_pages_newest_first(durable_embedded: Durable) -> None:
     filters = views.Filters()
     while True:
         page = views.runs_page(durable_embedded, filters, limit=3)
-        seen += [r["id"] for r in page["runs"]]
-        if not page["next"]:
+        seen += [r.id for r in page.runs]
+        if not page.next:
             break
-        filters = views.Filters.parse({"before": page["next"]})
+        filters = views.Filters.parse({"before": page.next})
     assert seen == ids[::-1]
     prefixed = views.runs_page(durable_embedded, views.Filters(prefix="r0"), limit=50)
-    assert len(prefixed["runs"]) == 7
+    assert len(prefixed.runs) == 7
 
 
 def test_state_at_a_checkpoint_and_its_diff(open_site: Site) -> None:
@@ -191,3 +193,65 @@ def test_state_at_a_checkpoint_and_its_diff(open_site: Site) -> None:
     assert at["diff"] == [
         {"field": "booked", "change": "changed", "old": '["flight"]', "new": '["flight", "hotel"]'}
     ]
+
+
+def test_json_keeps_its_keys_and_links_each_node_commit_to_its_task_in_flower(
+    open_site: Site,
+) -> None:
+    run_id = finished(open_site)
+    page = json.loads(open_site.request("/api/runs")[1])
+    assert set(page) == {"runs", "next", "counts", "graphs"}
+    row_keys = {"id", "graph", "status", "version", "created_at", "updated_at", "parent", "stuck"}
+    assert set(page["runs"][0]) == row_keys
+    detail = json.loads(open_site.request(f"/api/runs/{run_id}?seq=2")[1])
+    assert set(detail) == row_keys | {
+        "finished", "state", "error", "nodes", "edges", "waiting_on", "held_back", "children",
+        "timeline", "at",
+    }  # fmt: skip
+    assert detail["edges"] == [{"from": "flight", "to": "hotel", "kind": "edge"}]
+    assert set(detail["at"]) == {"seq", "state", "diff"}
+    links = {cp["kind"]: cp["flower"] for cp in detail["timeline"]}
+    assert links["start"] is None
+    node = detail["timeline"][-1]
+    assert set(node) == {
+        "seq", "kind", "node", "visit", "by", "why", "op", "at", "flower", "corrupted",
+    }  # fmt: skip
+    # The id Celery ran the attempt under: execution.node.visit.attempt.
+    assert node["flower"] == f"http://127.0.0.1:5555/task/{run_id}.hotel.{node['visit']}.1"
+
+
+# The web view is an operator surface on the public objects: what a user can import.
+PUBLIC = {
+    "celery_durable",
+    "celery_durable.durable",
+    "celery_durable.engine.execution",
+    "celery_durable.render",
+    "celery_durable.status",
+}
+
+
+def test_the_web_view_imports_only_public_modules() -> None:
+    """Every module of celery_durable.web imports, from celery_durable, only the package
+    itself (its re-exported names), the modules of the public objects (durable,
+    engine.execution, status), render, and its own modules: it works through what a user
+    can reach, never through the store or the task wire format."""
+    package = Path(views.__file__).parent
+    reached: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "celery_durable":
+                    reached.setdefault(name, set()).add(path.name)
+    assert "celery_durable" in reached  # the check sees the imports it is about
+    private = {
+        name: files
+        for name, files in reached.items()
+        if name not in PUBLIC and not name.startswith("celery_durable.web")
+    }
+    assert private == {}

@@ -1,0 +1,116 @@
+"""Flow control at a node visit's door: circuit breakers and fleet-wide rate limits
+(engine/admission.py applies them, with concurrency keys, at a visit's door).
+
+A visit that may not run now is held: a row in the visit ledger, due when it may try again,
+saying what holds it. No worker waits and no attempt is counted; the recovery sweep's timer
+loop sends the visit again when the row comes due. A success costs a breaker nothing; only
+failures, probes and rejections write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from celery_durable.errors import UnknownBreaker
+from celery_durable.model.records import BreakerRow, BreakerState, utcnow
+from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
+from celery_durable.persistence.slot_table import SlotTable
+from celery_durable.policies.breakers import Admission, BreakerPolicy, admit, record
+from celery_durable.policies.limits import RateLimit
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Come back at ``until``: ``by`` ("breaker payments", "rate stripe") holds the visit."""
+
+    until: datetime
+    by: str
+
+
+class HeldBack(BaseException):
+    """``ctx.step(..., breaker=)`` met an open breaker: the whole visit is held. A
+    BaseException, so that a node's ``except Exception`` cannot swallow it."""
+
+    def __init__(self, held: Held) -> None:
+        super().__init__(held.by)
+        self.held = held
+
+
+class FlowControl:
+    """The breakers declared on one Durable, and the shared rows behind them and the rates."""
+
+    def __init__(self, store: FlowStore, slots: SlotTable, probe_ttl: float) -> None:
+        self.store = store
+        self.slots = slots
+        self.probe_ttl = probe_ttl
+        self.policies: dict[str, BreakerPolicy] = {}
+
+    def declare(self, policy: BreakerPolicy) -> BreakerPolicy:
+        self.policies[policy.name] = policy
+        return policy
+
+    def policy(self, name: str) -> BreakerPolicy:
+        try:
+            return self.policies[name]
+        except KeyError:
+            raise UnknownBreaker(name, self.policies) from None
+
+    def admit(self, breaker: str) -> Admission:
+        """May a call behind ``breaker`` go now? A rejection is counted."""
+        policy = self.policy(breaker)
+        admission = self.store.breaker(
+            breaker, lambda row: admit(policy, row, utcnow(), self.probe_ttl)
+        )
+        if not admission.allowed:
+            self.store.reject(breaker)
+        return admission
+
+    def call(self, breaker: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn(*args)`` behind ``breaker``, or HeldBack while it is open."""
+        admission = self.admit(breaker)
+        if admission.retry_at is not None:
+            raise HeldBack(Held(admission.retry_at, f"breaker {breaker}"))
+        try:
+            result = fn(*args)
+        except Exception:
+            self.report(breaker, False, admission.probe)
+            raise
+        self.report(breaker, True, admission.probe)
+        return result
+
+    def report(self, breaker: str, ok: bool, probe: bool) -> None:
+        """A call behind ``breaker`` ended. Successes outside a probe change nothing."""
+        if ok and not probe:
+            return
+        policy = self.policy(breaker)
+        self.store.breaker(breaker, lambda row: (None, record(policy, row, ok, utcnow(), probe)))
+
+    def take_turn(self, rate: RateLimit, by: str, passed: str | None) -> Held | None:
+        """Reserve this call's turn under ``rate``; hold the visit if the turn is later.
+        A visit sent again at its turn (``passed``) took it already."""
+        if passed == by:
+            return None
+        now = utcnow()
+        turn = self.store.reserve(rate.name, rate.interval, now)
+        return Held(turn, by) if turn > now else None
+
+    def set(self, name: str, state: BreakerState, by: str) -> None:
+        """An operator opens or closes a breaker; an opened one half-opens after reset_after."""
+        if name not in self.policies and name not in {b.name for b in self.store.breakers()}:
+            raise UnknownBreaker(name, self.policies)
+        now = utcnow()
+        row = BreakerRow(state, opened_at=now) if state == BreakerState.OPEN else BreakerRow()
+        self.store.set_breaker(name, row, by)
+
+    def breakers(self) -> list[BreakerStatus]:
+        """Every declared or stored breaker, with its state (closed when never used)."""
+        stored = {status.name: status for status in self.store.breakers()}
+        return [
+            stored.get(name) or BreakerStatus(name, BreakerRow(), 0, None, None)
+            for name in sorted(set(self.policies) | set(stored))
+        ]

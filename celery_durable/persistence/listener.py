@@ -1,0 +1,140 @@
+"""Waking a waiter when its run ends: one LISTEN connection per process, read by a thread.
+
+A commit that ends a run notifies FINISHED_CHANNEL (postgres.py's statements); the listener
+wakes the waiters of the execution each notification names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import psycopg
+from sqlalchemy import URL
+
+logger = logging.getLogger(__name__)
+LISTEN_READY_TIMEOUT = 5.0
+LISTEN_POLL = 1.0
+# The channel a run's end is notified on; the notification carries the row (postgres.py).
+FINISHED_CHANNEL = "durable_finished"
+
+
+class _Slot:
+    """One waiter's wake-up, and the row its notification carried, if it carried one."""
+
+    __slots__ = ("event", "row")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.row: dict[str, Any] | None = None
+
+
+def read_notice(payload: str) -> tuple[str, dict[str, Any] | None]:
+    """The execution id a notification names, and the row it carries (None: read it). A
+    worker of an earlier release sends the bare id."""
+    if payload.startswith("{"):
+        try:
+            notice = json.loads(payload)
+        except ValueError:
+            notice = None
+        if isinstance(notice, dict) and isinstance(notice.get("id"), str):
+            return notice["id"], notice if "version" in notice else None
+    return payload, None
+
+
+class Listener:
+    """One LISTEN connection per process, read by a daemon thread that wakes the waiters of
+    the execution named in each notification.
+
+    Waiting costs no connection and no LISTEN/UNLISTEN round trips of its own. A waiter still
+    looks at the row itself once a second, and every waiter is woken to look when the
+    connection is (re)made, so a notification lost in between delays a waiter, never strands it.
+    """
+
+    def __init__(self, url: URL) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._waiting: dict[str, set[_Slot]] = {}
+        self._lock = threading.Lock()
+        self._tried = threading.Event()  # the first connection attempt is over
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, execution_id: str) -> _Slot:
+        """A slot set when ``execution_id`` ends (or when the waiter should look again)."""
+        slot = _Slot()
+        with self._lock:
+            self._waiting.setdefault(execution_id, set()).add(slot)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="durable-listener", daemon=True
+                )
+                self._thread.start()
+        # Only a notification sent after LISTEN is heard: the first time, wait for the thread
+        # to LISTEN (or to fail; waiters then look once a second).
+        self._tried.wait(LISTEN_READY_TIMEOUT)
+        return slot
+
+    def unsubscribe(self, execution_id: str, slot: _Slot) -> None:
+        with self._lock:
+            waiting = self._waiting.get(execution_id)
+            if waiting is not None:
+                waiting.discard(slot)
+                if not waiting:
+                    del self._waiting[execution_id]
+
+    def close(self) -> None:
+        """Stop listening; the thread ends within LISTEN_POLL seconds, on its own."""
+        self._stop.set()
+
+    def _wake(self, execution_id: str | None = None, row: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            if execution_id is None:
+                woken = [slot for slots in self._waiting.values() for slot in slots]
+            else:
+                woken = list(self._waiting.get(execution_id, ()))
+        for slot in woken:
+            slot.row = row
+            slot.event.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {FINISHED_CHANNEL}")
+                    self._wake()  # whatever ended while nobody listened: look again
+                    self._tried.set()
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=LISTEN_POLL):
+                            self._wake(*read_notice(notice.payload))
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    logger.warning("listening for finished runs failed (%s); retrying in 1s", exc)
+            finally:
+                self._tried.set()
+                self._wake()
+            self._stop.wait(1.0)
+
+
+class Waiter:
+    """Wakes when one execution ends, through the process's Listener."""
+
+    first_pause = 1.0
+    max_pause = 1.0
+
+    def __init__(self, listener: Listener, execution_id: str) -> None:
+        self._listener = listener
+        self._execution_id = execution_id
+        self._slot = listener.subscribe(execution_id)
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        slot = self._slot
+        if not slot.event.wait(timeout):
+            return None
+        slot.event.clear()
+        row, slot.row = slot.row, None
+        return row
+
+    def close(self) -> None:
+        self._listener.unsubscribe(self._execution_id, self._slot)
