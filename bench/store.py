@@ -43,6 +43,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit
 from celery_durable.persistence import codec, migrate
 from celery_durable.persistence.database import Database
@@ -89,7 +90,7 @@ SELECT c.eid, c.seq, c.kind, c.node, c.visit, %(state)s, c.cursor, NULL, NULL,
                CASE WHEN s = 0 THEN 'start' ELSE 'node' END AS kind,
                CASE WHEN s = 0 THEN '' ELSE 'step-' || s END AS node,
                CASE WHEN s = 0 THEN 0 ELSE 1 END AS visit,
-               '{"due":["step-' || (s + 1) || '"]}' AS cursor
+               '{"frontier":[["step-' || (s + 1) || '",1]],"joins":{},"visits":{}}' AS cursor
           FROM generate_series(%(lo)s::int, %(hi)s::int) AS i
          CROSS JOIN generate_series(0, %(last)s::int) AS s) AS c
 """
@@ -140,7 +141,11 @@ def store_round(store: CheckpointStore, n: int, tag: str, states: list[Any]) -> 
     def create() -> None:
         for eid in ids:
             store.create_execution(
-                execution_id=eid, graph="bench", fingerprint="0" * 64, state=states[0], cursor={}
+                execution_id=eid,
+                graph="bench",
+                fingerprint="0" * 64,
+                state=states[0],
+                cursor=Cursor(),
             )
 
     def save() -> None:
@@ -154,7 +159,7 @@ def store_round(store: CheckpointStore, n: int, tag: str, states: list[Any]) -> 
                     node=f"step-{version + 1}",
                     visit=1,
                     state=states[i % len(states)],
-                    cursor={"due": [f"step-{version + 2}"]},
+                    cursor=Cursor(frontier=[(f"step-{version + 2}", 1)]),
                     status=Status.RUNNING,
                 )
             )

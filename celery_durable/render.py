@@ -70,12 +70,12 @@ def executions(records: Iterable[ExecutionRecord]) -> str:
 
 
 def _at(record: ExecutionRecord) -> str:
-    frontier = record.cursor.get("frontier", [])
+    cursor = record.cursor
     if record.status == Status.WAITING:
-        return "; ".join(waiting(w) for w in record.cursor.get("waits", {}).values())
-    if frontier:
-        return ",".join(name for name, _ in frontier)
-    undo = record.cursor.get("undo", [])
+        return "; ".join(waiting(w.to_json()) for w in cursor.waits.values())
+    if cursor.frontier:
+        return ",".join(name for name, _ in cursor.frontier)
+    undo = cursor.undo
     return f"undo {undo[0][0]}" if undo else "-"
 
 
@@ -133,12 +133,12 @@ def node_states(record: ExecutionRecord, checkpoints: Iterable[Checkpoint]) -> d
             states[cp.node] = "failed"
         elif cp.kind == "compensation":
             states[cp.node] = "undone"
-    for name, _ in record.cursor.get("frontier", []):
+    for name, _ in record.cursor.frontier:
         if record.status in (Status.FAILED,) and states.get(name) == "failed":
             continue
         states[name] = "due"
-    for wait in record.cursor.get("waits", {}).values():
-        states[wait["node"]] = "waiting"
+    for wait in record.cursor.waits.values():
+        states[wait.node] = "waiting"
     return states
 
 

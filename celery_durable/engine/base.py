@@ -42,7 +42,7 @@ class Base:
         return cls(
             record.version,
             record.state,
-            Cursor.from_json(record.cursor),
+            record.cursor,
             record.status,
             record.error,
         )
@@ -50,9 +50,7 @@ class Base:
     @classmethod
     def after(cls, commit: Commit) -> Base:
         """The base a commit produced: what is handed on after it."""
-        return cls(
-            commit.seq, commit.state, Cursor.from_json(commit.cursor), commit.status, commit.error
-        )
+        return cls(commit.seq, commit.state, commit.cursor, commit.status, commit.error)
 
     def commit(
         self,
@@ -78,7 +76,7 @@ class Base:
             node=node,
             visit=visit,
             state=self.state if state is None else state,
-            cursor=(self.cursor if cursor is None else cursor).to_json(),
+            cursor=self.cursor if cursor is None else cursor,
             status=self.status if status is None else status,
             output=output,
             meta=meta,

@@ -22,7 +22,6 @@ from celery_durable.engine.failure import Failure, fail, needs_intervention
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.state import fit
 from celery_durable.errors import InvalidTransition
-from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Checkpoint, Commit, ErrorRecord, Kind
 from celery_durable.policies.retry import RetryPolicy
 from celery_durable.saga import compensation
@@ -70,7 +69,7 @@ def start_compensating(run: Attempt, error: ErrorRecord) -> Outcome:
 
 def _after(run: Attempt, commit: Commit) -> None:
     if commit.status == Status.COMPENSATED:
-        parent = Cursor.from_json(commit.cursor).parent
+        parent = commit.cursor.parent
         wakeups.finished(run.runtime, run.execution_id, run.graph.name, commit.status, parent)
     else:
         run.runtime.dispatch_undo(run.graph.name, run.execution_id, Base.after(commit))

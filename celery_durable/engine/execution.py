@@ -20,7 +20,6 @@ from celery_durable.errors import (
     NeedsIntervention,
     WaitTimeout,
 )
-from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
     Checkpoint,
     ErrorRecord,
@@ -130,7 +129,7 @@ class Execution:
         nodes = self.runtime.store.list(self.id, kinds=[Kind.START, Kind.NODE], contain=True)
         done_names = {cp.node for cp in nodes if cp.kind == Kind.NODE}
         graph = self.runtime.graphs.get(record.graph)
-        current = [name for name, _ in record.cursor.get("frontier", [])]
+        current = [name for name, _ in record.cursor.frontier]
         if record.status == Status.SUCCEEDED or graph is None:
             total = len(done_names) + len(set(current) - done_names)
         else:
@@ -182,7 +181,7 @@ class Execution:
         record = self.refresh()
         if record.status.finished:
             return None
-        open_waits = Cursor.from_json(record.cursor).waits.values()
+        open_waits = record.cursor.copy().waits.values()
         return next((wait.public() for wait in open_waits), None)
 
     @property

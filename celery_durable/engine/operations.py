@@ -18,7 +18,6 @@ from celery_durable.errors import (
     NotWaiting,
     UnknownNode,
 )
-from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
     ExecutionRecord,
     Kind,
@@ -41,7 +40,7 @@ class Operations(Audited):
             execution_id,
             "pause",
             {S.RUNNING, S.WAITING},
-            lambda r: Change(r.state, Cursor.from_json(r.cursor), S.PAUSED, r.error),
+            lambda r: Change(r.state, r.cursor.copy(), S.PAUSED, r.error),
             by=by,
             reason=reason,
         )
@@ -63,7 +62,7 @@ class Operations(Audited):
             return
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = Cursor.from_json(r.cursor)
+            cursor = r.cursor.copy()
             cursor.held = []
             state = patch(r.state) if patch else r.state
             return Change(state, cursor, cursor.settled(), r.error, output=update)
@@ -71,7 +70,7 @@ class Operations(Audited):
         record, commit = self.apply(
             execution_id, "resume", {S.PAUSED}, change, by=by, reason=reason
         )
-        held = Cursor.from_json(record.cursor).held
+        held = record.cursor.copy().held
         self.runtime.dispatch_all(record.graph, execution_id, Base.after(commit), held)
 
     def _approve(
@@ -120,13 +119,13 @@ class Operations(Audited):
             execution_id,
             "cancel",
             {S.PENDING, S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.NEEDS_INTERVENTION},
-            lambda r: Change(r.state, Cursor.from_json(r.cursor), S.CANCELLED, error),
+            lambda r: Change(r.state, r.cursor.copy(), S.CANCELLED, error),
             by=by,
             reason=reason,
         )
         in_flight = [
             (name, visit, self._attempts(execution_id, Kind.NODE, name, visit))
-            for name, visit in Cursor.from_json(record.cursor).frontier
+            for name, visit in record.cursor.copy().frontier
         ]
         self.runtime.dispatcher.revoke(execution_id, in_flight)
         for child in self.runtime.store.children(execution_id):
@@ -138,13 +137,13 @@ class Operations(Audited):
         """A failed run from its failure point, or a stuck compensation from where it stopped."""
         record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
-        cursor = Cursor.from_json(record.cursor)
+        cursor = record.cursor.copy()
         missing = [name for name, _ in cursor.frontier if name not in graph.nodes]
         if missing:
             raise UnknownNode(graph.name, missing[0], sorted(graph.nodes))
 
         def change(r: ExecutionRecord) -> Change:
-            c = Cursor.from_json(r.cursor)
+            c = r.cursor.copy()
             if r.status == S.NEEDS_INTERVENTION and c.undo:
                 original = r.error.get("original") if r.error else None
                 return Change(r.state, c, compensation.status_of(c), original)
@@ -176,7 +175,7 @@ class Operations(Audited):
         patched = self._patcher(self._graph(self.runtime.store.get_execution(execution_id)), patch)
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = Cursor.from_json(r.cursor)
+            cursor = r.cursor.copy()
             return Change(patched(r.state), cursor, r.status, r.error, output=patch)
 
         self.apply(execution_id, "patch", set(S) - FINAL, change, by=by, reason=reason)
@@ -194,7 +193,7 @@ class Operations(Audited):
         error = error_record("CompensationRequested", reason or "requested by an operator")
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = Cursor.from_json(r.cursor)
+            cursor = r.cursor.copy()
             # Steps in flight commit (and join the undo list) or fail before undoing starts;
             # steps held by a pause never start; a failed step committed nothing to undo.
             live = (S.RUNNING, S.PAUSED, S.WAITING)

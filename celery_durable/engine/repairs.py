@@ -33,7 +33,7 @@ class Repairs(Audited):
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor.from_json(r.cursor))
+            cursor = _renumbered(checkpoint.cursor.copy(), r.cursor.copy())
             interrupt(graph, cursor, cursor.frontier)
             return Change(state, cursor, cursor.settled(), None, meta={"from_seq": seq})
 
@@ -61,7 +61,7 @@ class Repairs(Audited):
         record = self.runtime.store.get_execution(execution_id)
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
         graph = self._graph(record)
-        cursor = _renumbered(Cursor.from_json(checkpoint.cursor), Cursor())
+        cursor = _renumbered(checkpoint.cursor.copy(), Cursor())
         interrupt(graph, cursor, cursor.frontier)
         new_id = new_id or uuid.uuid4().hex
         meta = {
@@ -76,7 +76,7 @@ class Repairs(Audited):
             graph=graph.name,
             fingerprint=graph.validate(),
             state=state,
-            cursor=cursor.to_json(),
+            cursor=cursor,
             status=cursor.settled(),
             meta=meta,
         )
@@ -98,7 +98,7 @@ class Repairs(Audited):
         waiting for intervention done by hand."""
         record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
-        cursor = Cursor.from_json(record.cursor)
+        cursor = record.cursor.copy()
         if record.status == S.NEEDS_INTERVENTION and cursor.undo:
             self._skip_compensation(record, graph, node, by, reason)
         elif record.status in (S.FAILED, S.NEEDS_INTERVENTION):
@@ -116,7 +116,7 @@ class Repairs(Audited):
         by: str | None,
         reason: str | None,
     ) -> None:
-        due = [v for n, v in Cursor.from_json(record.cursor).frontier if n == node]
+        due = [v for n, v in record.cursor.copy().frontier if n == node]
         if not due:
             raise CannotSkip(record.id, node, "it is not the node the run failed at")
         visit = due[0]
@@ -124,7 +124,7 @@ class Repairs(Audited):
 
         def change(r: ExecutionRecord) -> Change:
             model = validate(graph.name, graph.state, apply_update(r.state, output, {}))
-            step = advance(graph, Cursor.from_json(r.cursor), node, visit, model)
+            step = advance(graph, r.cursor.copy(), node, visit, model)
             return Change(
                 model.model_dump(mode="json"),
                 step.cursor,
@@ -151,12 +151,12 @@ class Repairs(Audited):
         by: str | None,
         reason: str | None,
     ) -> None:
-        head, visit, seq = Cursor.from_json(record.cursor).undo[0]
+        head, visit, seq = record.cursor.copy().undo[0]
         if head != node:
             raise CannotSkip(record.id, node, f"the compensation waiting is {head!r}'s")
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = Cursor.from_json(r.cursor)
+            cursor = r.cursor.copy()
             cursor.undo.pop(0)
             original = r.error.get("original") if r.error else None
             return Change(

@@ -78,7 +78,7 @@ def start_run(
         graph=graph.name,
         fingerprint=fingerprint,
         state=entry.base.state,
-        cursor=cursor.to_json(),
+        cursor=cursor,
         status=entry.base.status,
         state_json=entry.state_json,
         parent_id=options.parent,

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
+from celery_durable.model.cursor import Cursor
 from celery_durable.status import Status
 
 
@@ -85,7 +86,7 @@ class Checkpoint:
     visit: int
     # None for a step, a wait or a wake: they do not change the state (rows.STATELESS).
     state: dict[str, Any] | None
-    cursor: dict[str, Any]
+    cursor: Cursor
     output: Any
     meta: dict[str, Any] | None
     checksum: str
@@ -104,7 +105,7 @@ class ExecutionRecord:
     status: Status
     version: int
     state: dict[str, Any]
-    cursor: dict[str, Any]
+    cursor: Cursor
     error: ErrorRecord | None
     created_at: datetime
     updated_at: datetime
@@ -128,7 +129,7 @@ class Commit:
     node: str
     visit: int
     state: dict[str, Any]
-    cursor: dict[str, Any]
+    cursor: Cursor
     status: Status
     output: Any = None
     meta: dict[str, Any] | None = None

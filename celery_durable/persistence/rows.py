@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from celery_durable.errors import CheckpointCorrupted, EncryptionKeyMissing
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
     Checkpoint,
     Commit,
@@ -75,7 +76,7 @@ def _execution(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionR
         status=Status(m["status"]),
         version=m["version"],
         state=codec.loads(state),
-        cursor=codec.loads(m["cursor"]),
+        cursor=Cursor.from_json(codec.loads(m["cursor"])),
         error=codec.loads(m["error"]),
         created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
         updated_at=as_utc(m["updated_at"]),  # type: ignore[arg-type]
@@ -104,7 +105,7 @@ def checkpoint_record(row: Row[Any], sealer: Sealer, contain: bool = False) -> C
         raise CheckpointCorrupted(execution_id, m["seq"])
     if corrupted:
         return Checkpoint(
-            execution_id, m["seq"], Kind(m["kind"]), m["node"], m["visit"], {}, {}, None,
+            execution_id, m["seq"], Kind(m["kind"]), m["node"], m["visit"], {}, Cursor(), None,
             None, m["checksum"], as_utc(m["created_at"]), corrupted=True,  # type: ignore[arg-type]
         )  # fmt: skip
     return Checkpoint(
@@ -114,7 +115,7 @@ def checkpoint_record(row: Row[Any], sealer: Sealer, contain: bool = False) -> C
         node=m["node"],
         visit=m["visit"],
         state=codec.loads(state) if state else None,
-        cursor=codec.loads(m["cursor"]),
+        cursor=Cursor.from_json(codec.loads(m["cursor"])),
         output=codec.loads(output),
         meta=codec.loads(m["meta"]),
         checksum=m["checksum"],
@@ -131,13 +132,13 @@ def start_row(
     status: Status,
     parent_id: str | None,
     state_text: str,
-    cursor: dict[str, Any],
+    cursor: Cursor,
     meta: dict[str, Any] | None,
     now: datetime,
 ) -> Start:
     """A new execution and its start checkpoint, as stored."""
     meta_text = codec.dumps(meta) if meta is not None else None
-    cursor_text = codec.dumps(cursor)
+    cursor_text = codec.dumps(cursor.to_json())
     kind = str(Kind.START)
     return {
         "execution_id": execution_id,
@@ -168,7 +169,7 @@ def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
         codec.dumps(commit.output, "The node's output") if commit.output is not None else None
     )
     meta_text = codec.dumps(commit.meta) if commit.meta is not None else None
-    cursor_text = codec.dumps(commit.cursor)
+    cursor_text = codec.dumps(commit.cursor.to_json())
     error_text = codec.dumps(commit.error) if commit.error is not None else None
     seq = commit.seq
     kind = str(commit.kind)

@@ -17,6 +17,7 @@ from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import and_, delete, func, or_, select, update
 
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
     Checkpoint,
     Commit,
@@ -44,7 +45,7 @@ class NewExecution(TypedDict):
     graph: str
     fingerprint: str
     state: dict[str, Any]
-    cursor: dict[str, Any]
+    cursor: Cursor
     status: NotRequired[Status]
     meta: NotRequired[dict[str, Any] | None]
     state_json: NotRequired[str | None]
@@ -68,7 +69,7 @@ class CheckpointStore(RunHistory):
         graph: str,
         fingerprint: str,
         state: dict[str, Any],
-        cursor: dict[str, Any],
+        cursor: Cursor,
         status: Status = Status.RUNNING,
         meta: dict[str, Any] | None = None,
         state_json: str | None = None,

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 from celery_durable.engine.flow_control import FlowControl
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import BreakerRow, BreakerState, Kind, utcnow
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
@@ -64,7 +65,7 @@ def test_rate_turns_are_spaced_by_the_interval(db: Database) -> None:
 
 def _run(db: Database, execution_id: str) -> None:
     CheckpointStore(db).create_execution(
-        execution_id=execution_id, graph="g", fingerprint="f" * 64, state={}, cursor={}
+        execution_id=execution_id, graph="g", fingerprint="f" * 64, state={}, cursor=Cursor()
     )
 
 

@@ -24,6 +24,7 @@ from celery_durable import (
     Status,
 )
 from celery_durable.errors import ExecutionIdInUse, StateTooLarge
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit, Kind
 from celery_durable.persistence.schema import executions
 from celery_durable.testing import in_process_worker
@@ -291,7 +292,7 @@ def test_wait_takes_a_notified_end_only_if_newer_than_what_it_read(
         store.save(
             Commit(
                 execution_id=run.id, expected_version=version, kind=Kind.NODE, node="x",
-                visit=version + 1, state={"n": version + 1}, cursor={}, status=status,
+                visit=version + 1, state={"n": version + 1}, cursor=Cursor(), status=status,
             )
         )  # fmt: skip
 

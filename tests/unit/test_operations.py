@@ -128,7 +128,7 @@ def test_pause_lets_the_node_in_flight_commit_and_dispatches_nothing_until_resum
         time.sleep(0.3)  # time enough for b to run, were it dispatched
         assert calls == ["a"]
         assert run.status == Status.PAUSED
-        assert run.record.cursor["frontier"] == [["b", 1]]
+        assert run.record.cursor.frontier == [("b", 1)]
         assert run.state.n == 2
         refused(run, run.pause, InvalidTransition)
         since = utcnow()

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from celery_durable import Context, Durable, NeedsIntervention, RetryPolicy, Status
 from celery_durable.engine.recovery import RecoveryReport, sweep
 from celery_durable.errors import UnknownNode
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit, utcnow
 from celery_durable.testing import embedded_app, in_process_worker
 from tests.waiting import wait_for
@@ -209,9 +210,7 @@ def test_a_run_whose_next_node_no_longer_exists_needs_intervention(
     v1.edge(a, legacy)
     with in_process_worker(fast):
         run = v1.delay()
-        wait_for(
-            lambda: fast.store.get_execution(run.id).cursor["frontier"] == [["legacy", 1]], 5.0
-        )
+        wait_for(lambda: fast.store.get_execution(run.id).cursor.frontier == [("legacy", 1)], 5.0)
 
     v2 = Durable(embedded_app("deploy-v2"), database_url=sqlite_url, stale_after=STALE_AFTER)
     try:
@@ -256,7 +255,7 @@ def test_a_stranded_run_can_be_skipped_past_its_missing_node(fast: Durable) -> N
             node="a",
             visit=1,
             state={"n": 0, "path": "a"},
-            cursor={"frontier": [["gone", 1]], "visits": {"a": 1, "gone": 1}, "joins": {}},
+            cursor=Cursor(frontier=[("gone", 1)], visits={"a": 1, "gone": 1}),
             status=Status.RUNNING,
             output={"path": "a"},
         )

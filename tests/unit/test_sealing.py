@@ -92,7 +92,7 @@ def test_large_states_are_compressed_and_verify_against_the_plain_json(make: Mak
     assert durable.get(big).state.notes == [*notes, SECRET]
     node = next(cp for cp in durable.get(big).history() if cp.kind == "node")
     expected = codec.checksum(
-        big, node.seq, "node", "charge", 1, plain, codec.dumps(node.cursor),
+        big, node.seq, "node", "charge", 1, plain, codec.dumps(node.cursor.to_json()),
         codec.dumps(node.output), codec.dumps(node.meta),
     )  # fmt: skip
     assert node.checksum == expected  # over the plain JSON, not the stored bytes

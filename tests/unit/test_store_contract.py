@@ -26,6 +26,7 @@ from celery_durable.errors import (
     NotJSONSerializable,
     VersionConflict,
 )
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit, utcnow
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
@@ -59,7 +60,7 @@ def backend(database_url: str) -> Iterator[Backend]:
 
 def _start(store: CheckpointStore, execution_id: str = EID) -> None:
     store.create_execution(
-        execution_id=execution_id, graph="g", fingerprint="f" * 64, state={"n": 0}, cursor={}
+        execution_id=execution_id, graph="g", fingerprint="f" * 64, state={"n": 0}, cursor=Cursor()
     )
 
 
@@ -71,7 +72,7 @@ def _commit(expected: int, node: str = "a", visit: int = 1, **fields: Any) -> Co
         "node": node,
         "visit": visit,
         "state": {"n": expected + 1},
-        "cursor": {"due": [node]},
+        "cursor": Cursor(frontier=[(node, 1)]),
         "status": Status.RUNNING,
     }
     return Commit(**(values | fields))
@@ -109,12 +110,16 @@ def test_migrate_creates_tables_and_upgrading_again_is_a_noop(database_url: str)
 def test_create_execution_is_idempotent_on_its_id(backend: Backend) -> None:
     store = backend.store
     record, created = store.create_execution(
-        execution_id=EID, graph="g", fingerprint="f", state={"n": 0}, cursor={"due": ["a"]}
+        execution_id=EID,
+        graph="g",
+        fingerprint="f",
+        state={"n": 0},
+        cursor=Cursor(frontier=[("a", 1)]),
     )
     assert created and record.version == 0 and record.status is Status.RUNNING
     # When the same id is created again with other values
     again, created_again = store.create_execution(
-        execution_id=EID, graph="other", fingerprint="x", state={"n": 99}, cursor={}
+        execution_id=EID, graph="other", fingerprint="x", state={"n": 99}, cursor=Cursor()
     )
     # Then nothing changed, and the start checkpoint (seq 0) is the only one
     assert created_again is False
@@ -162,13 +167,19 @@ def test_checkpoints_round_trip(backend: Backend) -> None:
 def test_save_advances_the_execution_row(backend: Backend) -> None:
     store = backend.store
     _start(store)
-    store.save(_commit(0, "a", cursor={"due": ["b"]}))
+    store.save(_commit(0, "a", cursor=Cursor(frontier=[("b", 1)])))
     running = store.get_execution(EID)
     assert (running.version, running.status, running.finished_at) == (1, Status.RUNNING, None)
-    assert (running.state, running.cursor, running.error) == ({"n": 1}, {"due": ["b"]}, None)
+    assert (running.state, running.cursor, running.error) == (
+        {"n": 1},
+        Cursor(frontier=[("b", 1)]),
+        None,
+    )
     # When the last node commits a finished status
     error = {"type": "Boom", "message": "handled"}
-    store.save(_commit(1, "b", status=Status.SUCCEEDED, state={"n": 2}, cursor={}, error=error))
+    store.save(
+        _commit(1, "b", status=Status.SUCCEEDED, state={"n": 2}, cursor=Cursor(), error=error)
+    )
     done = store.get_execution(EID)
     assert (done.version, done.status, done.error) == (2, Status.SUCCEEDED, error)
     assert done.state == {"n": 2}
@@ -206,7 +217,7 @@ def test_execution_gauges_count_runs_and_age_the_active_ones(backend: Backend) -
     }
     created = {
         eid: store.create_execution(
-            execution_id=eid, graph=graph, fingerprint="f", state={}, cursor={}, status=status
+            execution_id=eid, graph=graph, fingerprint="f", state={}, cursor=Cursor(), status=status
         )[0]
         for eid, (graph, status) in runs.items()
     }
@@ -312,7 +323,7 @@ def test_a_sent_commit_from_a_lost_lease_is_raised_by_result(backend: Backend) -
 
 def test_a_sent_start_is_idempotent_on_its_id(backend: Backend) -> None:
     store = backend.store
-    fields: dict[str, Any] = {"graph": "g", "fingerprint": "f", "cursor": {}}
+    fields: dict[str, Any] = {"graph": "g", "fingerprint": "f", "cursor": Cursor()}
     pending = store.send_start(execution_id=EID, state={"n": 0}, **fields)
     record, created = pending.result()
     assert created and pending.result() == (record, True)
