@@ -202,17 +202,11 @@ class Durable:
     # -- runs -------------------------------------------------------------------------------
 
     def start(
-        self,
-        graph: Graph,
-        input: dict[str, Any],
-        *,
-        execution_id: str | None = None,
-        countdown: float | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
+        self, graph: Graph, input: dict[str, Any], options: StartOptions | None = None
     ) -> Execution:
-        """Validate, store, publish the entry node: in that order, so bad input changes nothing."""
-        options = StartOptions(execution_id, countdown, queue, priority)
+        """Validate, store, publish the entry node: in that order, so bad input changes
+        nothing. ``options``: the run's id, countdown, queue and priority (StartOptions)."""
+        options = options or StartOptions()
         record = start_run(self.runtime, graph.definition(), input, options)
         return Execution(self.runtime, record.id, record)
 

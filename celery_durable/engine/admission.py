@@ -137,7 +137,7 @@ class Gate:
             return place
         decision = self._flow(run)
         if isinstance(decision, Admitted):
-            return replace(decision, place=place)
+            return decision if place is None else replace(decision, place=place)
         self.release(Admitted(place))
         return decision
 
