@@ -8,7 +8,7 @@ import builtins
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from weakref import WeakKeyDictionary
 
 from celery import Celery
@@ -23,7 +23,7 @@ from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
 from celery_durable.engine.retention import PruneReport, Retention, prune
 from celery_durable.engine.runtime import Runtime
-from celery_durable.engine.start import StartOptions, start_run
+from celery_durable.engine.start import StartKeywords, StartOptions, start_run
 from celery_durable.engine.wakeups import send_event
 from celery_durable.errors import ConfigurationError, GraphDefinitionError, InvalidFlowOption
 from celery_durable.graphs.builder import Definitions, Graph, Node, OnFailure, Saga
@@ -202,12 +202,11 @@ class Durable:
     # -- runs -------------------------------------------------------------------------------
 
     def start(
-        self, graph: Graph, input: dict[str, Any], options: StartOptions | None = None
+        self, graph: Graph, input: dict[str, Any], **options: Unpack[StartKeywords]
     ) -> Execution:
         """Validate, store, publish the entry node: in that order, so bad input changes
-        nothing. ``options``: the run's id, countdown, queue and priority (StartOptions)."""
-        options = options or StartOptions()
-        record = start_run(self.runtime, graph.definition(), input, options)
+        nothing. ``options``: ``execution_id``, ``countdown``, ``queue``, ``priority``."""
+        record = start_run(self.runtime, graph.definition(), input, StartOptions(**options))
         return Execution(self.runtime, record.id, record)
 
     def get(self, execution_id: str) -> Execution:

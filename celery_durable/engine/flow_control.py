@@ -63,9 +63,9 @@ class FlowControl:
     def admit(self, breaker: str) -> Admission:
         """May a call behind ``breaker`` go now? A rejection is counted."""
         policy = self.policy(breaker)
-        admission = self.store.breaker(
-            breaker, lambda row: admit(policy, row, utcnow(), self.probe_ttl)
-        )
+        with self.store.locked_breaker(breaker) as locked:
+            admission, changed = admit(policy, locked.row, utcnow(), self.probe_ttl)
+            locked.write(changed)
         if not admission.allowed:
             self.store.reject(breaker)
         return admission
@@ -88,7 +88,8 @@ class FlowControl:
         if ok and not probe:
             return
         policy = self.policy(breaker)
-        self.store.breaker(breaker, lambda row: (None, record(policy, row, ok, utcnow(), probe)))
+        with self.store.locked_breaker(breaker) as locked:
+            locked.write(record(policy, locked.row, ok, utcnow(), probe))
 
     def take_turn(self, rate: RateLimit, by: str, passed: str | None) -> Held | None:
         """Reserve this call's turn under ``rate``; hold the visit if the turn is later.

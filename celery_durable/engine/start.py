@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Publication, Runtime
@@ -25,6 +25,16 @@ from celery_durable.saga.shape import GraphShape
 
 # The executions table's id column (persistence/schema.py ID_LENGTH).
 MAX_ID_LENGTH = 255
+
+
+class StartKeywords(TypedDict, total=False):
+    """``StartOptions`` as the keyword arguments of ``Durable.start`` (``parent`` is the
+    engine's own)."""
+
+    execution_id: str | None
+    countdown: float | None
+    queue: str | None
+    priority: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from celery_durable.constants import TASK_PREFIX
 from celery_durable.engine.definition import GraphDefinition, NodeDefinition, OnFailure
 from celery_durable.engine.execution import Execution
-from celery_durable.engine.start import StartOptions
+from celery_durable.engine.start import StartKeywords
 from celery_durable.engine.state import reducers
 from celery_durable.errors import (
     DuplicateNode,
@@ -52,7 +52,9 @@ class Owner(Protocol):
 
     def register_compensation(self, node: Node[..., Any]) -> None: ...
 
-    def start(self, graph: Graph, input: dict[str, Any], options: StartOptions) -> Execution: ...
+    def start(
+        self, graph: Graph, input: dict[str, Any], **options: Unpack[StartKeywords]
+    ) -> Execution: ...
 
 
 class Node(Generic[P, R]):
@@ -314,8 +316,14 @@ class Graph:
     ) -> Execution:
         """Start a run. The same ``execution_id`` twice gives one execution. ``priority``
         (0-9, higher first) goes with every node message of the run."""
-        options = StartOptions(execution_id, countdown, queue, priority)
-        return self.owner.start(self, kwargs or {}, options)
+        return self.owner.start(
+            self,
+            kwargs or {},
+            execution_id=execution_id,
+            countdown=countdown,
+            queue=queue,
+            priority=priority,
+        )
 
     def __repr__(self) -> str:
         return f"<Graph {self.name} nodes={list(self.nodes)}>"

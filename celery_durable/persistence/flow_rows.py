@@ -3,18 +3,17 @@ limit, each read and changed under one row lock so that every worker sees one hi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from celery_durable.model.records import BreakerRow, BreakerState, as_utc, utcnow
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.schema import breakers, rate_limits
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,22 +27,33 @@ class BreakerStatus:
     updated_at: datetime | None
 
 
+class LockedBreaker:
+    """A breaker's row, read under its lock in an open transaction."""
+
+    def __init__(self, conn: Connection, name: str, row: BreakerRow) -> None:
+        self._conn, self.name, self.row = conn, name, row
+
+    def write(self, changed: BreakerRow | None) -> None:
+        """Store the row as decided (None: unchanged)."""
+        if changed is None:
+            return
+        self._conn.execute(
+            update(breakers)
+            .where(breakers.c.name == self.name)
+            .values(**_breaker_values(changed), changed_by=None, updated_at=utcnow())
+        )
+
+
 class FlowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def breaker(self, name: str, decide: Callable[[BreakerRow], tuple[T, BreakerRow | None]]) -> T:
-        """Apply ``decide`` to the breaker's row under its lock; write the row it returns."""
+    @contextmanager
+    def locked_breaker(self, name: str) -> Iterator[LockedBreaker]:
+        """The breaker's row under its lock, for the caller to decide on: what it writes
+        (``LockedBreaker.write``) commits with the lock's release, when the block ends."""
         with self.db.engine.begin() as conn:
-            row = self._locked_breaker(conn, name)
-            result, changed = decide(row)
-            if changed is not None:
-                conn.execute(
-                    update(breakers)
-                    .where(breakers.c.name == name)
-                    .values(**_breaker_values(changed), changed_by=None, updated_at=utcnow())
-                )
-        return result
+            yield LockedBreaker(conn, name, self._locked_breaker(conn, name))
 
     def reject(self, name: str) -> None:
         with self.db.engine.begin() as conn:
