@@ -221,7 +221,7 @@ class NodeRun(Attempt):
         while it is in flight, collect its answer."""
         if (stop := self.rebase(conflict)) is not None:
             return stop
-        clashing = self._written_since(self.read_at) if self.base.version != self.read_at else ()
+        clashing = self._written_since(update)
         made = draft(
             self, update, clashing=clashing, lease_token=lease_token, may_inline=self._may_inline
         )
@@ -234,13 +234,19 @@ class NodeRun(Attempt):
         stop = self.collect(pending, made.commit, started)
         return Sent(made, messages) if stop is None else stop
 
-    def _written_since(self, version: int) -> set[str]:
-        """Fields written by node commits made since ``version``."""
+    def _written_since(self, update: dict[str, Any]) -> set[str]:
+        """Fields of ``update`` that node commits wrote since the state it was made from was
+        read; none to look for when the base is that state, or when every field it writes
+        has a reducer (parallel branches' usual case: no read then)."""
+        mine = set(update) - set(self.graph.reducers)
+        if self.base.version == self.read_at or not mine:
+            return set()
         written: set[str] = set()
-        for cp in self.runtime.store.list(self.execution_id, kinds=[Kind.NODE], after=version):
+        history = self.runtime.store.list(self.execution_id, kinds=[Kind.NODE], after=self.read_at)
+        for cp in history:
             if isinstance(cp.output, dict):
                 written.update(cp.output)
-        return written
+        return written & mine
 
     def _prepare(self, made: Draft) -> list[Publication]:
         """The messages a commit hands on, built while it is in flight; sent only if it

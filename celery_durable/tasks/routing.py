@@ -32,6 +32,7 @@ class Routes:
         self.app = app
         self._router: tuple[Router, bool] | None = None
         self._destinations: dict[tuple[str, str | None], dict[str, Any]] = {}
+        self._merged: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._defaults: dict[str, dict[str, Any]] = {}
 
     def by_name(self) -> bool:
@@ -44,14 +45,26 @@ class Routes:
         key, priority, serializer, and the argsrepr and kwargsrepr the message carries): a dict
         of the caller's own."""
         router, by_name = self._table()
+        if by_name:
+            return self._by_name(address, message.base.cursor.priority)
         options = {**self._task_defaults(address.task), **send_options(address, message)}
-        if not by_name:
-            task = self.app.tasks.get(address.task)
-            return dict(router.route(options, address.task, message.args(), message.kwargs(), task))
-        # What the maps give, then the options over it: what route() returns, without
-        # matching the task's name against the maps for every message.
-        options.pop("queue", None)
-        return dict(lpmerge(dict(self._destination(address.task, address.queue)), options))
+        task = self.app.tasks.get(address.task)
+        return dict(router.route(options, address.task, message.args(), message.kwargs(), task))
+
+    def _by_name(self, address: Address, priority: int | None) -> dict[str, Any]:
+        """What the maps give, then the options over it, as route() merges them (a None
+        priority keeps the route's): worked out once per task and queue, not per message.
+        The argsrepr and kwargsrepr go in the built message's headers, not here."""
+        key = (address.task, address.queue)
+        merged = self._merged.get(key)
+        if merged is None:
+            options = {**self._task_defaults(address.task), "serializer": "json"}
+            merged = lpmerge(dict(self._destination(*key)), options)
+            self._merged[key] = merged
+        routed = dict(merged)
+        if priority is not None:
+            routed["priority"] = priority
+        return routed
 
     def destination(self, task: str, queue: str | None) -> tuple[str, ...] | None:
         """The queue, exchange and routing key a message of ``task`` asking for ``queue``
