@@ -63,6 +63,11 @@ def _listed(names: Iterable[str]) -> str:
     return ", ".join(names) or "none"
 
 
+def _none(what: str, known: Iterable[str], advice: str) -> str:
+    """The message of a name looked up and not found: which names there are, what to do."""
+    return f"No {what} (known: {_listed(known)}). {advice}"
+
+
 def _shown(value: object, limit: int) -> str:
     """``value``'s repr, cut short when longer than ``limit``: an id can be any length."""
     shown = repr(value)
@@ -139,10 +144,8 @@ class InvalidNodeOption(GraphDefinitionError):
 
 class UnknownGraph(DurableError):
     def __init__(self, graph: str, known: list[str]) -> None:
-        super().__init__(
-            f"No durable graph named {graph!r} is registered in this process (known: "
-            f"{_listed(known)}). Import the module that defines it before using it."
-        )
+        what = f"durable graph named {graph!r} is registered in this process"
+        super().__init__(_none(what, known, "Import the module that defines it before using it."))
 
 
 class InvalidInput(DurableError):
@@ -431,10 +434,8 @@ class InvalidPriority(DurableError):
 
 class UnknownBreaker(DurableError):
     def __init__(self, name: str, known: Iterable[str]) -> None:
-        super().__init__(
-            f"No circuit breaker named {name!r} (known: {_listed(sorted(known))}). "
-            f"Declare it with durable.breaker({name!r}, ...) where the graphs are defined."
-        )
+        advice = f"Declare it with durable.breaker({name!r}, ...) where the graphs are defined."
+        super().__init__(_none(f"circuit breaker named {name!r}", sorted(known), advice))
 
 
 class CircuitOpen(DurableError):
