@@ -35,6 +35,10 @@ USER_ENV, PASSWORD_ENV, FLOWER_ENV = (
 )
 
 
+# The protection space a browser keeps the credentials it was given for.
+REALM = "celery-durable"
+
+
 @dataclass(frozen=True)
 class WebConfig:
     durable: Durable
@@ -62,7 +66,6 @@ class Handler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         if not self.web.read_only and self.current_user is None:
-            self.set_header("WWW-Authenticate", 'Basic realm="celery-durable"')
             raise tornado.web.HTTPError(401, reason="Sign in")
         if self.request.method == "GET":
             self.xsrf_token  # noqa: B018  (sets the _xsrf cookie scripts echo in X-XSRFToken)
@@ -90,6 +93,10 @@ class Handler(tornado.web.RequestHandler):
         return {k: self.get_argument(k) for k in self.request.arguments}
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401:
+            # Here, not before raising: send_error() clears the headers set before it, and a
+            # 401 without its challenge makes a browser neither ask for nor send credentials.
+            self.set_header("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
         message = self._reason
         if self.request.path.startswith("/api/"):
             self.finish({"error": message, "status": status_code})

@@ -5,7 +5,6 @@ without credentials changes nothing. Saves a screenshot of the run page (``artif
 
 from __future__ import annotations
 
-import base64
 import shutil
 import urllib.error
 import urllib.parse
@@ -62,12 +61,13 @@ def shop(durable_embedded: Durable) -> Iterator[tuple[str, Saga]]:
         stop()
 
 
-def sign_in(browser: webdriver.Chrome) -> None:
-    """HTTP basic auth on every request from now on, as the browser's own dialog would send."""
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    browser.execute_cdp_cmd("Network.enable", {})
-    headers = {"headers": {"Authorization": f"Basic {token}"}}
-    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", headers)
+def sign_in(browser: webdriver.Chrome, url: str) -> None:
+    """Sign in as a person does without a dialog: the credentials in the address. The browser
+    sends them only when the server challenges it (a 401 with WWW-Authenticate), then keeps
+    them for the realm, so later pages, forms and scripts go signed in with nothing added."""
+    parts = urllib.parse.urlsplit(url)
+    signed = parts._replace(netloc=f"{USER}:{PASSWORD}@{parts.netloc}")
+    browser.get(urllib.parse.urlunsplit(signed) + "/")
 
 
 def test_an_operator_compensates_a_saga_in_the_browser(
@@ -85,9 +85,13 @@ def test_an_operator_compensates_a_saga_in_the_browser(
         assert refused.value.code in (401, 403)
         assert run.status == Status.SUCCEEDED
 
+        with pytest.raises(urllib.error.HTTPError) as challenged:
+            urllib.request.urlopen(url + "/")
+        assert challenged.value.code == 401  # every page asks for credentials, as a challenge
+        assert challenged.value.headers["WWW-Authenticate"].startswith("Basic realm=")
         browser.get(url + "/")
-        assert "401" in browser.page_source  # every page asks for credentials
-        sign_in(browser)
+        assert "trip-1" not in browser.page_source  # the browser asks; nothing is shown
+        sign_in(browser, url)
         browser.get(url + "/")
         link = browser.find_element(By.LINK_TEXT, "trip-1")
         link.click()
