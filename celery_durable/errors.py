@@ -151,11 +151,18 @@ class UnknownGraph(DurableError):
 class InvalidInput(DurableError):
     """The input or a state update does not validate against the graph's state model."""
 
-    def __init__(self, graph: str, detail: str) -> None:
-        super().__init__(
-            f"Input for graph {graph!r} does not fit its state model: {detail}. "
-            "Nothing was stored or sent; fix the values and try again."
-        )
+    def __init__(self, graph: str, detail: str, node: str | None = None) -> None:
+        if node is None:
+            super().__init__(
+                f"Input for graph {graph!r} does not fit its state model: {detail}. "
+                "Nothing was stored or sent; fix the values and try again."
+            )
+        else:
+            super().__init__(
+                f"The update node {node!r} of graph {graph!r} returned does not fit the state "
+                f"model: {detail}. The node's visit was not committed and no retry can fix its "
+                "output; fix the node, then Execution.retry()."
+            )
 
 
 class StateTooLarge(DurableError):
@@ -335,7 +342,8 @@ class ExecutionFailed(DurableError):
         where = f" at node {node!r}" if node else ""
         return (
             f"Execution {execution_id!r} failed{where}: {_cause(error)}. Its history() shows "
-            "what was committed; fix the cause and start a new run."
+            "what was committed; fix the cause, then Execution.retry() (celery durable retry) "
+            "runs it again from there."
         )
 
 

@@ -72,7 +72,8 @@ def draft(
         refuse_unknown(graph, run.name, update)
         # A stale state is migrated once; without a hook it fit already (before the call).
         current = base.state if graph.upgrader is None else fit(graph, base.state)[1]
-        model = validate(graph.name, graph.state, apply_update(current, update, graph.reducers))
+        merged = apply_update(current, update, graph.reducers)
+        model = validate(graph.name, graph.state, merged, run.name)
         state = model.model_dump(mode="json")
         state_json = run.runtime.state_json(state)
     except PERMANENT as exc:

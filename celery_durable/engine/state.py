@@ -38,7 +38,10 @@ def reducers(model: type[BaseModel]) -> dict[str, Callable[[Any, Any], Any]]:
     return found
 
 
-def validate(graph: str, model: type[BaseModel], values: Mapping[str, Any]) -> BaseModel:
+def validate(
+    graph: str, model: type[BaseModel], values: Mapping[str, Any], node: str | None = None
+) -> BaseModel:
+    """``values`` as the model; ``node``: they are the state after that node's update."""
     try:
         return model.model_validate(dict(values))
     except ValidationError as exc:
@@ -46,7 +49,7 @@ def validate(graph: str, model: type[BaseModel], values: Mapping[str, Any]) -> B
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
-        raise InvalidInput(graph, detail) from exc
+        raise InvalidInput(graph, detail, node) from exc
 
 
 def fit(graph: GraphShape, values: Mapping[str, Any]) -> tuple[BaseModel, Mapping[str, Any]]:

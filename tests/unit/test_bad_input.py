@@ -16,6 +16,7 @@ from celery_durable.errors import (
     CheckpointNotFound,
     ConfigurationError,
     DurableError,
+    ExecutionFailed,
     ExecutionIdInUse,
     ExecutionNotFound,
     InvalidExecutionId,
@@ -214,3 +215,27 @@ def test_the_cli_refuses_bad_input_with_a_message(
     assert "Traceback" not in done.stderr
     listed = json.loads(celery(sqlite_url, "ls", "--json").stdout)
     assert [(r["id"], r["version"]) for r in listed] == [("t-1", 0)]
+
+
+def test_a_node_update_the_model_refuses_fails_the_run_in_words_that_fit(
+    durable_embedded: Durable,
+) -> None:
+    """A node's own bad output is not bad input: the message names the node, says its visit
+    was not committed, and points at retry(), which exists for a failed run."""
+    g = durable_embedded.graph("sloppy", state=Ticket)
+
+    @g.node
+    def rate(state: Ticket) -> dict[str, str]:
+        return {"priority": "urgent"}
+
+    g.entry(rate)
+    with in_process_worker(durable_embedded):
+        run = g.delay(title="printer")
+        with pytest.raises(ExecutionFailed) as failed:
+            run.wait(timeout=10)
+    assert run.status == Status.FAILED
+    assert run.error is not None and run.error["type"] == "InvalidInput"
+    message = run.error["message"]
+    assert "node 'rate'" in message and "priority" in message and "retry()" in message
+    assert "Nothing was stored or sent" not in message
+    assert "Execution.retry()" in str(failed.value) and "start a new run" not in str(failed.value)
