@@ -181,7 +181,7 @@ class Execution:
         record = self.refresh()
         if record.status.finished:
             return None
-        open_waits = record.cursor.copy().waits.values()
+        open_waits = record.cursor.waits.values()
         return next((wait.public() for wait in open_waits), None)
 
     @property

@@ -58,7 +58,7 @@ INLINE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Sent:
+class Landed:
     """A node commit that landed, and the messages built for it while it was in flight."""
 
     draft: Draft
@@ -153,7 +153,7 @@ class NodeRun(Attempt):
     def run_admitted(self, gate: Gate, admitted: Admitted) -> Outcome:
         """Past the gate: call the function under a lease, then commit what it returned."""
         with self.runtime.leases.watch(self.key) as lease:
-            called = self.call(self.context(VisitMemo(self)))
+            called = self.call(gate, self.context(VisitMemo(self)))
         if isinstance(called, Outcome):
             return called
         gate.report(self, admitted, called if isinstance(called, Failure) else None)
@@ -163,7 +163,7 @@ class NodeRun(Attempt):
             return Outcome.DROPPED
         return self.commit_update(called, lease.token)
 
-    def call(self, ctx: Context) -> dict[str, Any] | Outcome | Failure:
+    def call(self, gate: Gate, ctx: Context) -> dict[str, Any] | Outcome | Failure:
         """The user's function on the validated state: its update, or why there is none."""
         try:
             return self._timed_call(ctx)
@@ -172,7 +172,7 @@ class NodeRun(Attempt):
         except Suspend:
             return Outcome.WAITING
         except HeldBack as back:
-            return Gate(self.runtime).wait(self, Hold(back.held))
+            return gate.wait(self, Hold(back.held))
         except Exception as exc:
             return Failure(_translate(exc, self.node), permanent=isinstance(exc, PERMANENT))
 
@@ -203,20 +203,20 @@ class NodeRun(Attempt):
     def commit_update(self, update: dict[str, Any], lease_token: int) -> Outcome:
         """Commit the visit (rebasing on concurrent changes), then hand on what it made ready."""
         faults.hit(faults.BEFORE_COMMIT, self.name)
-        sent = until_committed(
+        landed = until_committed(
             self.execution_id, lambda conflict: self._send(update, lease_token, conflict)
         )
-        if isinstance(sent, Failure):
-            return fail(self, sent)
-        if isinstance(sent, Outcome):
-            return sent
+        if isinstance(landed, Failure):
+            return fail(self, landed)
+        if isinstance(landed, Outcome):
+            return landed
         faults.hit(faults.AFTER_COMMIT, self.name)
-        self.hand_on(sent)
+        self.hand_on(landed)
         return Outcome.COMMITTED
 
     def _send(
         self, update: dict[str, Any], lease_token: int, conflict: VersionConflict | None
-    ) -> Sent | Outcome | Failure:
+    ) -> Landed | Outcome | Failure:
         """One try: draft the commit on the current base, send it, build the next messages
         while it is in flight, collect its answer."""
         if (stop := self.rebase(conflict)) is not None:
@@ -232,7 +232,7 @@ class NodeRun(Attempt):
         pending = self.runtime.store.send(made.commit)
         messages = self._prepare(made)
         stop = self.collect(pending, made.commit, started)
-        return Sent(made, messages) if stop is None else stop
+        return Landed(made, messages) if stop is None else stop
 
     def _written_since(self, update: dict[str, Any]) -> set[str]:
         """Fields of ``update`` that node commits wrote since the state it was made from was
@@ -271,10 +271,10 @@ class NodeRun(Attempt):
 
     # -- hand on ----------------------------------------------------------------------------
 
-    def hand_on(self, sent: Sent) -> None:
+    def hand_on(self, landed: Landed) -> None:
         """After the commit: the next visit inline, the messages built during the commit,
         the undo that is due, or the run's end."""
-        runtime, commit, handed = self.runtime, sent.draft.commit, sent.draft.handed
+        runtime, commit, handed = self.runtime, landed.draft.commit, landed.draft.handed
         runtime.hooks.node_committed(self.graph.name, self.name, commit)
         after = Base.after(commit)
         if commit.status == Status.RUNNING and handed.inline:
@@ -285,7 +285,7 @@ class NodeRun(Attempt):
                 since=self.since,
             )
         elif commit.status == Status.RUNNING:
-            for message in sent.messages:
+            for message in landed.messages:
                 message.send()
         elif commit.status == Status.COMPENSATING:
             runtime.dispatch_undo(self.graph.name, self.execution_id, after)

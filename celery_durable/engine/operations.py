@@ -40,7 +40,7 @@ class Operations(Audited):
             execution_id,
             "pause",
             {S.RUNNING, S.WAITING},
-            lambda r: Change(r.state, r.cursor.copy(), S.PAUSED, r.error),
+            lambda r: Change(r.state, r.cursor, S.PAUSED, r.error),
             by=by,
             reason=reason,
         )
@@ -70,7 +70,7 @@ class Operations(Audited):
         record, commit = self.apply(
             execution_id, "resume", {S.PAUSED}, change, by=by, reason=reason
         )
-        held = record.cursor.copy().held
+        held = record.cursor.held
         self.runtime.dispatch_all(record.graph, execution_id, Base.after(commit), held)
 
     def _approve(
@@ -119,13 +119,13 @@ class Operations(Audited):
             execution_id,
             "cancel",
             {S.PENDING, S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.NEEDS_INTERVENTION},
-            lambda r: Change(r.state, r.cursor.copy(), S.CANCELLED, error),
+            lambda r: Change(r.state, r.cursor, S.CANCELLED, error),
             by=by,
             reason=reason,
         )
         in_flight = [
             (name, visit, self._attempts(execution_id, Kind.NODE, name, visit))
-            for name, visit in record.cursor.copy().frontier
+            for name, visit in record.cursor.frontier
         ]
         self.runtime.dispatcher.revoke(execution_id, in_flight)
         for child in self.runtime.store.children(execution_id):
@@ -137,13 +137,12 @@ class Operations(Audited):
         """A failed run from its failure point, or a stuck compensation from where it stopped."""
         record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
-        cursor = record.cursor.copy()
-        missing = [name for name, _ in cursor.frontier if name not in graph.nodes]
+        missing = [name for name, _ in record.cursor.frontier if name not in graph.nodes]
         if missing:
             raise UnknownNode(graph.name, missing[0], sorted(graph.nodes))
 
         def change(r: ExecutionRecord) -> Change:
-            c = r.cursor.copy()
+            c = r.cursor
             if r.status == S.NEEDS_INTERVENTION and c.undo:
                 original = r.error.get("original") if r.error else None
                 return Change(r.state, c, compensation.status_of(c), original)
@@ -175,8 +174,7 @@ class Operations(Audited):
         patched = self._patcher(self._graph(self.runtime.store.get_execution(execution_id)), patch)
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = r.cursor.copy()
-            return Change(patched(r.state), cursor, r.status, r.error, output=patch)
+            return Change(patched(r.state), r.cursor, r.status, r.error, output=patch)
 
         self.apply(execution_id, "patch", set(S) - FINAL, change, by=by, reason=reason)
 

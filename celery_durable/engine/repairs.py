@@ -33,7 +33,7 @@ class Repairs(Audited):
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
 
         def change(r: ExecutionRecord) -> Change:
-            cursor = _renumbered(checkpoint.cursor.copy(), r.cursor.copy())
+            cursor = _renumbered(checkpoint.cursor, r.cursor)
             interrupt(graph, cursor, cursor.frontier)
             return Change(state, cursor, cursor.settled(), None, meta={"from_seq": seq})
 
@@ -61,7 +61,7 @@ class Repairs(Audited):
         record = self.runtime.store.get_execution(execution_id)
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
         graph = self._graph(record)
-        cursor = _renumbered(checkpoint.cursor.copy(), Cursor())
+        cursor = _renumbered(checkpoint.cursor, Cursor())
         interrupt(graph, cursor, cursor.frontier)
         new_id = new_id or uuid.uuid4().hex
         meta = {
@@ -98,8 +98,7 @@ class Repairs(Audited):
         waiting for intervention done by hand."""
         record = self.runtime.store.get_execution(execution_id)
         graph = self._graph(record)
-        cursor = record.cursor.copy()
-        if record.status == S.NEEDS_INTERVENTION and cursor.undo:
+        if record.status == S.NEEDS_INTERVENTION and record.cursor.undo:
             self._skip_compensation(record, graph, node, by, reason)
         elif record.status in (S.FAILED, S.NEEDS_INTERVENTION):
             # A failed node, or a node a changed definition no longer has.
@@ -116,7 +115,7 @@ class Repairs(Audited):
         by: str | None,
         reason: str | None,
     ) -> None:
-        due = [v for n, v in record.cursor.copy().frontier if n == node]
+        due = [v for n, v in record.cursor.frontier if n == node]
         if not due:
             raise CannotSkip(record.id, node, "it is not the node the run failed at")
         visit = due[0]
@@ -124,7 +123,7 @@ class Repairs(Audited):
 
         def change(r: ExecutionRecord) -> Change:
             model = validate(graph.name, graph.state, apply_update(r.state, output, {}))
-            step = advance(graph, r.cursor.copy(), node, visit, model)
+            step = advance(graph, r.cursor, node, visit, model)
             return Change(
                 model.model_dump(mode="json"),
                 step.cursor,
@@ -151,7 +150,7 @@ class Repairs(Audited):
         by: str | None,
         reason: str | None,
     ) -> None:
-        head, visit, seq = record.cursor.copy().undo[0]
+        head, visit, seq = record.cursor.undo[0]
         if head != node:
             raise CannotSkip(record.id, node, f"the compensation waiting is {head!r}'s")
 

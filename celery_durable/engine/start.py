@@ -82,19 +82,20 @@ def start_run(
     input changes nothing. The entry's messages are built while the insert is in flight."""
     fingerprint = graph.validate()
     entry = _entry(runtime, graph, input, options)
-    cursor = entry.base.cursor
     pending = runtime.store.send_start(
         execution_id=entry.execution_id,
         graph=graph.name,
         fingerprint=fingerprint,
         state=entry.base.state,
-        cursor=cursor,
+        cursor=entry.base.cursor,
         status=entry.base.status,
         state_json=entry.state_json,
         parent_id=options.parent,
     )
     # A countdown's messages are not built ahead: they go by Celery's own send.
-    built = [] if options.countdown is not None else _prepare(runtime, graph.name, entry)
+    built = []
+    if options.countdown is None:
+        built = runtime.prepare_all(graph.name, entry.execution_id, entry.base, entry.go)
     record, created = pending.result()
     if record.graph != graph.name:
         raise ExecutionIdInUse(entry.execution_id, record.graph, graph.name)
@@ -114,10 +115,6 @@ def _entry(
     go = interrupt(graph, cursor, cursor.frontier)
     base = Base(0, state, cursor, cursor.settled())
     return _Entry(options.execution_id or uuid.uuid4().hex, base, go, state_json)
-
-
-def _prepare(runtime: Runtime, graph: str, entry: _Entry) -> list[Publication]:
-    return runtime.prepare_all(graph, entry.execution_id, entry.base, entry.go)
 
 
 def _publish(
