@@ -10,6 +10,7 @@ BREAKERS_TABLE: Final = "durable_breakers"
 RATE_LIMITS_TABLE: Final = "durable_rate_limits"
 SLOTS_TABLE: Final = "durable_slots"
 SLOT_QUEUE_TABLE: Final = "durable_slot_queue"
+DEPLOYMENTS_TABLE: Final = "durable_deployments"
 ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
 # A node's task is <TASK_PREFIX>.<graph>.<node>; the engine's own tasks share the prefix.

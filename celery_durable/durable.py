@@ -14,10 +14,12 @@ from weakref import WeakKeyDictionary
 from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable import signals
 from celery_durable.engine.audit import actor
 from celery_durable.engine.execution import Execution
+from celery_durable.engine.fleet import Fleet, Member
 from celery_durable.engine.flow_control import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
 from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
@@ -25,7 +27,12 @@ from celery_durable.engine.retention import PruneReport, Retention, prune
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.start import StartKeywords, StartOptions, start_run
 from celery_durable.engine.wakeups import send_event
-from celery_durable.errors import ConfigurationError, GraphDefinitionError, InvalidFlowOption
+from celery_durable.errors import (
+    ConfigurationError,
+    DuplicateVersion,
+    GraphDefinitionError,
+    InvalidFlowOption,
+)
 from celery_durable.graphs.builder import Definitions, Graph, Node, OnFailure, Saga
 from celery_durable.hooks import Hooks
 from celery_durable.model.records import (
@@ -38,6 +45,7 @@ from celery_durable.model.records import (
 )
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
+from celery_durable.persistence.deployments import Deployments
 from celery_durable.persistence.event_log import EventLog
 from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
 from celery_durable.persistence.gauges import ExecutionGauges
@@ -51,6 +59,7 @@ from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks import message
 from celery_durable.tasks.dispatch import CeleryDispatcher
+from celery_durable.tasks.forwarding import consume_versions
 from celery_durable.tasks.registry import (
     NodeTasks,
     keep_consuming_after_channel_errors,
@@ -114,8 +123,10 @@ class Durable:
         )
         self.store = CheckpointStore(self.db, sealer)
         self.visits = VisitLedger(self.db)
+        # By name, the newest version (what new runs start on); every version in versions.
         self.graphs: dict[str, Graph] = {}
-        definitions = Definitions(self.graphs)
+        self.versions: dict[str, builtins.list[Graph]] = {}
+        definitions = Definitions(self.versions)
         # The engine calls this relay; what users set as ``hooks`` is chained behind it.
         self._hooks = _Relay(self)
         self._hooks.inner = hooks or Hooks()
@@ -132,9 +143,12 @@ class Durable:
                 FlowStore(self.db), SlotTable(self.db), probe_ttl=self.settings.lease_ttl
             ),
             announcer=self._hooks,
+            fleet=Fleet(Deployments(self.db), self.settings.heartbeat),
         )
         self._tasks = NodeTasks(app, self.runtime)
         self._recovery = RecoveryLoop(self.runtime)
+        # This worker in the fleet's rows, once it is one (worker_init).
+        self._member: Member | None = None
         self._tasks.register_maintenance(
             lambda: self.recover().as_dict(), lambda: self.prune().removed
         )
@@ -173,23 +187,48 @@ class Durable:
         *,
         on_failure: OnFailure = "fail",
         concurrency: Limit | None = None,
+        version: str | None = None,
     ) -> Graph:
         """A new graph; nodes are added with ``@graph.node``. ``concurrency`` bounds its
-        running executions per key."""
-        return self._add(Graph(self, name, state, on_failure=on_failure, concurrency=concurrency))
+        running executions per key.
 
-    def saga(self, name: str, state: type[BaseModel], *, concurrency: Limit | None = None) -> Saga:
-        """A new saga; steps are added in order with ``@saga.step``."""
-        return self._add(Saga(self, name, state, concurrency))
+        ``version``: what runs started on it are pinned to (default: its structure's
+        fingerprint). Versions of one name live side by side, sharing node task names; the
+        one defined last starts new runs, the others finish the runs pinned to them."""
+        return self._add(
+            Graph(
+                self, name, state, on_failure=on_failure, concurrency=concurrency, version=version
+            )
+        )
+
+    def saga(
+        self,
+        name: str,
+        state: type[BaseModel],
+        *,
+        concurrency: Limit | None = None,
+        version: str | None = None,
+    ) -> Saga:
+        """A new saga; steps are added in order with ``@saga.step``. ``version`` as for
+        ``graph``."""
+        return self._add(Saga(self, name, state, concurrency, version))
 
     def _add(self, graph: G) -> G:
-        if graph.name in self.graphs:
-            raise GraphDefinitionError(
-                f"A graph named {graph.name!r} is already defined on this Durable; graph "
-                "names are task name prefixes and must be unique."
-            )
+        versions = self.versions.setdefault(graph.name, [])
+        declared = graph.declared_version
+        if declared is not None and any(v.declared_version == declared for v in versions):
+            raise DuplicateVersion(graph.name, declared)
+        versions.append(graph)
         self.graphs[graph.name] = graph
         return graph
+
+    def graph_at(self, name: str, version: str | None) -> Graph | None:
+        """The graph ``name`` at ``version`` as defined here (version None: the newest), or
+        None when this process does not define it."""
+        versions = self.versions.get(name, [])
+        if version is None:
+            return versions[-1] if versions else None
+        return next((g for g in versions if g.version == version), None)
 
     def register(self, node: Node[..., Any]) -> None:
         """Register the node's Celery task: acks late, requeued if its worker dies, JSON only."""
@@ -202,11 +241,13 @@ class Durable:
     # -- runs -------------------------------------------------------------------------------
 
     def start(
-        self, graph: Graph, input: dict[str, Any], **options: Unpack[StartKeywords]
+        self, graph: Graph | str, input: dict[str, Any], **options: Unpack[StartKeywords]
     ) -> Execution:
         """Validate, store, publish the entry node: in that order, so bad input changes
-        nothing. ``options``: ``execution_id``, ``countdown``, ``queue``, ``priority``."""
-        record = start_run(self.runtime, graph.definition(), input, StartOptions(**options))
+        nothing. ``graph``: a graph, or a name (its newest version). ``options``:
+        ``execution_id``, ``countdown``, ``queue``, ``priority``."""
+        definition = self.runtime.graph(graph) if isinstance(graph, str) else graph.definition()
+        record = start_run(self.runtime, definition, input, StartOptions(**options))
         return Execution(self.runtime, record.id, record)
 
     def get(self, execution_id: str) -> Execution:
@@ -352,18 +393,31 @@ class Durable:
         SystemExit, which Celery's signal dispatch does not swallow), before the pool forks."""
         if getattr(sender, "app", None) is not self.app:
             return
-        for graph in self.graphs.values():
-            try:
-                graph.validate()
-            except GraphDefinitionError as exc:
-                logger.critical("%s", exc)
-                raise SystemExit(f"celery-durable: {exc}") from exc
+        try:
+            definitions = [g.definition() for versions in self.versions.values() for g in versions]
+            keys = consume_versions(self.app, definitions)
+            self._member = Member(self.runtime.fleet, sender.hostname, definitions, keys)
+            self._join(self._member)
+        except GraphDefinitionError as exc:
+            logger.critical("%s", exc)
+            raise SystemExit(f"celery-durable: {exc}") from exc
         # Read before the pool forks, so that every child knows.
         self._tasks.events.enabled = bool(getattr(sender, "task_events", False))
 
+    @staticmethod
+    def _join(member: Member) -> None:
+        """Join the fleet; a database not answering yet only delays the announcement to the
+        first heartbeat it answers."""
+        try:
+            member.join()
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("cannot announce this worker's graph versions yet: %s", exc)
+
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is self.app:
-            self._recovery.start()
+            self._recovery.start(self._member.beat if self._member else None)
 
     def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
         self._recovery.stop()
+        if self._member is not None:
+            self._member.leave()

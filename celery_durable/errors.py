@@ -10,8 +10,12 @@
     │   ├── UnknownNode
     │   ├── NoEntry
     │   ├── UnreachableNode
-    │   └── InvalidNodeOption
+    │   ├── InvalidNodeOption
+    │   ├── DuplicateVersion
+    │   └── VersionClash
     ├── UnknownGraph
+    ├── GraphVersionMissing
+    ├── CannotUpgrade
     ├── InvalidInput
     ├── StateTooLarge
     ├── PayloadTooLarge
@@ -140,6 +144,57 @@ class UnreachableNode(GraphDefinitionError):
 
 class InvalidNodeOption(GraphDefinitionError):
     """A node or step decorator got an option it does not know or a value it cannot use."""
+
+
+class DuplicateVersion(GraphDefinitionError):
+    def __init__(self, graph: str, version: str) -> None:
+        super().__init__(
+            f"Graph {graph!r} already has a version {version!r} on this Durable; give the new "
+            "definition its own version= (versions of one graph live side by side, each "
+            "finishing the runs pinned to it)."
+        )
+
+
+class VersionClash(GraphDefinitionError):
+    """Two definitions claim one version of a graph with different structures."""
+
+    def __init__(self, graph: str, version: str, where: str, difference: str) -> None:
+        super().__init__(
+            f"Graph {graph!r} version {version!r} here has another structure than on {where} "
+            f"({difference}). Runs pinned to that version would take either path; give the "
+            "changed graph a new version= and keep the old one defined while its runs drain."
+        )
+
+
+class GraphVersionMissing(DurableError):
+    """A run's version is not deployed: no live worker (or not this process) defines it."""
+
+    def __init__(
+        self,
+        execution_id: str,
+        graph: str,
+        version: str,
+        deployed: Iterable[str],
+        difference: str | None = None,
+        where: str = "on any live worker",
+    ) -> None:
+        self.execution_id, self.graph, self.version = execution_id, graph, version
+        self.deployed = sorted(deployed)
+        differs = f"; {difference}" if difference else ""
+        super().__init__(
+            f"Execution {execution_id!r} is pinned to version {version!r} of graph {graph!r}, "
+            f"which is not defined {where} (deployed: {_listed(self.deployed)}){differs}. "
+            f"Deploy workers that still define version {version!r}, or move the run with "
+            f"`durable upgrade {execution_id} --version V` (Execution.upgrade())."
+        )
+
+
+class CannotUpgrade(DurableError):
+    def __init__(self, execution_id: str, version: str, detail: str) -> None:
+        super().__init__(
+            f"Cannot upgrade execution {execution_id!r} to version {version!r}: {detail}. "
+            "Nothing was changed."
+        )
 
 
 class UnknownGraph(DurableError):

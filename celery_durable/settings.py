@@ -58,6 +58,9 @@ class Settings(BaseModel):
     stale_after: PositiveFloat = 60.0
     """A running execution with no commit for this long and no live lease is re-dispatched by
     the recovery sweep."""
+    heartbeat: PositiveFloat = 10.0
+    """Seconds between a worker's heartbeats in the fleet's rows (which versions of which
+    graphs it serves); a worker silent for three heartbeats is taken for gone."""
     max_redeliveries: PositiveInt = 10
     """A node message redelivered more often fails its execution."""
     inline_nodes: NonNegativeInt = 16

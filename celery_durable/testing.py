@@ -27,6 +27,7 @@ from weakref import WeakKeyDictionary
 
 from celery import Celery
 from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
+from celery.signals import worker_shutdown
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
@@ -124,6 +125,8 @@ def in_process_worker(
             app.send_task(WAKE_TASK)
         thread.join(SHUTDOWN_TIMEOUT)
         worker_state.should_terminate = None
+        # As a worker process does on its way out: it leaves the fleet's rows, among others.
+        worker_shutdown.send(sender=worker)
         if thread.is_alive():
             raise RuntimeError(f"the in-process worker did not stop within {SHUTDOWN_TIMEOUT} s")
 

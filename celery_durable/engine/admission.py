@@ -40,7 +40,8 @@ def graph_scope(graph: str) -> str:
 def limits(runtime: Runtime) -> Limits:
     """Every scope the graphs declare: its max, and its ttl (None: held until the run ends)."""
     found: Limits = {}
-    for name, graph in runtime.graphs.items():
+    for graph in runtime.graphs.every():
+        name = graph.name
         if graph.concurrency is not None:
             found[graph_scope(name)] = (graph.concurrency.max, None)
         for node, shape in graph.nodes.items():

@@ -97,7 +97,7 @@ class Audited:
         return record, commit
 
     def _graph(self, record: ExecutionRecord) -> GraphShape:
-        return self.runtime.graph(record.graph)
+        return self.runtime.graph_of(record)
 
     def _dispatch_frontier(self, graph: GraphShape, execution_id: str, commit: Commit) -> None:
         """Dispatch what the commit left in flight (not what waits, or is held by a pause)."""

@@ -127,7 +127,7 @@ class CompensationRun(Attempt):
         prefix = f"{self.execution_id}.{self.name}.{self.visit}."
         children = self.runtime.store.children(self.execution_id, prefix)
         for child in sorted(children, key=lambda c: c.created_at, reverse=True):
-            graph = self.runtime.graphs.get(child.graph)
+            graph = self.runtime.graphs.at(child.graph, child.cursor.graph_version)
             undoable = graph is not None and any(
                 node.compensator is not None for node in graph.nodes.values()
             )

@@ -6,13 +6,18 @@ a node task reads the same definition for as long as the graph is not redefined,
 changed while runs are in flight gives a new definition, with a new fingerprint, rather than
 changing the one those runs read. The saga decisions read these through the protocols of
 ``saga/shape.py``, which they satisfy.
+
+A run is pinned to the version of its graph that started it: the version the graph declares,
+else a short form of its fingerprint, so that any change of structure is a new version and a
+change of node code alone is not. ``Catalog`` finds a run's definition by graph and version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -27,6 +32,8 @@ OnFailure = Literal["fail", "compensate", "intervene"]
 # While a node's breaker is open: wait in the database, or fail the attempt with CircuitOpen.
 WhenOpen = Literal["wait", "fail"]
 DEFAULT_MAX_VISITS = 1000
+# Hex digits of the fingerprint that name a version the graph does not declare.
+FINGERPRINT_VERSION_LENGTH = 12
 # An undo should not give up easily: it retries for a long time, backing off.
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(
     max_attempts=10, initial_delay=1.0, backoff=2.0, max_delay=60.0, jitter=True
@@ -92,26 +99,63 @@ class GraphDefinition:
     concurrency: Limit | None = None
     reducers: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     upgrader: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    declared_version: str | None = None
     fingerprint: str = field(init=False)
+    version: str = field(init=False)
 
     def __post_init__(self) -> None:
         for name in ("nodes", "edges", "joins", "branches", "reducers"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
-        object.__setattr__(self, "fingerprint", self._shape_hash())
+        fingerprint = hashlib.sha256(json.dumps(self.shape(), sort_keys=True).encode())
+        object.__setattr__(self, "fingerprint", fingerprint.hexdigest())
+        version = self.declared_version or self.fingerprint[:FINGERPRINT_VERSION_LENGTH]
+        object.__setattr__(self, "version", version)
 
     def validate(self) -> str:
         """The fingerprint: a definition is only ever taken of a graph that checked out."""
         return self.fingerprint
 
-    def _shape_hash(self) -> str:
-        # Stored with every execution: changing what goes in here, or how, makes every run
-        # in flight look like a run of another graph.
-        shape = {
+    def shape(self) -> dict[str, Any]:
+        """The structure a run's path depends on: nodes with the options that route or stop
+        it, edges, joins, branches' declared paths, the failure policy. Hashed into the
+        fingerprint, and kept by each worker (``durable versions``) so that two versions can
+        be compared; node code, retries and timeouts are not in it."""
+        return {
             "entry": self.entry_node,
-            "nodes": sorted(self.nodes),
+            "nodes": {name: _routing(node) for name, node in sorted(self.nodes.items())},
             "edges": {k: sorted(v) for k, v in sorted(self.edges.items())},
             "joins": {k: sorted(v) for k, v in sorted(self.joins.items())},
             "branches": {k: sorted(v[1] or ["*"]) for k, v in sorted(self.branches.items())},
             "on_failure": self.on_failure,
         }
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
+def _routing(node: NodeDefinition) -> dict[str, Any]:
+    """What of a node's options decides where its message goes and where the run stops."""
+    options: dict[str, Any] = {}
+    if node.queue is not None:
+        options["queue"] = node.queue
+    if node.interrupt_before:
+        options["interrupt_before"] = True
+    if node.interrupt_after:
+        options["interrupt_after"] = True
+    return options
+
+
+class Catalog(Mapping[str, GraphDefinition]):
+    """The graphs a process has, by name: each name's newest version (what new runs start
+    on), and through ``at`` every version registered side by side."""
+
+    @abstractmethod
+    def at(self, name: str, version: str | None) -> GraphDefinition | None:
+        """The definition of ``name`` at ``version`` here, or None; version None (a run
+        started before runs were pinned) is the newest."""
+
+    @abstractmethod
+    def versions(self, name: str) -> list[GraphDefinition]:
+        """Every version of ``name`` here, oldest registered first."""
+
+    def every(self) -> Iterator[GraphDefinition]:
+        """Every version of every graph."""
+        for name in self:
+            yield from self.versions(name)

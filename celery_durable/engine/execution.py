@@ -9,10 +9,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from celery_durable.engine import wakeups
+from celery_durable.engine.definition import GraphDefinition
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.repairs import Repairs
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.state import fit
+from celery_durable.engine.versions import Upgrades
 from celery_durable.errors import (
     Compensated,
     ExecutionCancelled,
@@ -67,6 +69,13 @@ class Execution:
         self._operations = Operations(runtime)
         self._repairs = Repairs(runtime)
 
+    def _graph(self, record: ExecutionRecord) -> GraphDefinition:
+        """The run's version where this process defines it, else the newest (for its state
+        model, which versions usually share)."""
+        return self.runtime.graphs.at(
+            record.graph, record.cursor.graph_version
+        ) or self.runtime.graph(record.graph)
+
     def refresh(self) -> ExecutionRecord:
         self._record = self.runtime.store.get_execution(self.id)
         return self._record
@@ -83,7 +92,13 @@ class Execution:
     @property
     def state(self) -> BaseModel:
         record = self.refresh()
-        return fit(self.runtime.graph(record.graph), record.state)[0]
+        return fit(self._graph(record), record.state)[0]
+
+    @property
+    def version(self) -> str | None:
+        """The version of its graph this run is pinned to (None: started before runs were
+        pinned; it runs on the newest)."""
+        return self.refresh().cursor.graph_version
 
     @property
     def error(self) -> ErrorRecord | None:
@@ -116,7 +131,7 @@ class Execution:
         if record.status != Status.SUCCEEDED:
             error = record.error or error_record(str(record.status), "run did not succeed")
             raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)
-        return fit(self.runtime.graph(record.graph), record.state)[0]
+        return fit(self._graph(record), record.state)[0]
 
     def history(self) -> list[Checkpoint]:
         """Every checkpoint, oldest first: the start, node visits, steps, failures. One whose
@@ -128,7 +143,7 @@ class Execution:
         record = self.refresh()
         nodes = self.runtime.store.list(self.id, kinds=[Kind.START, Kind.NODE], contain=True)
         done_names = {cp.node for cp in nodes if cp.kind == Kind.NODE}
-        graph = self.runtime.graphs.get(record.graph)
+        graph = self.runtime.graphs.at(record.graph, record.cursor.graph_version)
         current = [name for name, _ in record.cursor.frontier]
         if record.status == Status.SUCCEEDED or graph is None:
             total = len(done_names) + len(set(current) - done_names)
@@ -204,6 +219,14 @@ class Execution:
         """Run a failed execution again from its failure point, with fresh attempts; or resume
         a compensation that needs intervention where it stopped."""
         self._operations.retry(self.id, by=by, reason=reason)
+
+    def upgrade(
+        self, version: str | None = None, *, by: str | None = None, reason: str | None = None
+    ) -> str:
+        """Move this run onto ``version`` of its graph (default: the newest defined here);
+        returns it. Audited; refused while a node of the run is running or when it is at a
+        node the target does not have. Its children keep their own versions."""
+        return Upgrades(self.runtime).upgrade(self.id, version, by=by, reason=reason)
 
     def restart_from(
         self, checkpoint: Checkpoint | int, *, by: str | None = None, reason: str | None = None

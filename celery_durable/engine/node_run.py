@@ -265,7 +265,7 @@ class NodeRun(Attempt):
             and self.depth < self.runtime.settings.inline_nodes
             and time.monotonic() - self.since < INLINE_SECONDS
             and self.runtime.dispatcher.may_inline(
-                self.graph.name, self.name, ready[0][0], self.base.cursor.queue
+                self.graph, self.name, ready[0][0], self.base.cursor.queue
             )
         )
 

@@ -3,8 +3,8 @@
 It dispatches retries whose due time has come (long delays wait in the database, not in the
 broker), and re-dispatches running executions that made no progress for ``stale_after`` and
 hold no live lease: a commit whose publish was lost, a message the broker dropped. Duplicate
-dispatches are harmless: a node visit commits once. Runs of an older graph definition whose
-next node no longer exists are stopped as needs_intervention, never silently stranded.
+dispatches are harmless: a node visit commits once. A run pinned to a version no live worker
+serves is stopped as needs_intervention (engine/versions.py), never silently stranded.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from celery_durable.engine import admission, wakeups
+from celery_durable.engine import admission, versions, wakeups
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import DuplicateCheckpoint, VersionConflict
@@ -150,12 +151,16 @@ def _retry(runtime: Runtime, due: VisitRecord, now: datetime) -> bool:
 
 
 def _due_run(runtime: Runtime, due: VisitRecord) -> tuple[str, ExecutionRecord, Base] | None:
-    """The live run of a due row, if this process knows its graph and node."""
+    """The live run of a due row, if this process knows its graph and, where it defines the
+    run's version, its node. A version defined elsewhere is sent by name all the same: a
+    worker that has it takes it (tasks/forwarding.py)."""
     record = _live(runtime, due.execution_id)
-    graph = runtime.graphs.get(record.graph) if record else None
-    if record is None or graph is None or due.node not in graph.nodes:
+    if record is None or record.graph not in runtime.graphs:
         return None
-    return graph.name, record, Base.of(record)
+    graph = runtime.graphs.at(record.graph, record.cursor.graph_version)
+    if graph is not None and due.node not in graph.nodes:
+        return None
+    return record.graph, record, Base.of(record)
 
 
 def _live(runtime: Runtime, execution_id: str) -> ExecutionRecord | None:
@@ -168,10 +173,19 @@ def _live(runtime: Runtime, execution_id: str) -> ExecutionRecord | None:
 
 
 def _heal(runtime: Runtime, record: ExecutionRecord, now: datetime, report: RecoveryReport) -> None:
-    graph = runtime.graphs.get(record.graph)
-    if graph is None:
+    if record.graph not in runtime.graphs:
         return  # Another deployment's graph: its own workers will sweep it.
     base = Base.of(record)
+    version = base.cursor.graph_version
+    graph = runtime.graphs.at(record.graph, version)
+    if graph is None:
+        assert version is not None
+        # Its workers sweep it; with none live, it stops for an operator.
+        if not runtime.fleet.serving(record.graph, version, None):
+            node = next((name for name, _ in base.cursor.frontier), "")
+            if versions.stop_missing(runtime, record.id, record.graph, version, node):
+                report.stranded += 1
+        return
     missing = sorted({name for name, _ in base.cursor.frontier if name not in graph.nodes})
     if missing:
         _strand(runtime, record, missing)
@@ -197,6 +211,8 @@ def _heal(runtime: Runtime, record: ExecutionRecord, now: datetime, report: Reco
 
 
 def _strand(runtime: Runtime, record: ExecutionRecord, missing: list[str]) -> None:
+    """A run started before runs were pinned to versions, whose next node the newest
+    version does not have."""
     message = (
         f"this run's next node(s) {', '.join(missing)} no longer exist in graph "
         f"{record.graph!r} (its definition changed since the run started); deploy a "
@@ -226,10 +242,14 @@ class RecoveryLoop:
         self.runtime = runtime
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, beat: Callable[[], None] | None = None) -> None:
+        """``beat``: called on every tick too (the worker's heartbeat, which keeps its own
+        pace)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self._beat = beat
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="durable-recovery", daemon=True)
         self._thread.start()
@@ -243,6 +263,8 @@ class RecoveryLoop:
         while not self._stop.is_set():
             full = time.monotonic() >= next_sweep
             try:
+                if self._beat is not None:
+                    self._beat()
                 if full:
                     sweep(self.runtime)
                 else:

@@ -61,7 +61,7 @@ class Repairs(Audited):
         record = self.runtime.store.get_execution(execution_id)
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
         graph = self._graph(record)
-        cursor = _renumbered(checkpoint.cursor, Cursor())
+        cursor = _renumbered(checkpoint.cursor, Cursor(graph_version=record.cursor.graph_version))
         interrupt(graph, cursor, cursor.frontier)
         new_id = new_id or uuid.uuid4().hex
         meta = {
@@ -176,7 +176,8 @@ class Repairs(Audited):
 
 
 def _renumbered(target: Cursor, current: Cursor) -> Cursor:
-    """``target``'s position with visit numbers past every visit made so far."""
+    """``target``'s position with visit numbers past every visit made so far, on the
+    version of the graph the run is on now."""
     visits = dict(current.visits)
     frontier = []
     for name, _ in target.frontier:
@@ -188,4 +189,5 @@ def _renumbered(target: Cursor, current: Cursor) -> Cursor:
         joins=dict(target.joins),
         queue=target.queue,
         parent=current.parent,
+        graph_version=current.graph_version,
     )

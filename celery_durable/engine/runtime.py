@@ -7,17 +7,18 @@ Celery side (``tasks.dispatch``) implements.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery_durable.engine.base import Base
-from celery_durable.engine.definition import GraphDefinition
+from celery_durable.engine.definition import Catalog, GraphDefinition
+from celery_durable.engine.fleet import Fleet
 from celery_durable.engine.flow_control import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
-from celery_durable.errors import StateTooLarge, UnknownGraph
+from celery_durable.errors import GraphVersionMissing, StateTooLarge, UnknownGraph
 from celery_durable.hooks import Hooks
-from celery_durable.model.records import ErrorRecord
+from celery_durable.model.records import ErrorRecord, ExecutionRecord
 from celery_durable.model.wait import Visit
 from celery_durable.persistence import codec
 from celery_durable.persistence.event_log import EventLog
@@ -74,7 +75,9 @@ class Dispatcher(Protocol):
         cannot be built is reported when it is sent."""
         ...
 
-    def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:
+    def may_inline(
+        self, graph: GraphDefinition, here: str, there: str, run_queue: str | None
+    ) -> bool:
         """Whether ``there`` may run in the task that ran ``here``, instead of a message."""
         ...
 
@@ -92,15 +95,31 @@ class Runtime:
     dispatcher: Dispatcher
     hooks: Hooks
     settings: Settings
-    graphs: Mapping[str, GraphDefinition]
+    graphs: Catalog
     flow: FlowControl
     announcer: Announcer
+    fleet: Fleet
 
     def graph(self, name: str) -> GraphDefinition:
+        """The newest version of ``name``: what new runs start on."""
         try:
             return self.graphs[name]
         except KeyError:
             raise UnknownGraph(name, sorted(self.graphs)) from None
+
+    def graph_of(self, record: ExecutionRecord) -> GraphDefinition:
+        """The definition a run is pinned to, as this process defines it; refused with
+        GraphVersionMissing where this process does not define that version."""
+        version = record.cursor.graph_version
+        found = self.graphs.at(record.graph, version)
+        if found is None:
+            self.graph(record.graph)
+            assert version is not None
+            deployed = [g.version for g in self.graphs.versions(record.graph)]
+            raise GraphVersionMissing(
+                record.id, record.graph, version, deployed, where="in this process"
+            )
+        return found
 
     def state_json(self, state: dict[str, Any]) -> str:
         """The state as the store writes it (canonical JSON), refused if over max_state_bytes."""

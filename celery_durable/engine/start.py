@@ -111,7 +111,9 @@ def _entry(
     state = dump(graph.name, validate(graph.name, graph.state, input))
     state_json = runtime.state_json(state)
     assert graph.entry_node is not None
-    cursor = Cursor.start(graph.entry_node, options.queue, options.parent, options.priority)
+    cursor = Cursor.start(
+        graph.entry_node, options.queue, options.parent, options.priority, graph.version
+    )
     go = interrupt(graph, cursor, cursor.frontier)
     base = Base(0, state, cursor, cursor.settled())
     return _Entry(options.execution_id or uuid.uuid4().hex, base, go, state_json)

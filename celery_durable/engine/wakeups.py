@@ -108,7 +108,7 @@ def _woken(
     del cursor.waits[key]
     woken = [(wait.node, wait.visit)]
     if wait.slot == AFTER:
-        woken = interrupt(runtime.graph(record.graph), cursor, list(wait.ready))
+        woken = interrupt(runtime.graph_of(record), cursor, list(wait.ready))
     paused = record.status == Status.PAUSED
     if paused:
         cursor.held.extend(woken)

@@ -16,7 +16,12 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Unpack, overload
 from pydantic import BaseModel
 
 from celery_durable.constants import TASK_PREFIX
-from celery_durable.engine.definition import GraphDefinition, NodeDefinition, OnFailure
+from celery_durable.engine.definition import (
+    Catalog,
+    GraphDefinition,
+    NodeDefinition,
+    OnFailure,
+)
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.start import StartKeywords
 from celery_durable.engine.state import reducers
@@ -127,11 +132,14 @@ class Graph:
         state: type[BaseModel],
         on_failure: OnFailure = "fail",
         concurrency: Limit | None = None,
+        version: str | None = None,
     ) -> None:
-        check_graph(name, state, on_failure, concurrency)
+        check_graph(name, state, on_failure, concurrency, version)
         self.owner = owner
         self.name = name
         self.state = state
+        # The version runs started on this definition are pinned to; None: the fingerprint's.
+        self.declared_version = version
         self.on_failure: OnFailure = on_failure
         # Running executions per key (engine/admission.py): taken at the entry node, held to
         # the end.
@@ -253,6 +261,12 @@ class Graph:
         """Check the whole graph; returns its fingerprint (recorded on every execution)."""
         return self.definition().fingerprint
 
+    @property
+    def version(self) -> str:
+        """The version runs started here are pinned to: the declared one, else the
+        fingerprint's first digits (so any change of structure is a new version)."""
+        return self.definition().version
+
     def _take(self) -> GraphDefinition:
         if not self.nodes:
             raise GraphDefinitionError(f"Graph {self.name!r} has no nodes.")
@@ -273,6 +287,7 @@ class Graph:
             concurrency=self.concurrency,
             reducers=self.reducers,
             upgrader=self.upgrader,
+            declared_version=self.declared_version,
         )
 
     def _reachable(self, start: str) -> set[str]:
@@ -326,7 +341,8 @@ class Graph:
         )
 
     def __repr__(self) -> str:
-        return f"<Graph {self.name} nodes={list(self.nodes)}>"
+        version = f" version={self.declared_version}" if self.declared_version else ""
+        return f"<Graph {self.name}{version} nodes={list(self.nodes)}>"
 
 
 class Saga(Graph):
@@ -335,9 +351,16 @@ class Saga(Graph):
     ``@step.compensation`` says how to undo it."""
 
     def __init__(
-        self, owner: Owner, name: str, state: type[BaseModel], concurrency: Limit | None = None
+        self,
+        owner: Owner,
+        name: str,
+        state: type[BaseModel],
+        concurrency: Limit | None = None,
+        version: str | None = None,
     ) -> None:
-        super().__init__(owner, name, state, on_failure="compensate", concurrency=concurrency)
+        super().__init__(
+            owner, name, state, on_failure="compensate", concurrency=concurrency, version=version
+        )
         self._last: str | None = None
 
     # A step is a node; what makes it a step is _added() chaining it after the last one.
@@ -351,21 +374,22 @@ class Saga(Graph):
         self._last = node.name
 
 
-class Definitions(Mapping[str, GraphDefinition]):
-    """The runtime's view of a Durable's graphs, by name: each one's current definition.
+class Definitions(Catalog):
+    """The runtime's view of a Durable's graphs: by name the newest version, by name and
+    version each one registered side by side.
 
     Live, so a graph defined or changed after the runtime was built is seen; cheap, since a
-    node task looks its graph up here for every message (a graph keeps its definition until
-    it changes).
+    node task looks its run's version up here for every message (a graph keeps its
+    definition until it changes, and a name has one or a few versions).
     """
 
     __slots__ = ("_graphs",)
 
-    def __init__(self, graphs: Mapping[str, Graph]) -> None:
+    def __init__(self, graphs: Mapping[str, Sequence[Graph]]) -> None:
         self._graphs = graphs
 
     def __getitem__(self, name: str) -> GraphDefinition:
-        return self._graphs[name].definition()
+        return self._graphs[name][-1].definition()
 
     def __contains__(self, name: object) -> bool:
         # Without this, Mapping would take (and check) the definition to answer.
@@ -376,3 +400,17 @@ class Definitions(Mapping[str, GraphDefinition]):
 
     def __len__(self) -> int:
         return len(self._graphs)
+
+    def at(self, name: str, version: str | None) -> GraphDefinition | None:
+        graphs = self._graphs.get(name)
+        if not graphs:
+            return None
+        if version is None:
+            return graphs[-1].definition()
+        for graph in graphs:
+            if (taken := graph.definition()).version == version:
+                return taken
+        return None
+
+    def versions(self, name: str) -> list[GraphDefinition]:
+        return [graph.definition() for graph in self._graphs.get(name, ())]

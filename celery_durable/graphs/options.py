@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
@@ -53,8 +54,21 @@ def arity(fn: Callable[..., Any], name: str) -> int:
     return len(params)
 
 
-def check_graph(name: str, state: object, on_failure: object, concurrency: object) -> None:
+# A version goes into queue names (tasks/forwarding.py) and command lines: kept plain.
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_graph(
+    name: str, state: object, on_failure: object, concurrency: object, version: object = None
+) -> None:
     """A graph's own options, refused where ``durable.graph(...)`` is called."""
+    if version is not None and not (
+        isinstance(version, str) and VERSION_PATTERN.fullmatch(version)
+    ):
+        raise GraphDefinitionError(
+            f"Graph {name!r}: version= takes up to 64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit; got {version!r}."
+        )
     if not (isinstance(state, type) and issubclass(state, BaseModel)):
         raise GraphDefinitionError(
             f"Graph {name!r}: state= must be a pydantic BaseModel subclass, got {state!r}."

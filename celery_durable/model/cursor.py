@@ -37,6 +37,9 @@ class Cursor:
     parent: str | None = None
     # The message priority (0-9) of every node of the run, on queues declared with one.
     priority: int | None = None
+    # The version of its graph the run is pinned to (None: started before runs were pinned).
+    # Carried by every message, so a worker knows which definition to run without a read.
+    graph_version: str | None = None
 
     @classmethod
     def start(
@@ -45,6 +48,7 @@ class Cursor:
         queue: str | None = None,
         parent: str | None = None,
         priority: int | None = None,
+        graph_version: str | None = None,
     ) -> Cursor:
         return cls(
             frontier=[(entry, 1)],
@@ -52,6 +56,7 @@ class Cursor:
             queue=queue,
             parent=parent,
             priority=priority,
+            graph_version=graph_version,
         )
 
     @classmethod
@@ -66,6 +71,7 @@ class Cursor:
             waits={k: Wait.from_json(w) for k, w in data.get("waits", {}).items()},
             parent=data.get("parent"),
             priority=data.get("priority"),
+            graph_version=data.get("graph_version"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +92,8 @@ class Cursor:
             data["parent"] = self.parent
         if self.priority is not None:
             data["priority"] = self.priority
+        if self.graph_version is not None:
+            data["graph_version"] = self.graph_version
         return data
 
     def copy(self) -> Cursor:

@@ -48,6 +48,8 @@ class CheckpointRow(TypedDict):
     checksum: str
     # The execution row's own checksum after this write (codec.row_checksum).
     row_checksum: str
+    # The graph version the run is pinned to after this write (its cursor's).
+    graph_version: str | None
     now: datetime
 
 

@@ -27,8 +27,8 @@ _ADVANCE = f"""
 WITH advanced AS (
     UPDATE {EXECUTIONS_TABLE}
        SET state = :state, cursor = :cursor, status = :status, error = :error,
-           version = :seq, updated_at = :now, finished_at = :finished_at,
-           checksum = :row_checksum
+           graph_version = :graph_version, version = :seq, updated_at = :now,
+           finished_at = :finished_at, checksum = :row_checksum
      WHERE id = :execution_id AND version = :expected_version {{fence}}
  RETURNING {{returning}}
 )
@@ -80,10 +80,10 @@ START = Prepared(
     text(f"""
 WITH created AS (
     INSERT INTO {EXECUTIONS_TABLE}
-           (id, graph, fingerprint, status, version, state, cursor, error,
+           (id, graph, fingerprint, graph_version, status, version, state, cursor, error,
             created_at, updated_at, finished_at, parent_id, checksum)
-    VALUES (:execution_id, :graph, :fingerprint, :status, 0, :state, :cursor, NULL,
-            :now, :now, NULL, :parent_id, :row_checksum)
+    VALUES (:execution_id, :graph, :fingerprint, :graph_version, :status, 0, :state, :cursor,
+            NULL, :now, :now, NULL, :parent_id, :row_checksum)
     ON CONFLICT (id) DO NOTHING
  RETURNING id
 )

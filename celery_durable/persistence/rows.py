@@ -144,6 +144,7 @@ def start_row(
         "execution_id": execution_id,
         "graph": graph,
         "fingerprint": fingerprint,
+        "graph_version": cursor.graph_version,
         "status": str(status),
         "parent_id": parent_id,
         "state": sealer.seal(state_text, execution_id),
@@ -198,6 +199,7 @@ def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
             meta_text,
         ),
         "cursor": cursor_text,
+        "graph_version": commit.cursor.graph_version,
         "status": str(commit.status),
         "error": error_text,
         "row_checksum": codec.row_checksum(

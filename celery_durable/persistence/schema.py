@@ -27,6 +27,7 @@ from sqlalchemy import (
 from celery_durable.constants import (
     BREAKERS_TABLE,
     CHECKPOINTS_TABLE,
+    DEPLOYMENTS_TABLE,
     EVENTS_TABLE,
     EXECUTIONS_TABLE,
     NODE_VISITS_TABLE,
@@ -80,10 +81,15 @@ executions = Table(
     Column("parent_id", String(ID_LENGTH), nullable=True),
     # codec.row_checksum of the row as written; NULL for rows written before revision 0005.
     Column("checksum", String(64), nullable=True),
+    # The version of its graph the run is pinned to, as its cursor says (every commit writes
+    # both); NULL for runs started before revision 0006, which run on the newest version.
+    Column("graph_version", String(64), nullable=True),
     # No index holds updated_at, state, cursor or version, the columns every node commit
     # changes: PostgreSQL can then update the row in place (HOT), with no index writes.
     Index(None, "status"),
     Index(None, "graph", "status"),
+    # Runs per version (durable versions, the metrics): what tells an old version drained.
+    Index(None, "graph", "graph_version", "status"),
     Index(None, "parent_id"),
     # The web view's pages, newest first, whole or by status (keyset on created_at, id).
     Index(None, "created_at", "id"),
@@ -204,4 +210,20 @@ slot_queue = Table(
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("scope", "key", "execution_id", "node", "visit"),
     Index(None, "scope", "key", "id"),
+)
+
+# What each worker serves: one row per (worker, graph, version), its structure (to compare
+# versions) and the routing keys it consumes, kept alive by the worker's heartbeat.
+deployments = Table(
+    DEPLOYMENTS_TABLE,
+    metadata,
+    Column("worker", String(NAME_LENGTH), nullable=False),
+    Column("graph", String(NAME_LENGTH), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("shape", Text, nullable=False),
+    Column("routing_keys", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("worker", "graph", "version"),
 )

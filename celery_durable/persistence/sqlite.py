@@ -122,7 +122,9 @@ def _save(engines: Engines, advance: Advance, *, fenced: bool) -> bool:
             update(executions)
             .where(condition)
             .values(
-                **_pick(advance, "state", "cursor", "status", "error", "finished_at"),
+                **_pick(
+                    advance, "state", "cursor", "graph_version", "status", "error", "finished_at"
+                ),
                 version=advance["seq"],
                 updated_at=advance["now"],
                 checksum=advance["row_checksum"],
@@ -144,7 +146,11 @@ def _start(engines: Engines, start: Start) -> bool:
             return False
         conn.execute(
             insert(executions).values(
-                **_pick(start, "graph", "fingerprint", "status", "state", "cursor", "parent_id"),
+                **_pick(
+                    start,
+                    *("graph", "fingerprint", "graph_version", "status", "state", "cursor"),
+                    "parent_id",
+                ),
                 id=start["execution_id"],
                 version=0,
                 error=None,

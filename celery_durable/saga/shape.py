@@ -64,6 +64,11 @@ class GraphShape(Protocol):
         """The graph's state upgrade hook, if it has one."""
         ...
 
+    @property
+    def version(self) -> str:
+        """The version runs started on this definition are pinned to."""
+        ...
+
     def validate(self) -> str:
         """The graph's fingerprint, once the whole definition checks out."""
         ...

@@ -10,14 +10,15 @@ this thread holds (``tasks.producer``). A countdown (a retry's delay) always goe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
+from celery_durable.constants import TASK_PREFIX
 from celery_durable.engine.base import Base
-from celery_durable.engine.definition import GraphDefinition, NodeDefinition
+from celery_durable.engine.definition import Catalog, GraphDefinition, NodeDefinition
 from celery_durable.tasks.message import Address, Message, build, task_id
 from celery_durable.tasks.producer import HeldProducer
 from celery_durable.tasks.routing import Routes
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 class CeleryDispatcher:
     """The engine's Dispatcher on a Celery app."""
 
-    def __init__(self, app: Celery, graphs: Mapping[str, GraphDefinition]) -> None:
+    def __init__(self, app: Celery, graphs: Catalog) -> None:
         self.app = app
         self.graphs = graphs
         self.routes = Routes(app)
@@ -61,14 +62,15 @@ class CeleryDispatcher:
         message = Message(execution_id, visit, base)
         return self._publication(self._address(graph, node, message, False), message)
 
-    def may_inline(self, graph: str, here: str, there: str, run_queue: str | None) -> bool:
+    def may_inline(
+        self, graph: GraphDefinition, here: str, there: str, run_queue: str | None
+    ) -> bool:
         """Only where ``there``'s message would go where ``here``'s went (node queues, the
         run's queue, the app's task_routes; never where a route may read the message) and no
         Celery time or rate limit applies to either task (a node's ``timeout=`` is enforced
         per node by the engine, not by Celery): inline, a limit would cover several nodes or
         be skipped."""
-        nodes = self.graphs[graph].nodes
-        first, second = nodes[here], nodes[there]
+        first, second = graph.nodes[here], graph.nodes[there]
         if not (self._unlimited(first) and self._unlimited(second)):
             return False
         went = self.routes.destination(first.task_name, first.queue or run_queue)
@@ -85,10 +87,18 @@ class CeleryDispatcher:
             self.app.control.revoke(ids)
 
     def _address(self, graph: str, node: str, message: Message, compensation: bool) -> Address:
-        target = self.graphs[graph].nodes[node]
+        """The node of the run's own version; where this process does not define that version
+        (an operator's command run from newer code), its task by name on the run's queue: a
+        worker that has the version takes it from there (tasks/forwarding.py)."""
+        cursor = message.base.cursor
+        definition = self.graphs.at(graph, cursor.graph_version)
+        target = definition.nodes.get(node) if definition is not None else None
+        if target is None:
+            name = f"{TASK_PREFIX}.{graph}.{node}"
+            name = f"{name}.compensate" if compensation else name
+            return Address(name, cursor.queue, message.task_id(node, compensation))
         name = target.compensation_task_name if compensation else target.task_name
-        queue = target.queue or message.base.cursor.queue
-        return Address(name, queue, message.task_id(node, compensation))
+        return Address(name, target.queue or cursor.queue, message.task_id(node, compensation))
 
     def _publication(self, address: Address, message: Message) -> Publication:
         """Building fails only where sending would (an unknown route): then the message goes

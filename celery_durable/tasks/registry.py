@@ -24,6 +24,7 @@ from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import UnsafeSerializer
 from celery_durable.faults import SimulatedCrash
 from celery_durable.graphs.builder import Node
+from celery_durable.tasks.forwarding import elsewhere
 from celery_durable.tasks.inline_events import InlineEvents
 from celery_durable.tasks.message import Message
 
@@ -79,10 +80,13 @@ class NodeTasks:
 
         def body(task: Any, execution_id: str, visit: int, **kwargs: Any) -> str:
             message = Message.read(execution_id, visit, kwargs)
+            definition = graphs.at(graph, message.base.cursor.graph_version)
+            if definition is None:
+                return elsewhere(self.app, self.runtime, task.request, graph, name, message)
             delivery = task.request.delivery_info or {}
             run: Attempt | None = kind(
                 self.runtime,
-                graphs[graph],
+                definition,
                 name,
                 execution_id,
                 visit,

@@ -17,6 +17,7 @@ import celery_durable
 from celery_durable import Durable, RetryPolicy
 from celery_durable.engine.definition import GraphDefinition
 from celery_durable.errors import (
+    DuplicateVersion,
     DuplicateNode,
     GraphDefinitionError,
     InvalidNodeOption,
@@ -156,12 +157,14 @@ def test_node_options_are_checked_when_applied(durable: Durable) -> None:
         g.node(lambda a, b, c: None)
 
 
-def test_state_must_be_a_pydantic_model_and_graph_names_unique(durable: Durable) -> None:
+def test_state_must_be_a_pydantic_model_and_declared_versions_unique(durable: Durable) -> None:
     with pytest.raises(GraphDefinitionError, match="BaseModel"):
         durable.graph("bad", state=dict)  # type: ignore[arg-type]
-    durable.graph("taken", state=S)
-    with pytest.raises(GraphDefinitionError, match="already defined"):
-        durable.graph("taken", state=S)
+    durable.graph("taken", state=S, version="1")
+    with pytest.raises(DuplicateVersion, match="already has a version '1'"):
+        durable.graph("taken", state=S, version="1")
+    with pytest.raises(GraphDefinitionError, match="version= takes"):
+        durable.graph("taken", state=S, version="1 beta")
 
 
 def test_fingerprint_changes_with_the_shape(durable: Durable) -> None:
@@ -362,12 +365,13 @@ def _pinned_graphs(durable: Durable) -> dict[str, Graph]:
 
 
 def test_the_fingerprint_is_the_one_runs_in_the_database_store(durable: Durable) -> None:
-    # Computed by validate() before definitions were frozen data: a different fingerprint
-    # for the same graph would make every run in flight look like a run of another graph.
+    # A graph without version= is versioned by its fingerprint: a different fingerprint for
+    # the same graph would pin every new run to a version no worker of the old code has.
+    # (Runs started before versions, schema 0006, carry none and run on the newest.)
     pinned = {
-        "plain": "9e6ee009d065d3b1bee7cba09975b663455300ff4e93acd0adc43f0d75474701",
-        "branch": "b14674edc3d40983ed837d7f5d158d0e9b2f0acfc2c6f4630fdd28907dcee7ba",
-        "saga": "9f3e4ad9f3ca5fa8874abb18dcefa98fc59e16509372d7e6786441b446d2407a",
+        "plain": "3524a22b10242383448f9f2db73754ab15d1440a792a24111fe8b92f69478a67",
+        "branch": "ba065eff644bad413136a04da831fc268614c3564845cc2d498feb08e213aee2",
+        "saga": "c95638293dcbe283c6de56faa8bdeb77c5558d1b629f78b2af30bcebe3f9e81e",
     }
     graphs = _pinned_graphs(durable)
     assert {name: g.validate() for name, g in graphs.items()} == pinned
@@ -375,10 +379,11 @@ def test_the_fingerprint_is_the_one_runs_in_the_database_store(durable: Durable)
 
 
 def test_definitions_are_a_live_view_of_the_graphs(durable: Durable) -> None:
-    graphs: dict[str, Graph] = {}
+    graphs: dict[str, list[Graph]] = {}
     definitions = Definitions(graphs)
     assert "late" not in definitions
-    graphs["late"] = g = _chain(durable, "late", "a")
+    g = _chain(durable, "late", "a")
+    graphs["late"] = [g]
     taken = definitions["late"]
     assert isinstance(taken, GraphDefinition)
     assert definitions["late"] is taken
@@ -392,7 +397,7 @@ def test_definitions_are_a_live_view_of_the_graphs(durable: Durable) -> None:
 def test_membership_does_not_check_a_broken_graph(durable: Durable) -> None:
     broken = durable.graph("no_entry", state=S)
     broken.node(lambda s: None, name="a")
-    definitions = Definitions({"no_entry": broken})
+    definitions = Definitions({"no_entry": [broken]})
     assert "no_entry" in definitions
     with pytest.raises(NoEntry):
         definitions["no_entry"]

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from celery_durable import Context, Durable, NeedsIntervention, RetryPolicy, Status
 from celery_durable.engine.recovery import RecoveryReport, sweep
-from celery_durable.errors import UnknownNode
+from celery_durable.errors import CannotUpgrade, GraphVersionMissing
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit, utcnow
 from celery_durable.testing import embedded_app, in_process_worker
@@ -191,11 +191,11 @@ def test_a_run_that_is_progressing_is_not_redispatched(fast: Durable) -> None:
 # -- (c) an old definition whose next node is gone ----------------------------------------
 
 
-def test_a_run_whose_next_node_no_longer_exists_needs_intervention(
+def test_a_run_whose_version_no_live_worker_serves_needs_intervention(
     fast: Durable, sqlite_url: str
 ) -> None:
     # Version 1 routes a -> legacy; legacy's queue has no consumer, so the run stops there
-    # when version 2, which replaced legacy by modern, is deployed on the same database.
+    # when only version 2, which replaced legacy by modern, is deployed on the same database.
     v1 = fast.graph("order", state=Flow)
 
     @v1.node
@@ -211,6 +211,7 @@ def test_a_run_whose_next_node_no_longer_exists_needs_intervention(
     with in_process_worker(fast):
         run = v1.delay()
         wait_for(lambda: fast.store.get_execution(run.id).cursor.frontier == [("legacy", 1)], 5.0)
+    assert run.version == v1.version
 
     v2 = Durable(embedded_app("deploy-v2"), database_url=sqlite_url, stale_after=STALE_AFTER)
     try:
@@ -219,7 +220,7 @@ def test_a_run_whose_next_node_no_longer_exists_needs_intervention(
         g2.node(lambda s: {"path": s.path + "m"}, name="modern")
         g2.entry("a")
         g2.edge("a", "modern")
-        assert g2.validate() != v1.validate()
+        assert g2.version != v1.version
         time.sleep(STALE_AFTER + 0.1)
         report = v2.recover()
         assert report.stranded == 1 and report.redispatched == 0
@@ -227,14 +228,19 @@ def test_a_run_whose_next_node_no_longer_exists_needs_intervention(
         assert stuck.status == Status.NEEDS_INTERVENTION
         with pytest.raises(NeedsIntervention) as raised:
             stuck.wait(timeout=1)
-        assert "legacy" in raised.value.error["message"]
-        assert raised.value.error["node"] == "legacy"
+        error = raised.value.error
+        assert error["type"] == "GraphVersionMissing" and error["node"] == "legacy"
+        assert f"version {v1.version!r}" in error["message"]
+        assert f"deployed: {g2.version}" in error["message"]
+        assert "durable upgrade" in error["message"]
         last = stuck.history()[-1]
         assert (last.kind, last.node) == ("intervention", "legacy")
-        version = stuck.refresh().version
-        with pytest.raises(UnknownNode):
-            stuck.retry()  # the node is still missing: nothing changes
-        assert stuck.refresh().version == version
+        row_version = stuck.refresh().version
+        with pytest.raises(GraphVersionMissing):
+            stuck.retry()  # this process does not define version 1: nothing changes
+        with pytest.raises(CannotUpgrade, match="legacy"):
+            stuck.upgrade(by="ops")  # version 2 has no node legacy
+        assert stuck.refresh().version == row_version
         assert v2.recover().stranded == 0  # stranded once, not again on every sweep
     finally:
         v2.db.dispose()

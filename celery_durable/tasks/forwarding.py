@@ -1,0 +1,75 @@
+"""Sending a visit on to a worker that has its run's version.
+
+During a rolling deploy old and new workers consume one queue, so a visit can reach a worker
+that does not define the version its run is pinned to. Each worker therefore also consumes
+one queue per (routing key it consumes, version it serves), named by ``version_queue``: a
+worker that lacks a visit's version publishes it there, where only workers that have the
+version (and consume the visit's routing key) take it. It is a new message, not a
+redelivery: nothing loops, and no poison count grows. When no live worker has the version,
+the run stops for an operator instead (engine/versions.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from celery_durable.engine import versions
+from celery_durable.engine.definition import GraphDefinition
+from celery_durable.engine.runtime import Runtime
+from celery_durable.tasks.message import Message
+
+logger = logging.getLogger(__name__)
+
+
+def version_queue(routing_key: str, graph: str, version: str) -> str:
+    """The queue of ``routing_key``'s visits of ``graph``'s runs pinned to ``version``."""
+    return f"{routing_key}:{graph}@{version}"
+
+
+def consume_versions(app: Celery, definitions: list[GraphDefinition]) -> list[str]:
+    """Make this worker consume the version queue of each routing key it consumes and each
+    version it serves; returns those routing keys (what the fleet's rows record). Called
+    once the worker selected its queues (worker_init), before it starts consuming."""
+    queues = app.amqp.queues
+    keys = sorted({q.routing_key or q.name for q in list(queues.consume_from.values())})
+    for key in keys:
+        for definition in definitions:
+            queues.select_add(version_queue(key, definition.name, definition.version))
+    return keys
+
+
+def elsewhere(
+    app: Celery,
+    runtime: Runtime,
+    request: Any,
+    graph: str,
+    node: str,
+    message: Message,
+) -> str:
+    """A visit whose version this worker lacks: on to a live worker that has it on the
+    message's routing key, or, with none, the run stops as needs_intervention."""
+    version = message.base.cursor.graph_version
+    assert version is not None, "a run without a version runs on the newest, always defined"
+    key = (request.delivery_info or {}).get("routing_key") or app.conf.task_default_queue
+    if runtime.fleet.serving(graph, version, key):
+        app.send_task(
+            request.task,
+            args=request.args,
+            kwargs=request.kwargs,
+            task_id=request.id,
+            queue=version_queue(key, graph, version),
+            priority=message.base.cursor.priority,
+            serializer="json",
+        )
+        logger.info(
+            "%s: version %s of %s is not defined here; sent on to the workers that serve it",
+            request.id,
+            version,
+            graph,
+        )
+        return "forwarded"
+    versions.stop_missing(runtime, message.execution_id, graph, version, node)
+    return "version missing"
