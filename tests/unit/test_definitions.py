@@ -17,8 +17,8 @@ import celery_durable
 from celery_durable import Durable, RetryPolicy
 from celery_durable.engine.definition import GraphDefinition
 from celery_durable.errors import (
-    DuplicateVersion,
     DuplicateNode,
+    DuplicateVersion,
     GraphDefinitionError,
     InvalidNodeOption,
     NoEntry,
