@@ -45,7 +45,7 @@ from celery_durable.model.records import (
 )
 from celery_durable.persistence import migrate
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.deployments import Deployments
+from celery_durable.persistence.deployments import Deployment, Deployments
 from celery_durable.persistence.event_log import EventLog
 from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
 from celery_durable.persistence.gauges import ExecutionGauges
@@ -57,9 +57,9 @@ from celery_durable.policies.breakers import BreakerPolicy
 from celery_durable.policies.limits import Limit
 from celery_durable.settings import Settings
 from celery_durable.status import Status
-from celery_durable.tasks import message
+from celery_durable.tasks import consumer, message
 from celery_durable.tasks.dispatch import CeleryDispatcher
-from celery_durable.tasks.forwarding import consume_versions
+from celery_durable.tasks.forwarding import consume_versions, unregistered
 from celery_durable.tasks.registry import (
     NodeTasks,
     keep_consuming_after_channel_errors,
@@ -146,6 +146,7 @@ class Durable:
             fleet=Fleet(Deployments(self.db), self.settings.heartbeat),
         )
         self._tasks = NodeTasks(app, self.runtime)
+        consumer.install(app, unregistered(app, self.runtime))
         self._recovery = RecoveryLoop(self.runtime)
         # This worker in the fleet's rows, once it is one (worker_init).
         self._member: Member | None = None
@@ -298,6 +299,16 @@ class Durable:
         and status, the active runs of each graph (those idle since ``stuck_before`` counted),
         waiting runs by what they wait for."""
         return self.store.execution_gauges(stuck_before)
+
+    def deployments(self) -> builtins.list[Deployment]:
+        """What the live workers serve: a row per (worker, graph, version), with that
+        version's structure and the routing keys the worker consumes."""
+        return self.runtime.fleet.live()
+
+    def runs_by_version(self) -> dict[tuple[str, str | None, Status], int]:
+        """Executions by (graph, version, status): what tells an old version drained. Version
+        None: runs started before runs were pinned to versions."""
+        return self.runtime.fleet.rows.runs_by_version()
 
     def task_id(self, checkpoint: Checkpoint) -> str | None:
         """The Celery task id of the attempt that committed ``checkpoint``, to find it in

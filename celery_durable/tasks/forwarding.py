@@ -12,13 +12,16 @@ the run stops for an operator instead (engine/versions.py).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
+from celery_durable.constants import TASK_PREFIX
 from celery_durable.engine import versions
 from celery_durable.engine.definition import GraphDefinition
 from celery_durable.engine.runtime import Runtime
+from celery_durable.tasks.consumer import Unknown
 from celery_durable.tasks.message import Message
 
 logger = logging.getLogger(__name__)
@@ -41,35 +44,74 @@ def consume_versions(app: Celery, definitions: list[GraphDefinition]) -> list[st
     return keys
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A task message as it came: what is sent on, unchanged, when it is forwarded."""
+
+    task: str
+    task_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    routing_key: str | None
+
+    @classmethod
+    def of(cls, request: Any) -> Delivery:
+        key = (request.delivery_info or {}).get("routing_key")
+        return cls(request.task, request.id, list(request.args), dict(request.kwargs), key)
+
+
 def elsewhere(
-    app: Celery,
-    runtime: Runtime,
-    request: Any,
-    graph: str,
-    node: str,
-    message: Message,
+    app: Celery, runtime: Runtime, delivery: Delivery, graph: str, node: str, message: Message
 ) -> str:
     """A visit whose version this worker lacks: on to a live worker that has it on the
     message's routing key, or, with none, the run stops as needs_intervention."""
     version = message.base.cursor.graph_version
     assert version is not None, "a run without a version runs on the newest, always defined"
-    key = (request.delivery_info or {}).get("routing_key") or app.conf.task_default_queue
+    key = delivery.routing_key or app.conf.task_default_queue
     if runtime.fleet.serving(graph, version, key):
         app.send_task(
-            request.task,
-            args=request.args,
-            kwargs=request.kwargs,
-            task_id=request.id,
+            delivery.task,
+            args=delivery.args,
+            kwargs=delivery.kwargs,
+            task_id=delivery.task_id,
             queue=version_queue(key, graph, version),
             priority=message.base.cursor.priority,
             serializer="json",
         )
         logger.info(
             "%s: version %s of %s is not defined here; sent on to the workers that serve it",
-            request.id,
+            delivery.task_id,
             version,
             graph,
         )
         return "forwarded"
     versions.stop_missing(runtime, message.execution_id, graph, version, node)
     return "version missing"
+
+
+def unregistered(app: Celery, runtime: Runtime) -> Unknown:
+    """What the consumer does with a task of a graph this worker defines but of a node none
+    of its versions has (tasks/consumer.py): a visit of a version it lacks."""
+
+    def handle(
+        task: str, task_id: str, args: list[Any], kwargs: dict[str, Any], key: str | None
+    ) -> bool:
+        found = _graph_and_node(runtime, task)
+        if found is None or len(args) != 2:
+            return False
+        graph, node = found
+        message = Message.read(args[0], int(args[1]), kwargs)
+        if message.base.cursor.graph_version is None:
+            return False
+        elsewhere(app, runtime, Delivery(task, task_id, args, kwargs, key), graph, node, message)
+        return True
+
+    return handle
+
+
+def _graph_and_node(runtime: Runtime, task: str) -> tuple[str, str] | None:
+    for graph in runtime.graphs:
+        prefix = f"{TASK_PREFIX}.{graph}."
+        if task.startswith(prefix):
+            return graph, task[len(prefix) :].removesuffix(".compensate")
+    return None

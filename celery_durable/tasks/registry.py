@@ -24,7 +24,7 @@ from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import UnsafeSerializer
 from celery_durable.faults import SimulatedCrash
 from celery_durable.graphs.builder import Node
-from celery_durable.tasks.forwarding import elsewhere
+from celery_durable.tasks.forwarding import Delivery, elsewhere
 from celery_durable.tasks.inline_events import InlineEvents
 from celery_durable.tasks.message import Message
 
@@ -41,6 +41,7 @@ class NodeTasks:
         self.app = app
         self.runtime = runtime
         self.events = InlineEvents(app)
+        self._names: set[str] = set()
 
     def register(self, node: Node[..., Any]) -> None:
         body = self._body(NodeRun, node)
@@ -82,7 +83,8 @@ class NodeTasks:
             message = Message.read(execution_id, visit, kwargs)
             definition = graphs.at(graph, message.base.cursor.graph_version)
             if definition is None:
-                return elsewhere(self.app, self.runtime, task.request, graph, name, message)
+                came = Delivery.of(task.request)
+                return elsewhere(self.app, self.runtime, came, graph, name, message)
             delivery = task.request.delivery_info or {}
             run: Attempt | None = kind(
                 self.runtime,
@@ -156,7 +158,11 @@ class NodeTasks:
         return outcome
 
     def _register(self, name: str, fn: Callable[..., str]) -> None:
-        # No Celery time limit: node timeouts are the engine's (tasks/deadline.py), per node,
+        # Versions of one graph share their nodes' tasks: the body finds the run's version.
+        if name in self._names:
+            return
+        self._names.add(name)
+        # No Celery time limit: node timeouts are the engine's (engine/deadline.py), per node,
         # so that a timed node can run inline after another.
         self.app.task(
             name=name,
