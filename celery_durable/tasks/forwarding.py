@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from celery_durable.constants import TASK_PREFIX
 from celery_durable.engine import versions
@@ -27,9 +28,20 @@ from celery_durable.tasks.message import Message
 logger = logging.getLogger(__name__)
 
 
-def version_queue(routing_key: str, graph: str, version: str) -> str:
-    """The queue of ``routing_key``'s visits of ``graph``'s runs pinned to ``version``."""
-    return f"{routing_key}:{graph}@{version}"
+# A version queue no worker consumed for this long is deleted by RabbitMQ, so that queues of
+# versions long retired do not pile up. A message left in one is healed like any lost message:
+# the recovery sweep sends its visit again, and with no worker serving the version the run
+# stops for an operator.
+VERSION_QUEUE_EXPIRES_MS = 7 * 24 * 3600 * 1000
+
+
+def version_queue(routing_key: str, graph: str, version: str) -> Queue:
+    """The queue of ``routing_key``'s visits of ``graph``'s runs pinned to ``version``:
+    declared alike by the workers that consume it and the workers that forward to it."""
+    name = f"{routing_key}:{graph}@{version}"
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+    expires = {"x-expires": VERSION_QUEUE_EXPIRES_MS}
+    return Queue(name, exchange, routing_key=name, queue_arguments=expires)  # type: ignore[no-untyped-call]
 
 
 def consume_versions(app: Celery, definitions: list[GraphDefinition]) -> list[str]:
