@@ -61,9 +61,16 @@ def age(when: datetime, now: datetime | None = None) -> str:
 def executions(records: Iterable[ExecutionRecord]) -> str:
     now = datetime.now(UTC)
     return table(
-        ["ID", "GRAPH", "STATUS", "VERSION", "AT", "UPDATED"],
+        ["ID", "GRAPH", "VERSION", "STATUS", "AT", "UPDATED"],
         [
-            (r.id, r.graph, r.status, r.version, _at(r), age(r.updated_at, now) + " ago")
+            (
+                r.id,
+                r.graph,
+                r.cursor.graph_version or "-",
+                r.status,
+                _at(r),
+                age(r.updated_at, now) + " ago",
+            )
             for r in records
         ],
     )

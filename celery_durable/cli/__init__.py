@@ -17,6 +17,7 @@ from celery_durable.cli.breaker_commands import breaker, breakers
 from celery_durable.cli.common import Obj
 from celery_durable.cli.inspect import history, ls, progress, show
 from celery_durable.cli.operate import OPERATIONS, fork, patch, restart, resume, send_event, skip
+from celery_durable.cli.version_commands import upgrade, versions
 
 
 class _DurableGroup(click.Group):
@@ -54,6 +55,8 @@ COMMANDS = [
     fork,
     skip,
     patch,
+    upgrade,
+    versions,
     breakers,
     breaker,
     prune,

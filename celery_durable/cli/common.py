@@ -71,7 +71,14 @@ def jsonable(value: Any) -> Any:
 
 
 def record_json(execution: Execution) -> dict[str, Any]:
-    return {**asdict(execution.record), "status": str(execution.record.status)}
+    """The row as JSON; ``version`` is the seq of its last checkpoint, ``graph_version`` the
+    version of its graph it is pinned to (None: started before runs were pinned)."""
+    record = execution.record
+    return {
+        **asdict(record),
+        "status": str(record.status),
+        "graph_version": record.cursor.graph_version,
+    }
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -49,18 +49,22 @@ def ls(
 @json_option
 @click.pass_obj
 def show(obj: Obj, execution_id: str, as_json: bool) -> None:
-    """One execution: status, state, error, and its graph with each node's status."""
+    """One execution: version, status, state, error, and its graph with each node's status."""
     durable = obj.durable
     execution = durable.get(execution_id)
     record = execution.record
+    pinned = record.cursor.graph_version
+    graph = durable.graph_at(record.graph, pinned) or durable.graphs.get(record.graph)
     checkpoints = execution.history()
     states = render.node_states(record, checkpoints)
     children = [child.record for child in execution.children()]
     held = execution.held_back
 
     def human() -> str:
+        version = pinned or "unpinned (runs on the newest)"
         lines = [
-            f"{record.id}  graph={record.graph}  status={record.status}  version={record.version}",
+            f"{record.id}  graph={record.graph}  version={version}  status={record.status}  "
+            f"checkpoint={record.version}",
             f"state: {json.dumps(record.state, sort_keys=True)}",
         ]
         if record.error:
@@ -69,8 +73,12 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
             lines.append(f"children: {render.children(children)}")
         for visit, by in sorted(held.items()):
             lines.append(f"held: {visit} waits for {by}")
-        graph = durable.graphs.get(record.graph)
         if graph is not None:
+            if pinned is not None and graph.version != pinned:
+                lines.append(
+                    f"  (version {pinned} is not defined in this process: drawn as version "
+                    f"{graph.version})"
+                )
             lines.append(render.graph(graph, states))
         else:
             lines.append(

@@ -184,6 +184,10 @@ class Attempt:
         self.base = Base.of(record or self.runtime.store.get_execution(self.execution_id))
         if self.base.status not in self.live or not self.is_due(self.base):
             return Outcome.DROPPED
+        moved = self.base.cursor.graph_version
+        if moved is not None and moved != self.graph.version:
+            # Upgraded under this attempt: the visit is dispatched on its new version.
+            return Outcome.DROPPED
         return None
 
     # -- commit -----------------------------------------------------------------------------

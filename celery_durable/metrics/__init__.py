@@ -44,6 +44,11 @@ Database metrics (read at scrape time by ``DatabaseCollector``)
 ``celery_durable_executions{graph,status}``
     Executions stored, by graph and status; every status is reported for every graph, 0
     included, so alerts and dashboards have stable series.
+``celery_durable_executions_by_version{graph,version,status}``
+    The same, per version of the graph the runs are pinned to (``version=""``: runs started
+    before runs were pinned); every status of every version stored or defined in the serving
+    process. An old version is drained when its pending, running, paused, waiting,
+    compensating and needs_intervention series are all 0.
 ``celery_durable_needs_intervention{graph}``
     Executions waiting for an operator (a compensation failed for good). Alert on ``> 0``.
 ``celery_durable_stuck_executions{graph}``

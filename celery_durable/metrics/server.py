@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
@@ -115,7 +115,24 @@ class DatabaseCollector(Collector):
             f"{PREFIX}_stuck_threshold_seconds", "The no-commit age that counts as stuck."
         )
         threshold.add_metric([], self.stuck_after)
-        return [total, needs, stuck, longest, waiting, threshold, *self._breakers()]
+        by_version = self._by_version(gauges.by_version)
+        return [total, by_version, needs, stuck, longest, waiting, threshold, *self._breakers()]
+
+    def _by_version(self, counts: Mapping[tuple[str, str | None, Status], int]) -> Metric:
+        """Every status of every version stored or defined here, zeros included: an old
+        version reads as drained when its active statuses fall to 0."""
+        by_version = GaugeMetricFamily(
+            f"{PREFIX}_executions_by_version",
+            "Executions stored, by graph, the graph version they are pinned to (empty: started "
+            "before runs were pinned) and status.",
+            labels=["graph", "version", "status"],
+        )
+        defined = {(name, g.version) for name, gs in self.durable.versions.items() for g in gs}
+        for graph, version in sorted({(g, v or "") for g, v, _ in counts} | defined):
+            for status in Status:
+                n = counts.get((graph, version or None, status), 0)
+                by_version.add_metric([graph, version, str(status)], n)
+        return by_version
 
     def _breakers(self) -> list[Metric]:
         state = GaugeMetricFamily(

@@ -1,5 +1,5 @@
 """What a metrics scrape reads from the database, as plain values: a few grouped queries,
-so a scrape costs the same whatever the number of graphs."""
+so a scrape costs the same whatever the number of graphs or of their versions."""
 
 from __future__ import annotations
 
@@ -30,18 +30,21 @@ class ActiveRuns:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionGauges:
-    """Executions by (graph, status); the active runs of each graph that has any; waiting
-    runs by (graph, what they wait for first: sleep, event, interrupt)."""
+    """Executions by (graph, status) and by (graph, version, status), version None for runs
+    started before runs were pinned to versions; the active runs of each graph that has any;
+    waiting runs by (graph, what they wait for first: sleep, event, interrupt)."""
 
     counts: Mapping[tuple[str, Status], int]
+    by_version: Mapping[tuple[str, str | None, Status], int]
     active: Mapping[str, ActiveRuns]
     waiting: Mapping[tuple[str, str], int]
 
 
 def execution_gauges(db: Database, stuck_before: datetime) -> ExecutionGauges:
-    by_status = select(executions.c.graph, executions.c.status, func.count()).group_by(
-        executions.c.graph, executions.c.status
-    )
+    # One grouped read for both counts: the index on (graph, graph_version, status) answers it.
+    by_version = select(
+        executions.c.graph, executions.c.graph_version, executions.c.status, func.count()
+    ).group_by(executions.c.graph, executions.c.graph_version, executions.c.status)
     active = (
         select(
             executions.c.graph,
@@ -55,7 +58,7 @@ def execution_gauges(db: Database, stuck_before: datetime) -> ExecutionGauges:
         executions.c.status == str(Status.WAITING)
     )
     with db.read() as conn:
-        counts = {(g, Status(s)): int(n) for g, s, n in conn.execute(by_status)}
+        versions = {(g, v, Status(s)): int(n) for g, v, s, n in conn.execute(by_version)}
         runs = {
             g: ActiveRuns(oldest_update=as_utc(t), stuck=int(n))  # type: ignore[arg-type]
             for g, t, n in conn.execute(active)
@@ -65,7 +68,10 @@ def execution_gauges(db: Database, stuck_before: datetime) -> ExecutionGauges:
             waits = list((codec.loads(cursor).get("waits") or {}).values())
             if waits:
                 waiting[(graph, waits[0]["kind"])] += 1
-    return ExecutionGauges(counts=counts, active=runs, waiting=waiting)
+    counts: Counter[tuple[str, Status]] = Counter()
+    for (graph, _, status), n in versions.items():
+        counts[(graph, status)] += n
+    return ExecutionGauges(counts=dict(counts), by_version=versions, active=runs, waiting=waiting)
 
 
 def count_by_status(db: Database) -> dict[str, int]:

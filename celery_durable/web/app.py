@@ -115,7 +115,7 @@ class RunPage(Handler):
     def get(self, execution_id: str) -> None:
         execution = self.execution(execution_id)
         detail = views.run_detail(self.web.durable, execution, self.web.flower)
-        graph = self.web.durable.graphs.get(detail.graph)
+        graph = views.drawn(self.web.durable, detail.graph, detail.graph_version)
         svg = graph_svg(detail.nodes, detail.edges, graph.entry_node if graph else None)
         seq = self.get_argument("seq", None)
         at = _state_at(execution, seq)

@@ -49,10 +49,13 @@ class Filters:
 
 @dataclass(frozen=True)
 class RunRow:
-    """One run as a line of the list; ``stuck``: active with no commit for stuck_after."""
+    """One run as a line of the list; ``stuck``: active with no commit for stuck_after.
+    ``version`` is the seq of the run's last checkpoint; ``graph_version`` is the version of
+    its graph it is pinned to (None: started before runs were pinned, it runs on the newest)."""
 
     id: str
     graph: str
+    graph_version: str | None
     status: str
     version: int
     created_at: str
@@ -66,6 +69,7 @@ class RunRow:
         return cls(
             id=record.id,
             graph=record.graph,
+            graph_version=record.cursor.graph_version,
             status=str(record.status),
             version=record.version,
             created_at=record.created_at.isoformat(),
@@ -128,9 +132,12 @@ class CheckpointView:
 
 @dataclass(frozen=True)
 class RunDetail(RunRow):
-    """Everything the run page shows: node statuses, graph, waits, error, children, timeline."""
+    """Everything the run page shows: node statuses, graph, waits, error, children, timeline.
+    ``drawn_version``: the version whose nodes and edges these are (the run's own when this
+    process defines it, else the newest; None when it defines no version of the graph)."""
 
     finished: bool
+    drawn_version: str | None
     state: dict[str, Any]
     error: Mapping[str, Any] | None
     nodes: dict[str, str]
@@ -195,13 +202,14 @@ def run_detail(durable: Durable, execution: Execution, flower: str) -> RunDetail
     record = execution.refresh()
     history = execution.history()
     states = {n: SHOWN.get(s, s) for n, s in node_states(record, history).items()}
-    graph = durable.graphs.get(record.graph)
+    graph = drawn(durable, record.graph, record.cursor.graph_version)
     if graph is not None:
         states = {name: states.get(name, "pending") for name in graph.nodes} | states
     children = (ChildRow(c.id, c.record.graph, str(c.record.status)) for c in execution.children())
     return RunDetail(
         **asdict(RunRow.of(execution, _stuck_before(durable))),
         finished=record.status.finished,
+        drawn_version=graph.version if graph is not None else None,
         state=record.state,
         error=record.error,
         nodes=states,
@@ -211,6 +219,12 @@ def run_detail(durable: Durable, execution: Execution, flower: str) -> RunDetail
         children=tuple(children),
         timeline=tuple(_checkpoint(durable, cp, flower) for cp in history),
     )
+
+
+def drawn(durable: Durable, graph: str, version: str | None) -> Graph | None:
+    """The structure to draw a run on: its own version, else (not defined in this process)
+    the newest, the page saying which it drew."""
+    return durable.graph_at(graph, version) or durable.graphs.get(graph)
 
 
 def edges(graph: Graph) -> tuple[Edge, ...]:

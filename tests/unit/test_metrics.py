@@ -41,6 +41,7 @@ from celery_durable.metrics import (
     metrics_registry,
     serve_metrics,
 )
+from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import utcnow
 from celery_durable.persistence.schema import executions
 from celery_durable.testing import embedded_app
@@ -168,6 +169,14 @@ def test_a_known_workload_shows_in_the_scrape(durable: Durable, worker) -> None:
     assert value(samples, "celery_durable_stuck_threshold_seconds") == 1800
     assert (value(samples, "celery_durable_scrape_duration_seconds") or 0) > 0
     assert len([k for k in samples if k[0] == "celery_durable_executions"]) == 2 * len(Status)
+    # The same runs, by the version of their graph they are pinned to (g's default: its
+    # structure's fingerprint).
+    by_version = "celery_durable_executions_by_version"
+    version = g.version
+    assert value(samples, by_version, graph="g", version=version, status="succeeded") == 3
+    assert value(samples, by_version, graph="g", version=version, status="failed") == 1
+    assert value(samples, by_version, graph="g", version=version, status="running") == 0
+    assert value(samples, by_version, graph="s", version=saga.version, status="compensated") == 1
     # Checkpoint write latency arrives once the engine calls Hooks.checkpoint_written.
     if hasattr(Hooks, "checkpoint_written"):
         written = value(
@@ -230,6 +239,42 @@ def test_stuck_executions_are_counted_from_the_database(client: Durable) -> None
     idle = sample("celery_durable_longest_idle_seconds", {"graph": "slow"})
     assert idle is not None and 7200 <= idle < 7300
     assert sample("celery_durable_stuck_threshold_seconds") == 600
+
+
+def test_runs_are_counted_per_version_in_the_same_scrape(client: Durable) -> None:
+    # Given two versions side by side, runs on each, and one stored before runs were pinned
+    versions = [client.graph("order", state=Job, version=v) for v in ("1", "2")]
+    for g in versions:
+
+        @g.node
+        def only(s: Job) -> None:
+            return None
+
+        g.entry(only)
+    for _ in range(2):
+        versions[0].delay()  # no worker: they stay running
+    versions[1].delay()
+    client.store.create_execution(
+        execution_id="unpinned",
+        graph="order",
+        fingerprint="f",
+        state={},
+        cursor=Cursor(),
+        status=Status.FAILED,
+    )
+
+    # When scraped
+    sample = metrics_registry(client, in_process=None).get_sample_value
+
+    # Then each version has its counts, every status reported, and the totals are their sums
+    def runs(version: str, status: str) -> float | None:
+        labels = {"graph": "order", "version": version, "status": status}
+        return sample("celery_durable_executions_by_version", labels)
+
+    assert (runs("1", "running"), runs("2", "running"), runs("", "failed")) == (2, 1, 1)
+    assert (runs("1", "succeeded"), runs("2", "failed"), runs("", "running")) == (0, 0, 0)
+    assert sample("celery_durable_executions", {"graph": "order", "status": "running"}) == 3
+    assert sample("celery_durable_executions", {"graph": "order", "status": "failed"}) == 1
 
 
 def test_breakers_are_scraped_from_the_database(client: Durable) -> None:

@@ -10,6 +10,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from celery_durable import Durable, Saga, Status
-from celery_durable.testing import in_process_worker
+from celery_durable import Durable, Graph, Saga, Status
+from celery_durable.testing import embedded_app, in_process_worker
 from celery_durable.web import views
 from celery_durable.web.app import WebConfig, serve_in_thread
 
@@ -201,12 +202,15 @@ def test_json_keeps_its_keys_and_links_each_node_commit_to_its_task_in_flower(
     run_id = finished(open_site)
     page = json.loads(open_site.request("/api/runs")[1])
     assert set(page) == {"runs", "next", "counts", "graphs"}
-    row_keys = {"id", "graph", "status", "version", "created_at", "updated_at", "parent", "stuck"}
+    row_keys = {
+        "id", "graph", "graph_version", "status", "version", "created_at", "updated_at", "parent",
+        "stuck",
+    }  # fmt: skip
     assert set(page["runs"][0]) == row_keys
     detail = json.loads(open_site.request(f"/api/runs/{run_id}?seq=2")[1])
     assert set(detail) == row_keys | {
-        "finished", "state", "error", "nodes", "edges", "waiting_on", "held_back", "children",
-        "timeline", "at",
+        "finished", "drawn_version", "state", "error", "nodes", "edges", "waiting_on",
+        "held_back", "children", "timeline", "at",
     }  # fmt: skip
     assert detail["edges"] == [{"from": "flight", "to": "hotel", "kind": "edge"}]
     assert set(detail["at"]) == {"seq", "state", "diff"}
@@ -218,6 +222,95 @@ def test_json_keeps_its_keys_and_links_each_node_commit_to_its_task_in_flower(
     }  # fmt: skip
     # The id Celery ran the attempt under: execution.node.visit.attempt.
     assert node["flower"] == f"http://127.0.0.1:5555/task/{run_id}.hotel.{node['visit']}.1"
+
+
+class Parcel(BaseModel):
+    path: list[str] = []
+
+
+def define_versions(durable: Durable) -> tuple[Graph, Graph]:
+    """Version 1 of "parcel" reviews then ships, version 2 reviews then audits; both wait for
+    an operator at review."""
+    v1 = durable.graph("parcel", state=Parcel, version="1")
+
+    @v1.node(interrupt_before=True)
+    def review(parcel: Parcel) -> None:
+        return None
+
+    @v1.node
+    def ship(parcel: Parcel) -> None:
+        return None
+
+    v1.entry(review)
+    v1.edge(review, ship)
+    v2 = durable.graph("parcel", state=Parcel, version="2")
+
+    @v2.node(interrupt_before=True, name="review")
+    def review_v2(parcel: Parcel) -> None:
+        return None
+
+    @v2.node
+    def audit(parcel: Parcel) -> None:
+        return None
+
+    v2.entry(review_v2)
+    v2.edge(review_v2, audit)
+    return v1, v2
+
+
+def test_a_run_shows_its_version_and_the_graph_of_that_version(open_site: Site) -> None:
+    # Given a run of a saga with its default version, and one of two versions side by side
+    trip_run = finished(open_site)
+    v1, _ = define_versions(open_site.durable)
+    run = v1.delay()
+
+    # Then the JSON says each run's version and draws the structure of its own version
+    trip = json.loads(open_site.request(f"/api/runs/{trip_run}")[1])
+    assert trip["graph_version"] == open_site.trip.version == trip["drawn_version"]
+    detail = json.loads(open_site.request(f"/api/runs/{run.id}")[1])
+    assert (detail["graph_version"], detail["drawn_version"]) == ("1", "1")
+    assert set(detail["nodes"]) == {"review", "ship"}
+    assert detail["edges"] == [{"from": "review", "to": "ship", "kind": "edge"}]
+    listed = {
+        r["id"]: r["graph_version"] for r in json.loads(open_site.request("/api/runs")[1])["runs"]
+    }
+    assert listed == {trip_run: open_site.trip.version, run.id: "1"}
+
+    # And the page says it, drawing version 1's nodes, not the newest's
+    _, page = open_site.request(f"/runs/{run.id}")
+    assert '<span id="version">version <b>1</b></span>' in page
+    assert ">ship<" in page and ">audit<" not in page
+    assert 'id="drawn"' not in page
+
+    # After an upgrade, the page follows the run onto version 2
+    run.upgrade("2")
+    _, page = open_site.request(f"/runs/{run.id}")
+    assert '<span id="version">version <b>2</b></span>' in page
+    assert ">audit<" in page and ">ship<" not in page
+
+
+def test_a_run_of_a_version_this_process_lacks_is_drawn_as_the_newest_and_says_so(
+    open_site: Site, durable_database_url: str
+) -> None:
+    # Given a run started by other code, on a version 0 this process does not define
+    define_versions(open_site.durable)
+    older = Durable(embedded_app(f"older-{uuid.uuid4().hex[:8]}"), durable_database_url)
+    v0 = older.graph("parcel", state=Parcel, version="0")
+
+    @v0.node(interrupt_before=True)
+    def weigh(parcel: Parcel) -> None:
+        return None
+
+    v0.entry(weigh)
+    run_id = v0.delay().id
+    older.db.dispose()
+
+    detail = json.loads(open_site.request(f"/api/runs/{run_id}")[1])
+    assert (detail["graph_version"], detail["drawn_version"]) == ("0", "2")
+    _, page = open_site.request(f"/runs/{run_id}")
+    assert '<span id="version">version <b>0</b></span>' in page
+    assert "This process does not define version 0 of parcel" in page
+    assert "the graph below is version 2" in page
 
 
 # The web view is an operator surface on the public objects: what a user can import.
