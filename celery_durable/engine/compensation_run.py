@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from celery_durable import faults
+from celery_durable.coroutines import settled
 from celery_durable.engine import wakeups
 from celery_durable.engine.attempt import Attempt, Outcome, Superseded
 from celery_durable.engine.base import Base
@@ -114,7 +115,7 @@ class CompensationRun(Attempt):
             model, _ = fit(self.graph, as_committed)
             args = (model, self.context(None)) if node.compensator_wants_context else (model,)
             with time_limit(f"{self.name}.compensation", node.timeout):
-                node.compensator(*args)
+                settled(node.compensator(*args))
         except Superseded:
             return Outcome.DROPPED
         except Exception as exc:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from celery_durable.coroutines import settled
 from celery_durable.errors import UnknownBreaker
 from celery_durable.model.records import BreakerRow, BreakerState, utcnow
 from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
@@ -76,7 +77,7 @@ class FlowControl:
         if admission.retry_at is not None:
             raise HeldBack(Held(admission.retry_at, f"breaker {breaker}"))
         try:
-            result = fn(*args)
+            result = settled(fn(*args))
         except Exception:
             self.report(breaker, False, admission.probe)
             raise

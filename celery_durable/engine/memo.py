@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery_durable.coroutines import settled
 from celery_durable.engine import wakeups
 from celery_durable.engine.attempt import Attempt, Superseded, Suspend
 from celery_durable.engine.base import Base
@@ -58,7 +59,9 @@ class VisitMemo:
         if (done := self.recorded.get((Kind.STEP, node))) is not None:
             return done.output
         flow = self.run.runtime.flow
-        result = json_roundtrip(fn(*args) if breaker is None else flow.call(breaker, fn, args))
+        result = json_roundtrip(
+            settled(fn(*args)) if breaker is None else flow.call(breaker, fn, args)
+        )
         self._commit(lambda: self.run.commit(Kind.STEP, node=node, output=result))
         return result
 

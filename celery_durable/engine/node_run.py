@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery_durable import faults
+from celery_durable.coroutines import settled
 from celery_durable.engine import wakeups
 from celery_durable.engine.admission import Admitted, Gate, Hold
 from celery_durable.engine.attempt import Attempt, Outcome, Superseded, Suspend
@@ -182,7 +183,7 @@ class NodeRun(Attempt):
         model, _ = fit(self.graph, self.base.state)
         args = (model, ctx) if node.wants_context else (model,)
         with time_limit(self.name, node.timeout, self._drop_lease):
-            update = as_update(node.fn(*args))
+            update = as_update(settled(node.fn(*args)))
         took = time.monotonic() - started
         if node.timeout is not None and took > node.timeout:
             raise NodeTimeout(self.name, node.timeout)

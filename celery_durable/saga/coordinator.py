@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from celery_durable.coroutines import settled
 from celery_durable.errors import UnknownNode, VisitCapReached
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import ErrorRecord, error_record
@@ -75,7 +76,7 @@ def successors(graph: GraphShape, node: str, state: BaseModel) -> list[str]:
     targets = list(graph.edges.get(node, ()))
     if node in graph.branches:
         router, paths = graph.branches[node]
-        chosen = router(state)
+        chosen = settled(router(state))
         names = [] if chosen is None else [chosen] if isinstance(chosen, str) else list(chosen)
         allowed = set(paths) if paths is not None else set(graph.nodes)
         for name in names:
