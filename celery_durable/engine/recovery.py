@@ -218,6 +218,7 @@ def _strand(runtime: Runtime, record: ExecutionRecord, missing: list[str]) -> No
         f"{record.graph!r} (its definition changed since the run started); deploy a "
         "definition that has them, or skip them by hand"
     )
+    error = error_record("MissingNode", message, missing[0])
     commit = Base.of(record).commit(
         record.id,
         Kind.INTERVENTION,
@@ -225,13 +226,14 @@ def _strand(runtime: Runtime, record: ExecutionRecord, missing: list[str]) -> No
         record.version + 1,
         status=Status.NEEDS_INTERVENTION,
         meta={"reason": message, "by": "recovery"},
-        error=error_record("MissingNode", message, missing[0]),
+        error=error,
     )
     try:
         runtime.store.save(commit)
     except (VersionConflict, DuplicateCheckpoint):
         return
     logger.error("execution %s needs intervention: %s", record.id, message)
+    runtime.announcer.announce_intervention(record.id, record.graph, missing[0], error)
 
 
 class RecoveryLoop:

@@ -18,6 +18,7 @@ from celery_durable.engine.recovery import RecoveryReport, sweep
 from celery_durable.errors import CannotUpgrade, GraphVersionMissing
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit, utcnow
+from celery_durable.signals import intervention_required
 from celery_durable.testing import embedded_app, in_process_worker
 from tests.waiting import wait_for
 
@@ -267,7 +268,17 @@ def test_a_stranded_run_can_be_skipped_past_its_missing_node(fast: Durable) -> N
         )
     )
     time.sleep(STALE_AFTER + 0.1)
-    assert fast.recover().stranded == 1
+    heard: list[str] = []
+
+    def intervention(sender: Any, execution_id: str, **_: Any) -> None:
+        heard.append(execution_id)
+
+    intervention_required.connect(intervention)
+    try:
+        assert fast.recover().stranded == 1
+    finally:
+        intervention_required.disconnect(intervention)
+    assert heard == [run.id]  # the signal, the hook and the interventions metric hear of it
     assert run.status == Status.NEEDS_INTERVENTION
     assert "gone" in run.error["message"] and "skip" in run.error["message"]
     run.skip("gone", reason="retired in v2")
