@@ -85,7 +85,24 @@ def _cause(error: Mapping[str, Any]) -> str:
 
 
 class DurableError(Exception):
-    """Root of every celery-durable error."""
+    """Root of every celery-durable error.
+
+    Each pickles to itself, message and attributes kept: Celery's prefork pool sends a task's
+    exception to the worker through pickle, and one that does not come back whole is reported
+    as its nearest base class that does (StoreError for CheckpointCorrupted).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[DurableError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """An error as it was pickled, without calling its ``__init__`` (which builds the
+    message from other arguments than the one it stores)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(DurableError):
