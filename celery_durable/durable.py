@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable import signals
-from celery_durable.engine.audit import actor
+from celery_durable.engine.actors import actor
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.fleet import Fleet, Member
 from celery_durable.engine.flow_control import FlowControl
@@ -331,9 +331,14 @@ class Durable:
         name: str,
         payload: Any = None,
         idempotency_key: str | None = None,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> EventRecord:
         """Send an event to a run without loading its handle (see Execution.send_event)."""
-        return send_event(self.runtime, execution_id, name, payload, idempotency_key)
+        return send_event(
+            self.runtime, execution_id, name, payload, idempotency_key, by=by, reason=reason
+        )
 
     # -- maintenance ------------------------------------------------------------------------
 

@@ -115,10 +115,21 @@ def resume(
 @click.argument("name")
 @click.option("--data", default="null", help="The payload, as JSON (default: null).")
 @click.option("--key", default=None, help="Idempotency key: the same key twice stores one event.")
+@by_option
+@reason_option
 @click.pass_obj
-def send_event(obj: Obj, execution_id: str, name: str, data: str, key: str | None) -> None:
+def send_event(
+    obj: Obj,
+    execution_id: str,
+    name: str,
+    data: str,
+    key: str | None,
+    by: str | None,
+    reason: str | None,
+) -> None:
     """Send event NAME to a run: its next ctx.wait_for_event(NAME) gets the payload."""
-    event = obj.durable.send_event(execution_id, name, json_arg(data, any_json=True), key)
+    payload = json_arg(data, any_json=True)
+    event = obj.durable.send_event(execution_id, name, payload, key, by=by, reason=reason)
     click.echo(
         f"{execution_id}: event {name} stored as #{event.id}; status "
         f"{obj.durable.get(execution_id).status}"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from celery_durable.engine import wakeups
+from celery_durable.engine.actors import actor
 from celery_durable.engine.base import Base
 from celery_durable.engine.rebase import current_row, until_committed
 from celery_durable.engine.runtime import Runtime
@@ -17,10 +16,6 @@ from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import Commit, ErrorRecord, ExecutionRecord, Kind
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
-
-
-def actor(by: str | None) -> str:
-    return by or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,11 +179,20 @@ class Execution:
         self._operations.resume(self.id, update, by=by, reason=reason)
 
     def send_event(
-        self, name: str, payload: Any = None, idempotency_key: str | None = None
+        self,
+        name: str,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
     ) -> EventRecord:
         """Send an event: the run's next ``ctx.wait_for_event(name)`` gets ``payload``. Kept
-        until consumed; the same ``idempotency_key`` twice stores one event."""
-        return wakeups.send_event(self.runtime, self.id, name, payload, idempotency_key)
+        until consumed; the same ``idempotency_key`` twice stores one event. Kept with who
+        sent it and why, like every operation."""
+        return wakeups.send_event(
+            self.runtime, self.id, name, payload, idempotency_key, by=by, reason=reason
+        )
 
     def children(self) -> list[Execution]:
         """The runs this one started as children (ctx.start_child, ctx.map), in id order."""

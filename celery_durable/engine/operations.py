@@ -9,7 +9,8 @@ import contextlib
 from typing import Any
 
 from celery_durable.engine import wakeups
-from celery_durable.engine.audit import Audited, Change, actor
+from celery_durable.engine.actors import actor
+from celery_durable.engine.audit import Audited, Change
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, check_fields, validate
 from celery_durable.errors import (

@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from celery_durable.engine.audit import Audited, Change, actor
+from celery_durable.engine.actors import actor
+from celery_durable.engine.audit import Audited, Change
 from celery_durable.engine.base import Base
 from celery_durable.engine.state import apply_update, check_fields, validate
 from celery_durable.errors import CannotSkip

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery_durable import faults
+from celery_durable.engine.actors import actor
 from celery_durable.engine.base import Base
 from celery_durable.engine.rebase import current_row, until_committed
 from celery_durable.engine.runtime import Runtime
@@ -189,7 +190,10 @@ def event_result(runtime: Runtime) -> Result:
     def result(record: ExecutionRecord, wait: Wait) -> dict[str, Any] | None:
         assert wait.event is not None
         event = next_event(runtime, record.id, wait.event)
-        return None if event is None else {"event": event.id, "payload": event.payload}
+        if event is None:
+            return None
+        woke = {"event": event.id, "payload": event.payload}
+        return {**woke, "by": event.sent_by} if event.sent_by is not None else woke
 
     return result
 
@@ -208,10 +212,14 @@ def send_event(
     name: str,
     payload: Any = None,
     idempotency_key: str | None = None,
+    *,
+    by: str | None = None,
+    reason: str | None = None,
 ) -> EventRecord:
     """Store an event for the run (kept until a wait consumes it) and wake a wait for it.
     Refused, storing nothing, for an unknown or finished run or a payload that is not JSON or
-    too large; the same ``idempotency_key`` twice stores one event."""
+    too large; the same ``idempotency_key`` twice stores one event. Who sent it (``by``,
+    default the user and host) and why are kept with it, and with the wake it causes."""
     if not isinstance(name, str) or not name or len(name) > 200:
         raise InvalidInput("<event>", f"an event name is a string of 1 to 200 characters: {name!r}")
     record = runtime.store.get_execution(execution_id)
@@ -221,7 +229,10 @@ def send_event(
     size = len(text.encode())
     if size > runtime.settings.max_state_bytes:
         raise PayloadTooLarge("The event payload", size, runtime.settings.max_state_bytes)
-    event, _ = runtime.events.add(execution_id, name, text, idempotency_key)
+    who = actor(by)[:200]
+    event, _ = runtime.events.add(
+        execution_id, name, text, idempotency_key, sent_by=who, reason=reason
+    )
     wake_event_waits(runtime, execution_id)
     return event
 

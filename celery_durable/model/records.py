@@ -172,3 +172,6 @@ class EventRecord:
     payload: Any
     idempotency_key: str | None
     created_at: datetime
+    # Who sent it, and why (None for events sent before revision 0007).
+    sent_by: str | None = None
+    reason: str | None = None

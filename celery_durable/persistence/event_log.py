@@ -20,7 +20,14 @@ class EventLog:
         self.db = db
 
     def add(
-        self, execution_id: str, name: str, payload_json: str, idempotency_key: str | None
+        self,
+        execution_id: str,
+        name: str,
+        payload_json: str,
+        idempotency_key: str | None,
+        *,
+        sent_by: str | None = None,
+        reason: str | None = None,
     ) -> tuple[EventRecord, bool]:
         """Store an event; with a key already used on this run, the stored one, not created."""
         now = utcnow()
@@ -34,6 +41,8 @@ class EventLog:
                         payload=payload_json,
                         idempotency_key=idempotency_key,
                         created_at=now,
+                        sent_by=sent_by,
+                        reason=reason,
                     )
                     .returning(events.c.id)
                 ).scalar_one()
@@ -43,7 +52,10 @@ class EventLog:
                 raise
             return found, False
         payload = codec.loads(payload_json)
-        return EventRecord(event_id, execution_id, name, payload, idempotency_key, now), True
+        made = EventRecord(
+            event_id, execution_id, name, payload, idempotency_key, now, sent_by, reason
+        )
+        return made, True
 
     def first(self, execution_id: str, name: str, skip: Collection[int]) -> EventRecord | None:
         """The oldest event of ``name`` not in ``skip`` (those consumed already)."""
@@ -78,4 +90,6 @@ def _event(row: Row[Any]) -> EventRecord:
         payload=codec.loads(m["payload"]),
         idempotency_key=m["idempotency_key"],
         created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
+        sent_by=m["sent_by"],
+        reason=m["reason"],
     )

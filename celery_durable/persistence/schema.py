@@ -152,6 +152,9 @@ events = Table(
     Column("payload", Text, nullable=True),
     Column("idempotency_key", String(ID_LENGTH), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Who sent it and why, as for every operation; NULL for events sent before revision 0007.
+    Column("sent_by", String(NAME_LENGTH), nullable=True),
+    Column("reason", Text, nullable=True),
     UniqueConstraint("execution_id", "idempotency_key"),
     Index(None, "execution_id", "name", "id"),
 )

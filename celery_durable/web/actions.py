@@ -85,7 +85,8 @@ def _patch(d: Durable, ex: Execution, f: Fields, by: str, why: str | None) -> di
 
 def _send_event(d: Durable, ex: Execution, f: Fields, by: str, why: str | None) -> dict[str, Any]:
     payload = _json(f, "payload", any_json=True)
-    event = d.send_event(ex.id, _text(f, "name"), payload, f.get("idempotency_key") or None)
+    key = f.get("idempotency_key") or None
+    event = d.send_event(ex.id, _text(f, "name"), payload, key, by=by, reason=why)
     return {"event": event.id}
 
 

@@ -131,10 +131,12 @@ def test_waiting_runs_are_listed_approved_and_sent_events(
     with worker():
         second.resume(update={"approved": True})
         wait_for(lambda: waiting_kind(second) == "event", 5.0)
-    sent = celery(sqlite_url, "send-event", second.id, "note", "--data", '"fine"', "--key", "k")
+    sent = celery(
+        sqlite_url, "send-event", second.id, "note", "--data", '"fine"', "--key", "k", "--by", "ops"
+    )
     assert sent.returncode == 0, sent.stderr
     woke = [cp for cp in second.history() if cp.kind == "wake" and cp.node == "annotate@0"]
-    assert woke[0].output["payload"] == "fine"
+    assert woke[0].output["payload"] == "fine" and woke[0].output["by"] == "ops"
     again = celery(sqlite_url, "send-event", second.id, "note", "--data", "not json")
     assert again.returncode == 2 and "not JSON" in again.stderr
 

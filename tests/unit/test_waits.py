@@ -110,6 +110,29 @@ def test_events_are_consumed_in_send_order_and_kept_when_sent_early(
         run.send_event("item", "late")
 
 
+def test_who_sent_an_event_and_why_is_kept_with_it_and_its_wake(durable: Durable, worker) -> None:
+    g = durable.graph("audited_inbox", state=Order)
+
+    @g.node
+    def take(state: Order, ctx: Context) -> dict[str, Any]:
+        return {"items": [ctx.wait_for_event("item")]}
+
+    g.entry(take)
+    with worker():
+        run = g.delay()
+        assert waiting(run, event="item")["kind"] == "event"
+        event = run.send_event("item", "a", by="ops@shop", reason="customer called")
+        run.wait(timeout=10)
+    assert (event.sent_by, event.reason) == ("ops@shop", "customer called")
+    woke = [cp for cp in run.history() if cp.kind == "wake"]
+    assert woke[0].output == {"event": event.id, "payload": "a", "by": "ops@shop"}
+    anonymous = durable.graph("anonymous_inbox", state=Order)
+    anonymous.node(take, name="take")
+    anonymous.entry("take")
+    quiet = anonymous.delay()
+    assert "@" in durable.send_event(quiet.id, "item", "b").sent_by  # user@host by default
+
+
 def test_a_bad_event_is_refused_and_nothing_is_stored(durable: Durable, worker) -> None:
     g = durable.graph("picky", state=Order)
 
