@@ -14,7 +14,7 @@ from weakref import WeakKeyDictionary
 from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from celery_durable import signals
 from celery_durable.engine.actors import actor
@@ -65,6 +65,7 @@ from celery_durable.tasks.registry import (
     keep_consuming_after_channel_errors,
     require_json,
 )
+from celery_durable.tasks.routing import check_queues
 
 G = TypeVar("G", bound=Graph)
 logger = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class Durable:
         nothing. ``graph``: a graph, or a name (its newest version). ``options``:
         ``execution_id``, ``countdown``, ``queue``, ``priority``."""
         definition = self.runtime.graph(graph) if isinstance(graph, str) else graph.definition()
+        self.runtime.flow.check([definition])
         record = start_run(self.runtime, definition, input, StartOptions(**options))
         return Execution(self.runtime, record.id, record)
 
@@ -411,6 +413,8 @@ class Durable:
             return
         try:
             definitions = [g.definition() for versions in self.versions.values() for g in versions]
+            self.runtime.flow.check(definitions)
+            check_queues(self.app, definitions)
             keys = consume_versions(self.app, definitions)
             self._member = Member(self.runtime.fleet, sender.hostname, definitions, keys)
             self._join(self._member)
@@ -426,8 +430,12 @@ class Durable:
         first heartbeat it answers."""
         try:
             member.join()
-        except (OperationalError, InterfaceError) as exc:
-            logger.warning("cannot announce this worker's graph versions yet: %s", exc)
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "cannot announce this worker's graph versions yet (%s); it will at its next "
+                "heartbeat. Is the schema migrated (durable migrate)?",
+                str(exc).splitlines()[0],
+            )
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is self.app:

@@ -12,7 +12,8 @@
     │   ├── UnreachableNode
     │   ├── InvalidNodeOption
     │   ├── DuplicateVersion
-    │   └── VersionClash
+    │   ├── VersionClash
+    │   └── UndeclaredName
     ├── UnknownGraph
     ├── GraphVersionMissing
     ├── CannotUpgrade
@@ -180,6 +181,18 @@ class VersionClash(GraphDefinitionError):
             f"Graph {graph!r} version {version!r} here has another structure than on {where} "
             f"({difference}). Runs pinned to that version would take either path; give the "
             "changed graph a new version= and keep the old one defined while its runs drain."
+        )
+
+
+class UndeclaredName(GraphDefinitionError):
+    """A node refers to a breaker or a queue that nothing declares: a misspelt name."""
+
+    def __init__(
+        self, graph: str, node: str, kind: str, name: str, known: Iterable[str], advice: str
+    ) -> None:
+        super().__init__(
+            f"Node {graph}.{node} uses {kind} {name!r}, which is not declared (declared: "
+            f"{_listed(sorted(known))}). {advice}"
         )
 
 

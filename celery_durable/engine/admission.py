@@ -20,7 +20,12 @@ from celery_durable.engine.failure import Failure
 from celery_durable.engine.flow_control import Held
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.state import fit
-from celery_durable.errors import CircuitOpen, ExecutionNotFound, StateSchemaMismatch
+from celery_durable.errors import (
+    CircuitOpen,
+    ExecutionNotFound,
+    StateSchemaMismatch,
+    UnknownBreaker,
+)
 from celery_durable.model.records import utcnow
 from celery_durable.persistence.slot_table import Holder
 from celery_durable.policies.limits import Limit
@@ -202,7 +207,11 @@ class Gate:
                 return Hold(held, by_message=True)
         if node.breaker is None:
             return Admitted()
-        admission = flow.admit(node.breaker)
+        try:
+            admission = flow.admit(node.breaker)
+        except UnknownBreaker as exc:
+            # Worker start refuses it; a breaker undeclared since is this node's fault.
+            return Failure(exc, permanent=True)
         if admission.retry_at is None:
             return Admitted(probe=admission.probe)
         if node.when_open == "fail":

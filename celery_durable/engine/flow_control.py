@@ -9,13 +9,14 @@ failures, probes and rejections write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from celery_durable.coroutines import settled
-from celery_durable.errors import UnknownBreaker
+from celery_durable.engine.definition import GraphDefinition
+from celery_durable.errors import InvalidNodeOption, UndeclaredName, UnknownBreaker
 from celery_durable.model.records import BreakerRow, BreakerState, utcnow
 from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
 from celery_durable.persistence.slot_table import SlotTable
@@ -54,6 +55,33 @@ class FlowControl:
     def declare(self, policy: BreakerPolicy) -> BreakerPolicy:
         self.policies[policy.name] = policy
         return policy
+
+    def check(self, definitions: Iterable[GraphDefinition]) -> None:
+        """Refuse what a worker cannot run: a node's breaker nobody declared (UndeclaredName),
+        one rate limit name with two rates (InvalidNodeOption)."""
+        rates: dict[str, tuple[RateLimit, str]] = {}
+        for graph in definitions:
+            for node in graph.nodes.values():
+                where = f"{graph.name}.{node.name}"
+                if node.breaker is not None and node.breaker not in self.policies:
+                    raise UndeclaredName(
+                        graph.name,
+                        node.name,
+                        "circuit breaker",
+                        node.breaker,
+                        self.policies,
+                        f"Declare it with durable.breaker({node.breaker!r}, ...) before the "
+                        "worker starts, or fix the name.",
+                    )
+                if node.rate is None:
+                    continue
+                seen = rates.setdefault(node.rate.name, (node.rate, where))
+                if seen[0] != node.rate:
+                    raise InvalidNodeOption(
+                        f"Rate limit {node.rate.name!r} is {_rate(seen[0])} on {seen[1]} and "
+                        f"{_rate(node.rate)} on {where}: one name is one limit across the fleet. "
+                        "Give both the same rate, or each its own name."
+                    )
 
     def policy(self, name: str) -> BreakerPolicy:
         try:
@@ -116,3 +144,7 @@ class FlowControl:
             stored.get(name) or BreakerStatus(name, BreakerRow(), 0, None, None)
             for name in sorted(set(self.policies) | set(stored))
         ]
+
+
+def _rate(rate: RateLimit) -> str:
+    return f"{rate.limit} per {rate.per:g}s"

@@ -11,6 +11,7 @@ where the next node's message would go is not known before it is built.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
@@ -18,6 +19,8 @@ from celery.app.routes import MapRoute, Router
 from celery.app.task import extract_exec_options
 from celery.utils.collections import lpmerge
 
+from celery_durable.engine.definition import GraphDefinition
+from celery_durable.errors import UndeclaredName
 from celery_durable.tasks.message import Address, Message, send_options
 
 # send_task takes these out of the options before routing: they are the message's, not the
@@ -107,3 +110,22 @@ class Routes:
             }
             self._defaults[task] = found
         return found
+
+
+def check_queues(app: Celery, definitions: Iterable[GraphDefinition]) -> None:
+    """Refuse a node queue the app does not declare where it does not create missing queues
+    (``task_create_missing_queues=False``): Celery would refuse every message for it."""
+    if app.conf.task_create_missing_queues:
+        return
+    declared = {queue.name for queue in app.amqp.queues.values()}
+    for graph in definitions:
+        for node in graph.nodes.values():
+            if node.queue is not None and node.queue not in declared:
+                raise UndeclaredName(
+                    graph.name,
+                    node.name,
+                    "queue",
+                    node.queue,
+                    declared,
+                    "Declare it in task_queues, or fix the name.",
+                )

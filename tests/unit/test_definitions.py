@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from celery import Celery
+from kombu import Queue
 from pydantic import BaseModel
 
 import celery_durable
-from celery_durable import Durable, RetryPolicy
+from celery_durable import Durable, ExecutionFailed, RateLimit, RetryPolicy
 from celery_durable.engine.definition import GraphDefinition
 from celery_durable.errors import (
     DuplicateNode,
@@ -22,11 +24,14 @@ from celery_durable.errors import (
     GraphDefinitionError,
     InvalidNodeOption,
     NoEntry,
+    UndeclaredName,
     UnknownNode,
     UnreachableNode,
     UnsafeSerializer,
 )
 from celery_durable.graphs.builder import Definitions, Graph
+from celery_durable.tasks.routing import check_queues
+from celery_durable.testing import in_process_worker
 
 
 class S(BaseModel):
@@ -134,6 +139,96 @@ def test_a_worker_refuses_to_start_on_a_broken_graph(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "celery-durable: Graph 'shape': node(s) island cannot be reached" in result.stderr
+
+
+MISSPELT_BREAKER_APP = """
+from celery import Celery
+from pydantic import BaseModel
+from celery_durable import Durable
+
+app = Celery("misspelt", broker="memory://")
+durable = Durable(app, database_url="sqlite:///:memory:")
+durable.breaker("payments")
+
+
+class S(BaseModel):
+    n: int = 0
+
+
+g = durable.graph("pay", state=S)
+g.node(lambda s: None, name="charge", breaker="payment")
+g.entry("charge")
+"""
+
+
+def test_a_worker_refuses_to_start_on_a_misspelt_breaker(tmp_path: Path) -> None:
+    (tmp_path / "misspelt_app.py").write_text(MISSPELT_BREAKER_APP)
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "misspelt_app", "worker", "-P", "solo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert (
+        "celery-durable: Node pay.charge uses circuit breaker 'payment', which is not declared "
+        "(declared: payments)" in result.stderr
+    )
+
+
+def test_a_run_of_a_node_with_an_undeclared_breaker_is_refused_storing_nothing(
+    durable: Durable,
+) -> None:
+    durable.breaker("payments")
+    g = durable.graph("pay", state=S)
+    g.node(lambda s: None, name="charge", breaker="payment")
+    g.entry("charge")
+    with pytest.raises(UndeclaredName, match=re.escape("durable.breaker('payment', ...)")):
+        g.delay()
+    assert durable.list() == []
+
+
+def test_a_breaker_undeclared_where_a_visit_runs_fails_its_run_at_once(
+    durable: Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g = durable.graph("pay_later", state=S)
+    g.node(lambda s: None, name="charge", breaker="payments")
+    g.entry("charge")
+    # Past the checks of start and worker start (a breaker dropped since): the visit fails
+    # for good, not as a poison message after ten redeliveries.
+    monkeypatch.setattr(durable.runtime.flow, "check", lambda definitions: None)
+    run = g.delay()
+    with in_process_worker(durable), pytest.raises(ExecutionFailed) as failed:
+        run.wait(timeout=10)
+    assert failed.value.error["type"] == "UnknownBreaker"
+    assert len([cp for cp in run.history() if cp.kind == "failure"]) <= 1
+
+
+def test_one_rate_limit_name_cannot_carry_two_rates(durable: Durable) -> None:
+    g = durable.graph("rates", state=S)
+    g.node(lambda s: None, name="a", rate=RateLimit("api", 20))
+    g.node(lambda s: None, name="b", rate=RateLimit("api", 10))
+    g.entry("a")
+    g.edge("a", "b")
+    with pytest.raises(
+        InvalidNodeOption, match=re.escape("20 per 1s on rates.a and 10 per 1s on rates.b")
+    ):
+        durable.runtime.flow.check([g.definition()])
+
+
+def test_a_node_queue_the_app_does_not_declare_is_refused_where_none_are_created(
+    durable: Durable,
+) -> None:
+    g = durable.graph("queued", state=S)
+    g.node(lambda s: None, name="a", queue="gpus")
+    g.entry("a")
+    check_queues(durable.app, [g.definition()])  # Celery creates missing queues by default
+    durable.app.conf.task_create_missing_queues = False
+    durable.app.conf.task_queues = [Queue("gpu")]
+    with pytest.raises(UndeclaredName, match=r"uses queue 'gpus'.*declared: gpu"):
+        check_queues(durable.app, [g.definition()])
 
 
 def test_branch_without_paths_counts_every_node_reachable(durable: Durable) -> None:
