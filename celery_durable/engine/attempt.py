@@ -167,6 +167,9 @@ class Attempt:
         if existing is not None:
             return self.replay(existing)
         if record.redeliveries > runtime.settings.max_redeliveries:
+            # Failed from the row as committed, verified: never from the message's state.
+            if (stop := self.refresh()) is not None:
+                return stop
             message = (
                 f"the message of {self.kind} {self.name!r} was redelivered "
                 f"{record.redeliveries} times (a worker died each time it ran)"

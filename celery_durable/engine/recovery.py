@@ -16,10 +16,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from celery_durable.engine import admission, versions, wakeups
+from celery_durable.engine import admission, quarantine, versions, wakeups
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Runtime
-from celery_durable.errors import DuplicateCheckpoint, VersionConflict
+from celery_durable.errors import (
+    CheckpointCorrupted,
+    DuplicateCheckpoint,
+    ExecutionNotFound,
+    VersionConflict,
+)
 from celery_durable.model.records import (
     ExecutionRecord,
     Kind,
@@ -31,6 +36,10 @@ from celery_durable.saga import compensation
 from celery_durable.status import LIVE, Status
 
 logger = logging.getLogger(__name__)
+
+# A due row whose handling failed (a key this worker lacks, a database hiccup) comes due
+# again after this many seconds, here or on another worker.
+GIVE_BACK_AFTER = 30.0
 
 
 @dataclass(slots=True)
@@ -54,21 +63,39 @@ def fire_timers(
     fired: set[str] = set()
     admission.reap(runtime, now)
     for due in runtime.visits.claim_due(now, limit):
-        if due.kind == Kind.WAIT:
-            node, _, slot = due.node.rpartition("@")
-            key = f"{node}:{due.visit}:{slot}"
-            if wakeups.wake(runtime, due.execution_id, key, wakeups.timer_result(runtime)):
-                report.woken += 1
+        # Each row on its own: one that fails is set aside or given back its due time, and
+        # the rows claimed with it go on.
+        try:
+            if _fire(runtime, due, now, report):
                 fired.add(due.execution_id)
-            else:
-                _rearm(runtime, due, key)
-        elif due.kind == Kind.HOLD:
-            if _release(runtime, due):
-                fired.add(due.execution_id)
-        elif _retry(runtime, due, now):
-            report.retries += 1
-            fired.add(due.execution_id)
+        except CheckpointCorrupted as damage:
+            quarantine.set_aside(runtime, damage)
+        except Exception:
+            logger.exception(
+                "recovery: the timer of %s (%s %s, visit %d) failed; it is due again in %gs",
+                *(due.execution_id, due.kind, due.node, due.visit, GIVE_BACK_AFTER),
+            )
+            again = now + timedelta(seconds=GIVE_BACK_AFTER)
+            runtime.visits.schedule(due.execution_id, due.kind, due.node, due.visit, again)
     return fired
+
+
+def _fire(runtime: Runtime, due: VisitRecord, now: datetime, report: RecoveryReport) -> bool:
+    """One due row: a wait's timer, a held visit, or a retry; whether its run was sent on."""
+    if due.kind == Kind.WAIT:
+        node, _, slot = due.node.rpartition("@")
+        key = f"{node}:{due.visit}:{slot}"
+        if wakeups.wake(runtime, due.execution_id, key, wakeups.timer_result(runtime)):
+            report.woken += 1
+            return True
+        _rearm(runtime, due, key)
+        return False
+    if due.kind == Kind.HOLD:
+        return _release(runtime, due)
+    if _retry(runtime, due, now):
+        report.retries += 1
+        return True
+    return False
 
 
 def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> RecoveryReport:
@@ -77,9 +104,16 @@ def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> Re
     report = RecoveryReport()
     dispatched = fire_timers(runtime, now, limit, report)
     cutoff = now - timedelta(seconds=runtime.settings.stale_after)
-    for record in runtime.store.list_stale(cutoff, limit):
-        if record.id not in dispatched:  # a retry sent just now is progress enough
-            _heal(runtime, record, now, report)
+    for stale in runtime.store.list_stale(cutoff, limit):
+        if stale.id in dispatched:  # a retry sent just now is progress enough
+            continue
+        try:
+            _heal(runtime, stale, now, report)
+        except CheckpointCorrupted as damage:
+            if quarantine.set_aside(runtime, damage):
+                report.stranded += 1
+        except Exception:
+            logger.exception("recovery: could not heal execution %s; next sweep", stale.id)
     stuck_cutoff = now - timedelta(seconds=runtime.settings.stuck_after)
     stuck = runtime.store.list_stale(stuck_cutoff, 6, include_swept=True)
     report.stuck = len(stuck)
@@ -164,17 +198,23 @@ def _due_run(runtime: Runtime, due: VisitRecord) -> tuple[str, ExecutionRecord, 
 
 
 def _live(runtime: Runtime, execution_id: str) -> ExecutionRecord | None:
+    """The run, verified, if it is live; a row that cannot be read raises to the caller,
+    which sets it aside or gives its due row back."""
     try:
         record = runtime.store.get_execution(execution_id)
-    except Exception:
-        logger.exception("recovery: cannot load execution %s", execution_id)
+    except ExecutionNotFound:
         return None
     return record if record.status in LIVE else None
 
 
-def _heal(runtime: Runtime, record: ExecutionRecord, now: datetime, report: RecoveryReport) -> None:
-    if record.graph not in runtime.graphs:
+def _heal(runtime: Runtime, stale: ExecutionRecord, now: datetime, report: RecoveryReport) -> None:
+    """Send again what a stale run has in flight. ``stale`` is the row as listed: its
+    ``swept_at`` is what one sweeper claims; what is sent is the row read again, verified."""
+    if stale.graph not in runtime.graphs:
         return  # Another deployment's graph: its own workers will sweep it.
+    record = runtime.store.get_execution(stale.id)
+    if record.version != stale.version:
+        return  # It committed since it was listed: not stale.
     base = Base.of(record)
     version = base.cursor.graph_version
     graph = runtime.graphs.at(record.graph, version)
@@ -192,7 +232,7 @@ def _heal(runtime: Runtime, record: ExecutionRecord, now: datetime, report: Reco
         report.stranded += 1
         return
     busy = runtime.visits.busy(record.id, now)
-    if not runtime.store.touch(record, now):
+    if not runtime.store.touch(stale, now):
         return  # Another sweeper, or a commit, got there first.
     for name, visit in base.cursor.in_flight:
         if (Kind.NODE, name, visit) not in busy:

@@ -21,6 +21,7 @@ from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
     Checkpoint,
     Commit,
+    ErrorRecord,
     ExecutionRecord,
     utcnow,
 )
@@ -195,6 +196,26 @@ class CheckpointStore(RunHistory):
                 .values(swept_at=now)
             )
         return result.rowcount == 1
+
+    def set_aside(self, execution_id: str, error: ErrorRecord, now: datetime) -> str | None:
+        """Stop a run whose row cannot be trusted (it fails its checksum) for an operator:
+        status needs_intervention, ``error`` saying why; returns its graph, or None when the
+        run had ended or was already set aside. Nothing else of the row is rewritten: its
+        checksum is not made to fit what it failed, so every read that decides still refuses
+        it until a restart from a checkpoint that verifies rewrites it."""
+        stops = [str(s) for s in Status if not s.finished and s != Status.NEEDS_INTERVENTION]
+        with self.db.engine.begin() as conn:
+            row = conn.execute(
+                update(executions)
+                .where(executions.c.id == execution_id, executions.c.status.in_(stops))
+                .values(
+                    status=str(Status.NEEDS_INTERVENTION),
+                    error=codec.dumps(error),
+                    updated_at=now,
+                )
+                .returning(executions.c.graph)
+            ).first()
+        return None if row is None else str(row.graph)
 
     def prune_batch(self, status: Status, finished_before: datetime, batch: int) -> int:
         """Delete up to ``batch`` runs of ``status`` finished before the cutoff, with their

@@ -17,11 +17,12 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
+from celery_durable.engine import quarantine
 from celery_durable.engine.attempt import Attempt, Outcome
 from celery_durable.engine.compensation_run import CompensationRun
 from celery_durable.engine.node_run import NodeRun
 from celery_durable.engine.runtime import Runtime
-from celery_durable.errors import UnsafeSerializer
+from celery_durable.errors import CheckpointCorrupted, UnsafeSerializer
 from celery_durable.faults import SimulatedCrash
 from celery_durable.graphs.builder import Node
 from celery_durable.tasks.forwarding import Delivery, elsewhere
@@ -105,6 +106,9 @@ class NodeTasks:
                     outcome = self._run_one(run, task.request)
                 except (OperationalError, InterfaceError) as exc:
                     return self._database_down(task, run, exc)
+                except CheckpointCorrupted as damage:
+                    quarantine.set_aside(self.runtime, damage)
+                    return "set aside"
                 except SimulatedCrash as crash:
                     # An armed fault (faults.crash_at): end here, as a dead process would.
                     logger.warning("simulated crash at %s", crash)
