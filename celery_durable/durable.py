@@ -136,7 +136,7 @@ class Durable:
             visits=self.visits,
             events=EventLog(self.db),
             leases=LeaseKeeper(self.visits, self.settings.lease_after, self.settings.lease_ttl),
-            dispatcher=CeleryDispatcher(app, definitions),
+            dispatcher=CeleryDispatcher(app, definitions, sealer),
             hooks=self._hooks,
             settings=self.settings,
             graphs=definitions,

@@ -19,6 +19,7 @@ from celery import Celery
 from celery_durable.constants import TASK_PREFIX
 from celery_durable.engine.base import Base
 from celery_durable.engine.definition import Catalog, GraphDefinition, NodeDefinition
+from celery_durable.persistence.sealing import Sealer
 from celery_durable.tasks.message import Address, Message, build, task_id
 from celery_durable.tasks.producer import HeldProducer
 from celery_durable.tasks.routing import Routes
@@ -29,9 +30,10 @@ logger = logging.getLogger(__name__)
 class CeleryDispatcher:
     """The engine's Dispatcher on a Celery app."""
 
-    def __init__(self, app: Celery, graphs: Catalog) -> None:
+    def __init__(self, app: Celery, graphs: Catalog, sealer: Sealer | None = None) -> None:
         self.app = app
         self.graphs = graphs
+        self.sealer = sealer
         self.routes = Routes(app)
         self.producer = HeldProducer(app, self.routes)
 
@@ -49,7 +51,7 @@ class CeleryDispatcher:
         recovered: bool = False,
         passed: str | None = None,
     ) -> None:
-        message = Message(execution_id, visit, base, attempt, recovered, passed)
+        message = Message(execution_id, visit, base, attempt, recovered, passed, self.sealer)
         address = self._address(graph, node, message, compensation)
         if countdown is not None:
             self.producer.send_task(address, message, countdown)
@@ -59,7 +61,7 @@ class CeleryDispatcher:
     def prepare(
         self, graph: str, node: str, visit: int, execution_id: str, base: Base
     ) -> Publication:
-        message = Message(execution_id, visit, base)
+        message = Message(execution_id, visit, base, sealer=self.sealer)
         return self._publication(self._address(graph, node, message, False), message)
 
     def may_inline(

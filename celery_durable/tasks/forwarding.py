@@ -112,7 +112,7 @@ def unregistered(app: Celery, runtime: Runtime) -> Unknown:
         if found is None or len(args) != 2:
             return False
         graph, node = found
-        message = Message.read(args[0], int(args[1]), kwargs)
+        message = Message.read(args[0], int(args[1]), kwargs, runtime.store.sealer)
         if message.base.cursor.graph_version is None:
             return False
         elsewhere(app, runtime, Delivery(task, task_id, args, kwargs, key), graph, node, message)

@@ -2,20 +2,24 @@
 message, protocol 2, built here for either way of sending it), what a task reads.
 
 Only JSON travels. A message carries the committed state and version its visit runs on, so
-the happy path reads nothing before running. Task ids say what they run
-(``<execution>.<node>.<visit>.<attempt>``), so Flower can be searched by execution id and a
-cancel can revoke what is in flight without having stored anything.
+the happy path reads nothing before running. With encryption at rest on, the state travels
+sealed as it is stored (RabbitMQ writes messages to disk too), and Flower shows it sealed.
+Task ids say what they run (``<execution>.<node>.<visit>.<attempt>``), so Flower can be
+searched by execution id and a cancel can revoke what is in flight without having stored
+anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 
 from celery_durable.engine.base import Base
 from celery_durable.model.cursor import Cursor
+from celery_durable.persistence import codec
+from celery_durable.persistence.sealing import Sealer
 from celery_durable.status import Status
 
 
@@ -49,12 +53,19 @@ class Message:
     recovered: bool = False
     # Sent again after a flow control hold: what held it ("rate stripe"), its turn now taken.
     passed: str | None = None
+    # Seals the state on the way out when encryption at rest is on.
+    sealer: Sealer | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def read(cls, execution_id: str, visit: int, kwargs: dict[str, Any]) -> Message:
+    def read(
+        cls, execution_id: str, visit: int, kwargs: dict[str, Any], sealer: Sealer | None = None
+    ) -> Message:
+        state = kwargs["state"]
+        if isinstance(state, str):  # sealed
+            state = codec.loads((sealer or Sealer()).open(state, execution_id))
         base = Base(
             kwargs["version"],
-            kwargs["state"],
+            state,
             Cursor.from_json(kwargs["cursor"]),
             Status(kwargs.get("status", Status.RUNNING)),
         )
@@ -75,9 +86,12 @@ class Message:
 
     def kwargs(self) -> dict[str, Any]:
         base = self.base
+        state: Any = base.state
+        if self.sealer is not None and self.sealer.active is not None:
+            state = self.sealer.seal(codec.dumps(state), self.execution_id)
         kwargs: dict[str, Any] = {
             "version": base.version,
-            "state": base.state,
+            "state": state,
             "cursor": base.cursor.to_json(),
             "attempt": self.attempt,
         }

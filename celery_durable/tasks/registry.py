@@ -81,7 +81,7 @@ class NodeTasks:
         graph, name, graphs = node.graph.name, node.name, self.runtime.graphs
 
         def body(task: Any, execution_id: str, visit: int, **kwargs: Any) -> str:
-            message = Message.read(execution_id, visit, kwargs)
+            message = Message.read(execution_id, visit, kwargs, self.runtime.store.sealer)
             definition = graphs.at(graph, message.base.cursor.graph_version)
             if definition is None:
                 came = Delivery.of(task.request)

@@ -15,8 +15,11 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from celery_durable import CheckpointCorrupted, Context, Durable, Settings, Status
+from celery_durable.engine.base import Base
 from celery_durable.errors import ConfigurationError, EncryptionKeyMissing
 from celery_durable.persistence import codec
+from celery_durable.tasks.dispatch import Publication
+from celery_durable.tasks.message import Message
 from celery_durable.testing import embedded_app, in_process_worker
 
 SECRET = "4111-1111-1111-1111"
@@ -198,3 +201,22 @@ def test_bad_encryption_settings_are_refused_where_they_are_given(database_url: 
         }
     )
     assert settings.encryption_keys == {"k1": key} and settings.encryption_key == "k1"
+
+
+def test_with_encryption_node_messages_carry_the_state_sealed(make: Make) -> None:
+    durable = make(encryption_keys={"k1": new_key()})
+    run = durable.graphs["card"].delay(number=SECRET)  # no worker: its message is not taken
+    base = Base.of(durable.store.get_execution(run.id))
+    sent = durable.runtime.dispatcher.prepare("card", "charge", 1, run.id, base)
+    assert isinstance(sent, Publication) and sent.built is not None
+    kwargs = sent.message.kwargs()
+    assert kwargs["state"].startswith("e:k1:") and SECRET not in json.dumps(kwargs)
+    assert SECRET not in repr(sent.built)  # the body Celery publishes
+    read = Message.read(run.id, 1, kwargs, durable.store.sealer)
+    assert read.base.state == base.state
+    with in_process_worker(durable):
+        assert run.wait(timeout=10).notes == [SECRET]  # type: ignore[attr-defined]
+    plain = make()
+    plain_run = plain.graphs["card"].delay(number=SECRET)
+    plain_base = Base.of(plain.store.get_execution(plain_run.id))
+    assert Message(plain_run.id, 1, plain_base).kwargs()["state"]["number"] == SECRET
