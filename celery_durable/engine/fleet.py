@@ -117,8 +117,9 @@ class Member:
             self.fleet.rows.announce(self.worker, self.served, self.routing_keys, utcnow())
 
     def leave(self) -> None:
+        gone = utcnow() - timedelta(seconds=self.fleet.heartbeat * LIVE_BEATS + 1)
         try:
-            self.fleet.rows.leave(self.worker)
+            self.fleet.rows.leave(self.worker, gone)
         except Exception:
             # Its rows go stale and stop counting after LIVE_BEATS heartbeats anyway.
             logger.warning("could not remove worker %s from the fleet's rows", self.worker)

@@ -73,9 +73,13 @@ class Deployments:
             )
         return done.rowcount
 
-    def leave(self, worker: str) -> None:
+    def leave(self, worker: str, gone_since: datetime) -> None:
+        """``worker`` stopped: its rows no longer count as live, and are kept (until
+        forgotten) for what they say of versions no live worker serves any more."""
         with self.db.engine.begin() as conn:
-            conn.execute(delete(deployments).where(deployments.c.worker == worker))
+            conn.execute(
+                update(deployments).where(deployments.c.worker == worker).values(seen_at=gone_since)
+            )
 
     def forget(self, before: datetime) -> int:
         """Remove the rows of workers not seen since ``before``: gone for good."""

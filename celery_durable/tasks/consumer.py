@@ -24,8 +24,9 @@ from celery_durable.constants import TASK_PREFIX
 
 logger = logging.getLogger(__name__)
 
-# What a task message the worker has no task for is: (name, id, args, kwargs, routing key).
-Unknown = Callable[[str, str, list[Any], dict[str, Any], str | None], bool]
+# A task message the worker has no task for: (name, id, args, kwargs, routing key,
+# redelivered).
+Unknown = Callable[[str, str, list[Any], dict[str, Any], str | None, bool], bool]
 _handlers: WeakKeyDictionary[Celery, Unknown] = WeakKeyDictionary()
 
 PATH = f"{__name__}:DurableConsumer"
@@ -45,8 +46,9 @@ class DurableConsumer(Consumer):  # type: ignore[misc]
         if handler is not None and name.startswith(f"{TASK_PREFIX}."):
             try:
                 args, kwargs, _ = message.decode()
-                key = (message.delivery_info or {}).get("routing_key")
-                if handler(name, message.headers["id"], list(args), dict(kwargs), key):
+                info = message.delivery_info or {}
+                key, again = info.get("routing_key"), bool(info.get("redelivered"))
+                if handler(name, message.headers["id"], list(args), dict(kwargs), key, again):
                     message.ack()
                     return
             except Exception:

@@ -4,9 +4,10 @@ During a rolling deploy old and new workers consume one queue, so a visit can re
 that does not define the version its run is pinned to. Each worker therefore also consumes
 one queue per (routing key it consumes, version it serves), named by ``version_queue``: a
 worker that lacks a visit's version publishes it there, where only workers that have the
-version (and consume the visit's routing key) take it. It is a new message, not a
-redelivery: nothing loops, and no poison count grows. When no live worker has the version,
-the run stops for an operator instead (engine/versions.py).
+version (and consume the visit's routing key) take it. It is a new message: nothing loops,
+and a first delivery counts toward no poison cap (a redelivered one is sent on with a
+redelivered message's checks). When no live worker has the version, the run stops for an
+operator instead (engine/versions.py).
 """
 
 from __future__ import annotations
@@ -65,11 +66,21 @@ class Delivery:
     args: list[Any]
     kwargs: dict[str, Any]
     routing_key: str | None
+    # Delivered before: the copy sent on gets a redelivered message's checks (its visit may
+    # have committed, and a poison message is still counted).
+    redelivered: bool = False
 
     @classmethod
     def of(cls, request: Any) -> Delivery:
-        key = (request.delivery_info or {}).get("routing_key")
-        return cls(request.task, request.id, list(request.args), dict(request.kwargs), key)
+        info = request.delivery_info or {}
+        return cls(
+            request.task,
+            request.id,
+            list(request.args),
+            dict(request.kwargs),
+            info.get("routing_key"),
+            bool(info.get("redelivered")),
+        )
 
 
 def elsewhere(
@@ -81,10 +92,11 @@ def elsewhere(
     assert version is not None, "a run without a version runs on the newest, always defined"
     key = delivery.routing_key or app.conf.task_default_queue
     if runtime.fleet.serving(graph, version, key):
+        kwargs = {**delivery.kwargs, "recovered": True} if delivery.redelivered else delivery.kwargs
         app.send_task(
             delivery.task,
             args=delivery.args,
-            kwargs=delivery.kwargs,
+            kwargs=kwargs,
             task_id=delivery.task_id,
             queue=version_queue(key, graph, version),
             priority=message.base.cursor.priority,
@@ -106,7 +118,12 @@ def unregistered(app: Celery, runtime: Runtime) -> Unknown:
     of its versions has (tasks/consumer.py): a visit of a version it lacks."""
 
     def handle(
-        task: str, task_id: str, args: list[Any], kwargs: dict[str, Any], key: str | None
+        task: str,
+        task_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        key: str | None,
+        redelivered: bool,
     ) -> bool:
         found = _graph_and_node(runtime, task)
         if found is None or len(args) != 2:
@@ -115,7 +132,8 @@ def unregistered(app: Celery, runtime: Runtime) -> Unknown:
         message = Message.read(args[0], int(args[1]), kwargs, runtime.store.sealer)
         if message.base.cursor.graph_version is None:
             return False
-        elsewhere(app, runtime, Delivery(task, task_id, args, kwargs, key), graph, node, message)
+        delivery = Delivery(task, task_id, args, kwargs, key, redelivered)
+        elsewhere(app, runtime, delivery, graph, node, message)
         return True
 
     return handle

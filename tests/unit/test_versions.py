@@ -208,6 +208,8 @@ def test_a_visit_of_a_version_no_live_worker_serves_stops_the_run(
         error = raised.value.error
         assert error["type"] == "GraphVersionMissing" and error["node"] == "b"
         assert "version '1'" in error["message"] and "deployed: 2" in error["message"]
+        # The version 1 worker left; its rows still say what version 1 was.
+        assert "version 2 differs: nodes added: x; nodes removed: b" in error["message"]
         assert [s["execution_id"] for s in signalled] == [run.id]
         # The run is carried on by code that still defines version 1.
         with in_process_worker(durable):
@@ -242,6 +244,8 @@ def test_the_fleet_forgets_a_worker_that_left_or_stopped_beating(durable: Durabl
     assert [d.worker for d in fleet.live()] == ["w@host"]
     member.leave()
     assert fleet.live() == []
+    # Kept, no longer live: what a version no worker serves looked like.
+    assert [d.worker for d in fleet.known("trip")] == ["w@host"]
 
 
 def test_difference_says_what_changed() -> None:
