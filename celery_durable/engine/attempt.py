@@ -86,6 +86,10 @@ class Attempt:
     redelivered: bool = False
     # The flow control hold this attempt was sent again after (see engine/admission.py).
     passed: str | None = None
+    # How the attempt went wrong, if it did, and in how many seconds it is retried: what the
+    # task reports (Flower's FAILURE and RETRY, with the exception and its traceback).
+    failed: BaseException | None = None
+    retry_in: float | None = None
 
     @property
     def key(self) -> tuple[str, Kind, str, int]:

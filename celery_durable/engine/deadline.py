@@ -47,14 +47,21 @@ def time_limit(
         return
     watchdog = _watchdog()
     _soft = (node, seconds)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    token = watchdog.arm(node, time.monotonic() + seconds + HARD_LIMIT_GRACE, on_kill)
+    # Whatever alarm the process had (its handler and its timer) is put back afterwards.
+    handler = signal.signal(signal.SIGALRM, _expire)
+    started = time.monotonic()
+    pending, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    token = watchdog.arm(node, started + seconds + HARD_LIMIT_GRACE, on_kill)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _soft = None
         watchdog.disarm(token)
+        signal.signal(signal.SIGALRM, handler)
+        if pending:
+            left = pending - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
 # The node under a soft limit in this process's main thread; SIGALRM's handler raises for it.
@@ -113,13 +120,10 @@ def _end(node: str, on_kill: Callable[[], None] | None) -> None:
 
 
 def _start_watchdog() -> _Watchdog:
-    # The handler stays installed: it raises only while a node is under a limit.
-    signal.signal(signal.SIGALRM, _expire)
     return _Watchdog()
 
 
-# This process's watchdog and SIGALRM handler; a forked child (a prefork pool process) gets
-# its own.
+# This process's watchdog; a forked child (a prefork pool process) gets its own.
 _watchdogs = ProcessLocal(_start_watchdog)
 
 

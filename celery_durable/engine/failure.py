@@ -31,6 +31,7 @@ class Failure:
 def fail(run: Attempt, failure: Failure) -> Outcome:
     """Count the failure in the database; retry per the attempt's policy or give up."""
     exc, policy, visits = failure.error, run.policy, run.runtime.visits
+    run.failed = exc
     error = describe(exc, run.name, run.attempt)
     if failure.permanent or not policy.should_retry(exc, run.attempt):
         visits.record_failure(*run.key, error=dict(error), due_at=None)
@@ -57,6 +58,7 @@ def fail(run: Attempt, failure: Failure) -> Outcome:
     )
     if not in_db:
         run.redispatch(attempts + 1, delay)
+    run.retry_in = delay
     return Outcome.RETRYING
 
 

@@ -42,13 +42,15 @@ class InlineEvents:
     ) -> None:
         if not self.enabled:
             return
+        exc = exc or run.failed
         if exc is None:
             fields = {"result": repr(str(outcome)), "runtime": seconds}
             self._send(request, ("task-succeeded", {"uuid": self._id(run), **fields}))
-        else:
-            tb = "".join(traceback.format_exception(exc, limit=8))
-            fields = {"exception": repr(exc), "traceback": tb}
-            self._send(request, ("task-failed", {"uuid": self._id(run), **fields}))
+            return
+        tb = "".join(traceback.format_exception(exc, limit=8))
+        fields = {"exception": repr(exc), "traceback": tb}
+        kind = "task-retried" if outcome == Outcome.RETRYING else "task-failed"
+        self._send(request, (kind, {"uuid": self._id(run), **fields}))
 
     @staticmethod
     def _id(run: Attempt) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
+from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
@@ -32,6 +33,8 @@ from celery_durable.tasks.message import Message
 logger = logging.getLogger(__name__)
 
 JSON_TYPES = {"json", "application/json"}
+# Outcomes of an attempt that failed for good: the task reports FAILURE.
+FAILURES = frozenset({Outcome.FAILED, Outcome.NEEDS_INTERVENTION})
 DB_RETRY_MAX_DELAY = 30.0
 
 
@@ -87,7 +90,7 @@ class NodeTasks:
                 came = Delivery.of(task.request)
                 return elsewhere(self.app, self.runtime, came, graph, name, message)
             delivery = task.request.delivery_info or {}
-            run: Attempt | None = kind(
+            first: Attempt = kind(
                 self.runtime,
                 definition,
                 name,
@@ -100,10 +103,12 @@ class NodeTasks:
                 redelivered=message.recovered or bool(delivery.get("redelivered")),
                 passed=message.passed,
             )
-            outcome = Outcome.DROPPED
+            run: Attempt | None = first
+            outcome = own = Outcome.DROPPED
             while run is not None:
                 try:
                     outcome = self._run_one(run, task.request)
+                    own = outcome if run is first else own
                 except (OperationalError, InterfaceError) as exc:
                     return self._database_down(task, run, exc)
                 except CheckpointCorrupted as damage:
@@ -114,7 +119,7 @@ class NodeTasks:
                     logger.warning("simulated crash at %s", crash)
                     return "crashed"
                 run = run.successor if isinstance(run, NodeRun) else None
-            return str(outcome)
+            return _reported(first, own)
 
         return body
 
@@ -177,7 +182,22 @@ class NodeTasks:
             serializer="json",
             ignore_result=True,
             typing=False,
+            # A failed attempt's exception is raised for Flower after the engine recorded it:
+            # its message is done with, whatever the app's default.
+            acks_on_failure_or_timeout=True,
         )(fn)
+
+
+def _reported(run: Attempt, outcome: Outcome) -> str:
+    """The task's own outcome, as Celery and Flower show it: the message's visit, not the
+    nodes it ran inline after it (those send task events of their own). A failed attempt
+    raises its exception (FAILURE, with its traceback), a retried one Retry (RETRY): both
+    after the engine recorded them, and the message is acknowledged either way."""
+    if run.failed is not None and outcome == Outcome.RETRYING:
+        raise Retry(f"attempt {run.attempt} failed", exc=run.failed, when=run.retry_in)
+    if run.failed is not None and outcome in FAILURES:
+        raise run.failed
+    return str(outcome)
 
 
 def require_json(app: Celery) -> None:

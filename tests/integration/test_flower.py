@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from celery_durable import Compensated
 from tests.integration.app import CHAIN_NODES, DurableApp
 from tests.integration.harness import REPO, Workers
 from tests.waiting import wait_for
@@ -162,3 +163,45 @@ def test_flower_lists_each_node_task_with_its_execution_id(
     assert flower.status("/api/tasks") == 401
     assert flower.status("/metrics") == 200
     assert "flower_events_total" in flower.get("/metrics", auth=False)
+
+
+def test_flower_shows_each_attempt_as_what_it_was(
+    durable: DurableApp,
+    flower: Flower,
+    workers: Workers,
+    env: dict[str, str],
+) -> None:
+    # Each attempt is a task in Flower: reserve's retry is a message of its own; charge and
+    # notify run inline after it, and report through the worker's own task events.
+    worker = workers.start(args=(*WORKER_ARGS, "--without-mingle"))
+    wait_for(
+        lambda: any(name.startswith(worker.name) for name in flower.get("/api/workers?status=1")),
+        READY_TIMEOUT,
+        interval=0.1,
+        what="flower to see the worker's events",
+    )
+    # reserve fails once then commits; notify fails for good; the saga then compensates.
+    run = durable.order.delay(flaky={"reserve": 1}, fail_at="notify", no_retry=True)
+    with pytest.raises(Compensated):
+        run.wait(timeout=60)
+
+    def states() -> dict[str, str]:
+        tasks: dict[str, dict[str, Any]] = flower.get(f"/api/tasks?search={run.id}")
+        return {task_id: task["state"] for task_id, task in tasks.items()}
+
+    retried, committed = f"{run.id}.reserve.1.1", f"{run.id}.reserve.1.2"
+    failed = f"{run.id}.notify.1.1"
+
+    def listed_all() -> dict[str, str] | None:
+        found = states()
+        return found if {retried, committed, failed} <= set(found) else None
+
+    seen = wait_for(listed_all, 20, interval=0.1, what="flower to list the attempts")
+    assert (seen[retried], seen[committed], seen[failed]) == ("RETRY", "SUCCESS", "FAILURE")
+    listed = flower.get(f"/api/tasks?state=FAILURE&search={run.id}")
+    assert set(listed) == {failed}
+    info = flower.get(f"/api/task/info/{failed}")
+    assert "notify failed at attempt 1" in info["exception"]
+    assert "Traceback" in info["traceback"] and "NonRetryable" in info["traceback"]
+    retry = flower.get(f"/api/task/info/{retried}")
+    assert "reserve failed at attempt 1" in retry["exception"]
