@@ -129,6 +129,8 @@ class Translation:
         self.ports: dict[str, int] = {}
         self.broker_host = urllib.parse.urlsplit(BROKER_URL).hostname or "127.0.0.1"
         self.entrypoint, self.image_env = image()
+        # Unique on this machine, as each container's own host name makes it in compose.
+        self.worker_name = f"fleet-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
 
     def mounts(self, service: dict[str, Any]) -> dict[str, Path]:
         """Each volume's target in the container -> a temporary directory per volume."""
@@ -156,6 +158,10 @@ class Translation:
             elif i and args[i - 1] == "--port":
                 arg = str(self.port(name))
             out.append(self.path(arg, mounts))
+        if "worker" in args:
+            # Each container has a host name of its own; here the worker shares the machine's
+            # with any other worker on it, and RabbitMQ refuses a second one of its name.
+            out += ["-n", self.worker_name]
         return [*self.entrypoint, *out]
 
     def port(self, name: str) -> int:
@@ -354,7 +360,7 @@ def test_the_compose_services_run_here_as_a_fleet(fleet: Fleet) -> None:
     user_password = services["flower"]["environment"]["FLOWER_BASIC_AUTH"]
     flower = f"http://127.0.0.1:{fleet.t.port('flower')}"
     metrics = f"http://127.0.0.1:{fleet.t.port('metrics')}/metrics"
-    worker_name = f"celery@{socket.gethostname()}"
+    worker_name = fleet.t.worker_name
 
     fleet.wait(lambda: "ready." in fleet.log("worker"), "the worker to be ready")
     banner = fleet.log("worker")
