@@ -6,6 +6,7 @@ never commits a node twice.
 """
 
 from celery_durable.durable import Durable
+from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.context import Context
 from celery_durable.engine.execution import Execution, Progress
 from celery_durable.engine.state import Reduce
@@ -54,6 +55,7 @@ __all__ = [
     "Limit",
     # Runs
     "Execution",
+    "BulkReport",
     "Progress",
     "Status",
     "Checkpoint",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, Unpack
 from weakref import WeakKeyDictionary
@@ -17,7 +17,9 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_durable import signals
+from celery_durable.engine import bulk
 from celery_durable.engine.actors import actor
+from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.fleet import Fleet, Member
 from celery_durable.engine.flow_control import FlowControl
@@ -32,6 +34,7 @@ from celery_durable.errors import (
     DuplicateVersion,
     GraphDefinitionError,
     InvalidFlowOption,
+    InvalidInput,
 )
 from celery_durable.graphs.builder import Definitions, Graph, Node, OnFailure, Saga
 from celery_durable.hooks import Hooks
@@ -68,6 +71,8 @@ from celery_durable.tasks.registry import (
 from celery_durable.tasks.routing import check_queues
 
 G = TypeVar("G", bound=Graph)
+# Runs read per page by a bulk operation's selection.
+BULK_PAGE = 500
 logger = logging.getLogger(__name__)
 
 
@@ -285,6 +290,44 @@ class Durable:
             limit=limit,
         )
         return [Execution(self.runtime, r.id, r) for r in records]
+
+    def bulk(
+        self,
+        operation: str,
+        *,
+        ids: Iterable[str] | None = None,
+        status: Status | str | Iterable[Status | str] | None = None,
+        graph: str | None = None,
+        since: datetime | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> BulkReport:
+        """``operation`` (pause, resume, cancel, retry, compensate, upgrade) on every run of a
+        selection: the ``ids`` given, or those that match ``status``, ``graph`` and ``since``
+        (at least one filter). Each run is its own audited commit; the report says what was
+        done and what was refused, and why. ``dry_run`` changes nothing."""
+        if ids is None and status is None and graph is None and since is None:
+            raise InvalidInput(
+                "<bulk>", "select runs with ids, status, graph or since (none would mean every run)"
+            )
+        if ids is not None:
+            runs: Iterable[Execution] = (self.get(i) for i in ids)
+        else:
+            runs = self._every(status=status, graph=graph, since=since)
+        return bulk.apply(operation, runs, by=by, reason=reason, dry_run=dry_run)
+
+    def _every(self, **filters: Any) -> Iterator[Execution]:
+        """Every run that matches, newest first, a page at a time (keyset paging: runs
+        started meanwhile neither shift nor repeat a page)."""
+        before: tuple[datetime, str] | None = None
+        while True:
+            page = self.list(limit=BULK_PAGE, before=before, **filters)
+            yield from page
+            if len(page) < BULK_PAGE:
+                return
+            last = page[-1]
+            before = (last.record.created_at, last.id)
 
     def status_counts(self) -> dict[str, int]:
         """How many executions there are in each status; a status with none is left out."""

@@ -30,6 +30,16 @@ from celery_durable.status import Status
 
 S = Status
 FINAL = frozenset({S.SUCCEEDED, S.COMPENSATED, S.CANCELLED})
+# The statuses each operation accepts (resume: a paused run, or one waiting at an approval).
+ALLOWED: dict[str, frozenset[Status]] = {
+    "pause": frozenset({S.RUNNING, S.WAITING}),
+    "resume": frozenset({S.PAUSED, S.WAITING}),
+    "cancel": frozenset(
+        {S.PENDING, S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.NEEDS_INTERVENTION}
+    ),
+    "retry": frozenset({S.FAILED, S.NEEDS_INTERVENTION}),
+    "compensate": frozenset({S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.SUCCEEDED}),
+}
 
 
 class Operations(Audited):
@@ -40,7 +50,7 @@ class Operations(Audited):
         self.apply(
             execution_id,
             "pause",
-            {S.RUNNING, S.WAITING},
+            ALLOWED["pause"],
             lambda r: Change(r.state, r.cursor, S.PAUSED, r.error),
             by=by,
             reason=reason,
@@ -83,7 +93,7 @@ class Operations(Audited):
     ) -> None:
         interrupts = [k for k, w in Base.of(record).cursor.waits.items() if w.kind == "interrupt"]
         if record.status not in (S.WAITING, S.RUNNING):
-            raise InvalidTransition(record.id, "resume", record.status, {S.PAUSED, S.WAITING})
+            raise InvalidTransition(record.id, "resume", record.status, ALLOWED["resume"])
         if not interrupts:
             raise NotWaiting(record.id, "an approval (interrupt_before/after)", record.status)
         meta = {"op": "resume", "by": actor(by), "reason": reason}
@@ -119,7 +129,7 @@ class Operations(Audited):
         record, _ = self.apply(
             execution_id,
             "cancel",
-            {S.PENDING, S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.NEEDS_INTERVENTION},
+            ALLOWED["cancel"],
             lambda r: Change(r.state, r.cursor, S.CANCELLED, error),
             by=by,
             reason=reason,
@@ -150,7 +160,7 @@ class Operations(Audited):
             return Change(r.state, c, c.settled(), None)
 
         record, commit = self.apply(
-            execution_id, "retry", {S.FAILED, S.NEEDS_INTERVENTION}, change, by=by, reason=reason
+            execution_id, "retry", ALLOWED["retry"], change, by=by, reason=reason
         )
         base = Base.after(commit)
         for name, visit in base.cursor.frontier:
@@ -206,7 +216,7 @@ class Operations(Audited):
         _, commit = self.apply(
             execution_id,
             "compensate",
-            {S.RUNNING, S.PAUSED, S.WAITING, S.FAILED, S.SUCCEEDED},
+            ALLOWED["compensate"],
             change,
             by=by,
             reason=reason,
