@@ -11,6 +11,7 @@ RATE_LIMITS_TABLE: Final = "durable_rate_limits"
 SLOTS_TABLE: Final = "durable_slots"
 SLOT_QUEUE_TABLE: Final = "durable_slot_queue"
 DEPLOYMENTS_TABLE: Final = "durable_deployments"
+ATTEMPTS_TABLE: Final = "durable_attempts"
 ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 
 # A node's task is <TASK_PREFIX>.<graph>.<node>; the engine's own tasks share the prefix.

@@ -23,6 +23,7 @@ from celery_durable.errors import (
     WaitTimeout,
 )
 from celery_durable.model.records import (
+    AttemptRecord,
     Checkpoint,
     ErrorRecord,
     EventRecord,
@@ -137,6 +138,11 @@ class Execution:
         """Every checkpoint, oldest first: the start, node visits, steps, failures. One whose
         row no longer matches its checksum is marked ``corrupted`` and the rest still show."""
         return self.runtime.store.list(self.id, contain=True)
+
+    def attempts(self) -> list[AttemptRecord]:
+        """Every failed attempt of the run's nodes and compensations, with its error, in the
+        order they failed: the retries behind each visit that ``history()`` shows once."""
+        return self.runtime.visits.failures(self.id)
 
     def progress(self) -> Progress:
         """Done and total nodes, the node(s) due now, percent, and an ETA from mean node time."""

@@ -29,12 +29,21 @@ class Retention:
 
     def cutoffs(self, settings: Settings, now: datetime) -> dict[Status, datetime]:
         """For each finished status, the end time before which its runs go."""
-        succeeded = timedelta(days=settings.retention_succeeded_days)
-        failed = timedelta(days=settings.retention_failed_days)
-        cutoffs = {Status.SUCCEEDED: now - (self.older_than or self.succeeded or succeeded)}
+        succeeded = _first(
+            self.older_than, self.succeeded, timedelta(days=settings.retention_succeeded_days)
+        )
+        failed = _first(
+            self.older_than, self.failed, timedelta(days=settings.retention_failed_days)
+        )
+        cutoffs = {Status.SUCCEEDED: now - succeeded}
         for status in KEEP_FAILED:
-            cutoffs[status] = now - (self.older_than or self.failed or failed)
+            cutoffs[status] = now - failed
         return cutoffs
+
+
+def _first(*ages: timedelta | None) -> timedelta:
+    """The first age given: ``timedelta(0)`` (prune every finished run) is one."""
+    return next(age for age in ages if age is not None)
 
 
 @dataclass(slots=True)

@@ -162,6 +162,20 @@ class VisitRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One failed attempt of a node or compensation visit: attempt ``attempt`` (counted in
+    the database) failed at ``failed_at`` with ``error``."""
+
+    execution_id: str
+    kind: Kind
+    node: str
+    visit: int
+    attempt: int
+    error: dict[str, Any]
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class EventRecord:
     """An event sent to a run, kept until a wait consumes it (consumption is recorded by the
     wait's wake checkpoint, so it commits with the run's advance)."""

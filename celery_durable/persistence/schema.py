@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 from celery_durable.constants import (
+    ATTEMPTS_TABLE,
     BREAKERS_TABLE,
     CHECKPOINTS_TABLE,
     DEPLOYMENTS_TABLE,
@@ -140,6 +141,21 @@ node_visits = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("execution_id", "kind", "node", "visit"),
     Index(None, "due_at"),
+)
+
+# Every failed attempt of a node or compensation visit, with its error: what history, show
+# and the web view say of retries. Written off the happy path only, never by a commit.
+attempts = Table(
+    ATTEMPTS_TABLE,
+    metadata,
+    _execution_id(),
+    Column("kind", String(32), nullable=False),
+    Column("node", String(NAME_LENGTH), nullable=False),
+    Column("visit", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("failed_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("execution_id", "kind", "node", "visit", "attempt"),
 )
 
 # Events sent to a run, in the order sent (id); one per idempotency key and run.

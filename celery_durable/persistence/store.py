@@ -35,7 +35,13 @@ from celery_durable.persistence.rows import (
     execution_record,
     start_row,
 )
-from celery_durable.persistence.schema import checkpoints, events, executions, node_visits
+from celery_durable.persistence.schema import (
+    attempts,
+    checkpoints,
+    events,
+    executions,
+    node_visits,
+)
 from celery_durable.status import ENDS_WAIT, Status
 
 
@@ -236,7 +242,7 @@ class CheckpointStore(RunHistory):
             )
             if not ids:
                 return 0
-            for table in (node_visits, events, checkpoints):
+            for table in (node_visits, attempts, events, checkpoints):
                 conn.execute(delete(table).where(table.c.execution_id.in_(ids)))
             conn.execute(delete(executions).where(executions.c.id.in_(ids)))
         return len(ids)

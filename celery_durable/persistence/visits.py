@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy import Row, and_, delete, or_, select, update
 
-from celery_durable.model.records import Kind, VisitRecord, as_utc, utcnow
+from celery_durable.model.records import AttemptRecord, Kind, VisitRecord, as_utc, utcnow
 from celery_durable.persistence import codec
 from celery_durable.persistence.database import Database
-from celery_durable.persistence.schema import node_visits
+from celery_durable.persistence.schema import attempts, node_visits
 
 
 class VisitLedger:
@@ -53,7 +53,42 @@ class VisitLedger:
                 "lease_expires_at": None,
             },
         )
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                self.db.dialect.insert(attempts)
+                .values(
+                    execution_id=execution_id,
+                    kind=str(kind),
+                    node=node,
+                    visit=visit,
+                    attempt=int(row.attempts),
+                    error=codec.dumps(error),
+                    failed_at=utcnow(),
+                )
+                .on_conflict_do_nothing()
+            )
         return int(row.attempts)
+
+    def failures(self, execution_id: str) -> list[AttemptRecord]:
+        """Every failed attempt of the run, in the order they failed."""
+        query = (
+            select(attempts)
+            .where(attempts.c.execution_id == execution_id)
+            .order_by(attempts.c.failed_at, attempts.c.attempt)
+        )
+        with self.db.read() as conn:
+            return [
+                AttemptRecord(
+                    execution_id=m["execution_id"],
+                    kind=Kind(m["kind"]),
+                    node=m["node"],
+                    visit=m["visit"],
+                    attempt=m["attempt"],
+                    error=codec.loads(m["error"]),
+                    failed_at=as_utc(m["failed_at"]),  # type: ignore[arg-type]
+                )
+                for m in (row._mapping for row in conn.execute(query))
+            ]
 
     def schedule(
         self, execution_id: str, kind: str, node: str, visit: int, due_at: datetime

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_migrate_creates_the_tables_then_is_a_no_op(database_url: str) -> None:
     durable = Durable(Celery("x"), database_url=database_url)
-    assert durable.migrate() == (None, "0007")
+    assert durable.migrate() == (None, "0008")
     tables = set(inspect(durable.db.engine).get_table_names())
     assert {
         "durable_executions",
@@ -24,7 +24,7 @@ def test_migrate_creates_the_tables_then_is_a_no_op(database_url: str) -> None:
         "durable_node_visits",
         "durable_events",
     } <= tables
-    assert durable.migrate() == ("0007", "0007")
+    assert durable.migrate() == ("0008", "0008")
     assert set(inspect(durable.db.engine).get_table_names()) == tables
     durable.db.dispose()
 
@@ -33,9 +33,9 @@ def test_the_script_migrates_a_database_url(database_url: str) -> None:
     command = [sys.executable, "-m", "celery_durable.cli", "migrate", "--database-url"]
     first = subprocess.run([*command, database_url], capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr
-    assert "schema migrated from empty to 0007" in first.stdout
+    assert "schema migrated from empty to 0008" in first.stdout
     again = subprocess.run([*command, database_url], capture_output=True, text=True, cwd=ROOT)
-    assert "schema already at revision 0007" in again.stdout
+    assert "schema already at revision 0008" in again.stdout
 
 
 def test_the_migrations_build_the_schema_the_code_declares(database_url: str) -> None:
