@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable.engine import wakeups
 from celery_durable.engine.definition import GraphDefinition
@@ -32,6 +34,8 @@ from celery_durable.model.records import (
     error_record,
 )
 from celery_durable.status import ENDS_WAIT, FINISHED, Status
+
+logger = logging.getLogger(__name__)
 
 ENDINGS: dict[Status, type[ExecutionFailed]] = {
     Status.COMPENSATED: Compensated,
@@ -128,7 +132,12 @@ class Execution:
                 if noticed is not None and noticed.version > record.version:
                     record = self._record = noticed
                 else:
-                    record = self.refresh()
+                    try:
+                        record = self.refresh()
+                    except (OperationalError, InterfaceError) as exc:
+                        # The database is away (a restart, a failover): look again at the
+                        # next pause; the listener wakes this waiter when it reconnects.
+                        logger.warning("waiting for %s: database unavailable (%s)", self.id, exc)
         if record.status != Status.SUCCEEDED:
             error = record.error or error_record(str(record.status), "run did not succeed")
             raise ENDINGS.get(record.status, ExecutionFailed)(self.id, error.get("node"), error)

@@ -6,6 +6,7 @@ does not allow it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from celery_durable.engine import wakeups
@@ -27,6 +28,8 @@ from celery_durable.model.records import (
 from celery_durable.saga import compensation
 from celery_durable.saga.shape import GraphShape
 from celery_durable.status import Status
+
+logger = logging.getLogger(__name__)
 
 S = Status
 FINAL = frozenset({S.SUCCEEDED, S.COMPENSATED, S.CANCELLED})
@@ -134,15 +137,24 @@ class Operations(Audited):
             by=by,
             reason=reason,
         )
-        in_flight = [
-            (name, visit, self._attempts(execution_id, Kind.NODE, name, visit))
-            for name, visit in record.cursor.frontier
-        ]
-        self.runtime.dispatcher.revoke(execution_id, in_flight)
         for child in self.runtime.store.children(execution_id):
             if not child.status.finished:
                 with contextlib.suppress(InvalidTransition):
                     self.cancel(child.id, by=by, reason=f"its parent {execution_id} was cancelled")
+        in_flight = [
+            (name, visit, self._attempts(execution_id, Kind.NODE, name, visit))
+            for name, visit in record.cursor.frontier
+        ]
+        try:
+            self.runtime.dispatcher.revoke(execution_id, in_flight)
+        except Exception as exc:
+            # The cancel is committed: what is in flight finds the run cancelled and stops.
+            logger.warning(
+                "execution %s cancelled; its tasks in flight could not be revoked (%s), and "
+                "stop when they find it cancelled",
+                execution_id,
+                exc,
+            )
 
     def retry(self, execution_id: str, *, by: str | None = None, reason: str | None = None) -> None:
         """A failed run from its failure point, or a stuck compensation from where it stopped."""

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 
 from celery_durable.forks import ThreadLocal
 from celery_durable.persistence.answer import Answer
-from celery_durable.persistence.prepared import PREPARED_KEY, InFlight, Prepared
+from celery_durable.persistence.prepared import PREPARED_KEY, InFlight, Prepared, ready
 
 # A held connection goes back to the pool this often, so pool_recycle still applies to it.
 HOLD_SECONDS = 30.0
@@ -55,8 +55,8 @@ def send(engine: Engine, statement: Prepared, params: Mapping[str, Any]) -> Sent
         # Its owner broke the rule and has not collected it: the connection takes one
         # statement at a time, so collect it now and keep its answer for whoever asks.
         held.outstanding.settle()
-    pooled = _connection(held, engine)
     try:
+        pooled = _connection(held, engine)
         wire = statement.send(
             pooled.driver_connection, pooled.info.setdefault(PREPARED_KEY, set()), params
         )
@@ -97,11 +97,29 @@ class Sent(Answer[bool]):
 
 def _connection(held: _Held, engine: Engine) -> Any:
     now = time.monotonic()
+    if held.pooled is not None and server_closed(held.pooled.driver_connection):
+        # The server went away (a restart, a failover): a new connection finds the new one.
+        _release(held, psycopg.OperationalError("the server closed the held connection"))
     if held.pooled is not None and (held.engine is not engine or now - held.since > HOLD_SECONDS):
         _release(held)
     if held.pooled is None:
         held.pooled, held.engine, held.since = engine.raw_connection(), engine, now
     return held.pooled
+
+
+def server_closed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has closed ``conn``: one poll() of its socket, no round trip. An
+    idle connection's socket is readable only when the server hung up or sent a notice."""
+    pgconn = conn.pgconn
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
+        return True
+    if not ready(pgconn, False, 0):
+        return False
+    try:
+        pgconn.consume_input()
+    except psycopg.OperationalError:
+        return True
+    return pgconn.status != psycopg.pq.ConnStatus.OK
 
 
 def _translated(

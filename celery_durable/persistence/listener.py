@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import URL
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,11 @@ class Listener:
     """
 
     def __init__(self, url: URL) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # What the pools connect with, hosts lists and options included (a URL rendered back
+        # to a string keeps only the last of several host= parameters).
+        args, params = url.get_dialect()().create_connect_args(url)
+        params.pop("context", None)
+        self._conninfo = make_conninfo(*args, **params)
         self._waiting: dict[str, set[_Slot]] = {}
         self._lock = threading.Lock()
         self._tried = threading.Event()  # the first connection attempt is over

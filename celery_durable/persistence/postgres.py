@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table, create_engine, make_url, text
+from sqlalchemy import Connection, Table, create_engine, event, make_url, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import InvalidatePoolError
 
 from celery_durable.constants import CHECKPOINTS_TABLE, EXECUTIONS_TABLE, NODE_VISITS_TABLE
 from celery_durable.forks import ProcessLocal
@@ -95,6 +96,13 @@ RETURNING seq
 )
 
 
+def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection the server has closed (a restart, a failover) is not handed out:
+    the pool drops it, and every connection older than it, and makes a new one."""
+    if held_connection.server_closed(dbapi_connection):
+        raise InvalidatePoolError("the server closed this connection")
+
+
 class PostgresDialect(Dialect):
     """Node commits in one autocommitted statement; waiters woken by NOTIFY; migrations
     serialized by an advisory lock."""
@@ -114,7 +122,10 @@ class PostgresDialect(Dialect):
         autocommit = create_engine(
             self.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
         )
-        return Engines(engine=create_engine(self.url, **options), reader=autocommit)
+        engine = create_engine(self.url, **options)
+        for each in (engine, autocommit):
+            event.listen(each, "checkout", _refuse_closed)
+        return Engines(engine=engine, reader=autocommit)
 
     def send(
         self, engines: Engines, advance: Advance, *, fenced: bool, wakes: bool

@@ -134,12 +134,18 @@ def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
 
 
 def _wait(pgconn: pq.abc.PGconn, writing: bool) -> None:
-    """Block until the connection's socket can be read (or written): poll(), which gevent's
-    patching makes cooperative; select() where poll() is gone (eventlet's patching, Windows)."""
+    """Block until the connection's socket can be read (or written)."""
+    ready(pgconn, writing, None)
+
+
+def ready(pgconn: pq.abc.PGconn, writing: bool, timeout: float | None) -> bool:
+    """Whether the connection's socket can be read (or written) within ``timeout`` seconds
+    (None: wait for it): poll(), which gevent's patching makes cooperative; select() where
+    poll() is gone (eventlet's patching, Windows)."""
     sock = pgconn.socket
     if not hasattr(select, "poll"):
-        select.select([] if writing else [sock], [sock] if writing else [], [])
-        return
+        found = select.select([] if writing else [sock], [sock] if writing else [], [], timeout)
+        return any(found)
     poller = select.poll()
     poller.register(sock, select.POLLOUT if writing else select.POLLIN)
-    poller.poll()
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))

@@ -26,6 +26,7 @@ from celery_durable import (
 )
 from celery_durable.errors import CannotSkip, CheckpointNotFound
 from celery_durable.model.records import utcnow
+from celery_durable.testing import in_process_worker
 from tests.waiting import wait_for
 
 FAST = RetryPolicy(max_attempts=2, initial_delay=0.01, backoff=1, jitter=False)
@@ -431,3 +432,37 @@ def test_operations_on_an_unknown_id_raise_execution_not_found(durable: Durable,
     with pytest.raises(ExecutionNotFound):
         calls[op]()
     assert durable.list() == []
+
+
+def test_a_cancel_with_the_broker_down_commits_and_cancels_the_children(
+    durable: Durable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Job(BaseModel):
+        n: int = 0
+
+    child = durable.graph("napping_child", state=Job)
+
+    @child.node
+    def nap(state: Job, ctx: Context) -> None:
+        ctx.sleep(3600)
+
+    child.entry(nap)
+    parent = durable.graph("waiting_parent", state=Job)
+
+    @parent.node
+    def spawn(state: Job, ctx: Context) -> None:
+        ctx.wait_child(ctx.start_child(child, {}))
+
+    parent.entry(spawn)
+    with in_process_worker(durable):
+        run = parent.delay()
+        wait_for(lambda: len(run.children()) == 1 and run.status == Status.WAITING, 5.0)
+        wait_for(lambda: run.children()[0].status == Status.WAITING, 5.0)
+
+    def broker_down(*args: object) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(durable.runtime.dispatcher, "revoke", broker_down)
+    run.cancel(by="ops")
+    assert run.status == Status.CANCELLED
+    assert [c.status for c in run.children()] == [Status.CANCELLED]
