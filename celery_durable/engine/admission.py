@@ -17,7 +17,7 @@ from datetime import datetime
 from celery_durable.engine.attempt import Attempt, Outcome
 from celery_durable.engine.base import Base
 from celery_durable.engine.failure import Failure
-from celery_durable.engine.flow_control import Held
+from celery_durable.engine.flow_control import Held, Turn
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.state import fit
 from celery_durable.errors import (
@@ -103,11 +103,12 @@ def send(runtime: Runtime, granted: list[Holder], known: Limits) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """Past the gate: the visit's place (given up when the attempt ends), and whether the
-    call is its breaker's probe."""
+    """Past the gate: the visit's place (given up when the attempt ends), whether the call
+    is its breaker's probe, and the rate turn it starts at."""
 
     place: Holder | None = None
     probe: bool = False
+    turn: Turn | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +167,14 @@ class Gate:
         if isinstance(decision, Queued):
             by = f"slot {decision.holder.key}"
         else:
-            by = decision.held.by
-            delay = (decision.held.until - utcnow()).total_seconds()
+            held = decision.held
+            by, delay = held.by, (held.until - utcnow()).total_seconds()
             if decision.by_message and delay <= runtime.settings.eta_threshold:
-                run.redispatch(run.attempt, max(delay, 0.0), passed=by)
+                run.redispatch(run.attempt, max(delay, 0.0), passed=held.passed)
             else:
-                until = decision.held.until
-                runtime.visits.hold(run.execution_id, run.name, run.visit, run.attempt, until, by)
+                runtime.visits.hold(
+                    run.execution_id, run.name, run.visit, run.attempt, held.until, held.passed
+                )
         runtime.hooks.node_held(run.graph.name, run.name, by)
         return Outcome.HELD
 
@@ -201,19 +203,21 @@ class Gate:
     def _flow(self, run: Attempt) -> Admitted | Hold | Failure:
         """The node's rate turn, then its breaker."""
         node, flow = run.graph.nodes[run.name], self.runtime.flow
+        turn = None
         if node.rate is not None:
-            held = flow.take_turn(node.rate, f"rate {node.rate.name}", run.passed)
-            if held is not None:
-                return Hold(held, by_message=True)
+            taken = flow.take_turn(node.rate, f"rate {node.rate.name}", run.passed)
+            if isinstance(taken, Held):
+                return Hold(taken, by_message=True)
+            turn = taken
         if node.breaker is None:
-            return Admitted()
+            return Admitted(turn=turn)
         try:
             admission = flow.admit(node.breaker)
         except UnknownBreaker as exc:
             # Worker start refuses it; a breaker undeclared since is this node's fault.
             return Failure(exc, permanent=True)
         if admission.retry_at is None:
-            return Admitted(probe=admission.probe)
+            return Admitted(probe=admission.probe, turn=turn)
         if node.when_open == "fail":
             return Failure(CircuitOpen(node.breaker, admission.retry_at))
         return Hold(Held(admission.retry_at, f"breaker {node.breaker}"))

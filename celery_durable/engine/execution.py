@@ -12,6 +12,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_durable.engine import wakeups
 from celery_durable.engine.definition import GraphDefinition
+from celery_durable.engine.flow_control import shown
 from celery_durable.engine.operations import Operations
 from celery_durable.engine.repairs import Repairs
 from celery_durable.engine.runtime import Runtime
@@ -228,7 +229,8 @@ class Execution:
         """Node visits flow control holds back ("node:visit"), and by what: "breaker
         payments", "rate stripe", "slot <key>" (in line for a concurrency key's place)."""
         held = {
-            f"{node}:{visit}": by for (node, visit), by in self.runtime.visits.held(self.id).items()
+            f"{node}:{visit}": shown(by)
+            for (node, visit), by in self.runtime.visits.held(self.id).items()
         }
         _, queued = self.runtime.flow.slots.holders(self.id)
         for holder in queued:

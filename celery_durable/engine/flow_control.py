@@ -9,9 +9,10 @@ failures, probes and rejections write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from celery_durable.coroutines import settled
@@ -26,21 +27,62 @@ from celery_durable.policies.limits import RateLimit
 T = TypeVar("T")
 
 
+# A call whose rate turn is this near waits for it in the worker, so that it starts at its
+# turn: neither the broker (Celery runs a countdown message up to a second late) nor a timer
+# is that precise, and a call run late bunches up with the calls after it.
+NEAR = timedelta(seconds=1.5)
+# A call held for a turn further away comes back this long before it, and waits the rest.
+EARLY = timedelta(seconds=1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
-    """Come back at ``until``: ``by`` ("breaker payments", "rate stripe") holds the visit."""
+    """Come back at ``until``: ``by`` ("breaker payments", "rate stripe") holds the visit;
+    ``turn``: the rate turn reserved for it, which it runs at when it comes back."""
 
     until: datetime
     by: str
+    turn: datetime | None = None
+
+    @property
+    def passed(self) -> str:
+        """What the visit comes back with: what held it, and its turn if it has one."""
+        return self.by if self.turn is None else f"{self.by}@{self.turn.timestamp():.6f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A rate turn reserved for a call: it starts at ``at``, or not at all. Met at the call
+    itself (``FlowControl.meet``), after everything else the attempt does first, so that the
+    calls start evenly spaced, never bunched up in a window."""
+
+    rate: RateLimit
+    by: str
+    at: datetime
+
+    @property
+    def grace(self) -> timedelta:
+        """How late a call may still start at its turn: half the spacing, so that no window
+        of ``per`` seconds holds more than ``limit`` calls (one more for the clock's
+        granularity)."""
+        return self.rate.interval / 2
+
+
+def shown(passed: str) -> str:
+    """What holds a visit, as an operator reads it (without a reserved turn's time)."""
+    by, at, turn = passed.rpartition("@")
+    return by if at and turn.replace(".", "", 1).isdigit() else passed
 
 
 class HeldBack(BaseException):
     """``ctx.step(..., breaker=)`` met an open breaker: the whole visit is held. A
     BaseException, so that a node's ``except Exception`` cannot swallow it."""
 
-    def __init__(self, held: Held) -> None:
+    def __init__(self, held: Held, *, by_message: bool = False) -> None:
         super().__init__(held.by)
         self.held = held
+        # A rate turn's hold: it waits as a message with a countdown when it is close.
+        self.by_message = by_message
 
 
 class FlowControl:
@@ -120,14 +162,29 @@ class FlowControl:
         with self.store.locked_breaker(breaker) as locked:
             locked.write(record(policy, locked.row, ok, utcnow(), probe))
 
-    def take_turn(self, rate: RateLimit, by: str, passed: str | None) -> Held | None:
-        """Reserve this call's turn under ``rate``; hold the visit if the turn is later.
-        A visit sent again at its turn (``passed``) took it already."""
-        if passed == by:
-            return None
-        now = utcnow()
-        turn = self.store.reserve(rate.name, rate.interval, now)
-        return Held(turn, by) if turn > now else None
+    def take_turn(self, rate: RateLimit, by: str, passed: str | None) -> Held | Turn:
+        """This call's turn under ``rate``: the Turn to meet when it is near, else the hold
+        until it nears. A visit sent again for its turn (``passed``) keeps that turn, unless
+        it came back too late for it."""
+        if passed is not None and passed.startswith(f"{by}@"):
+            at = datetime.fromtimestamp(float(passed[len(by) + 1 :]), UTC)
+            if utcnow() <= at + rate.interval / 2:
+                return _near(Turn(rate, by, at))
+        return _near(Turn(rate, by, self.store.reserve(rate.name, rate.interval, utcnow())))
+
+    def meet(self, turn: Turn) -> Held | None:
+        """Right before the call: wait for its turn. A turn missed (the call came too late
+        for it) is given up for a new one, waited for too when near, else held for."""
+        while True:
+            early = (turn.at - utcnow()).total_seconds()
+            if early > 0:
+                time.sleep(early)
+            if utcnow() - turn.at <= turn.grace:
+                return None
+            taken = self.take_turn(turn.rate, turn.by, None)
+            if isinstance(taken, Held):
+                return taken
+            turn = taken
 
     def set(self, name: str, state: BreakerState, by: str) -> None:
         """An operator opens or closes a breaker; an opened one half-opens after reset_after."""
@@ -144,6 +201,13 @@ class FlowControl:
             stored.get(name) or BreakerStatus(name, BreakerRow(), 0, None, None)
             for name in sorted(set(self.policies) | set(stored))
         ]
+
+
+def _near(turn: Turn) -> Held | Turn:
+    """A turn near enough to wait for in the worker; the hold for one further away."""
+    if turn.at - utcnow() > NEAR:
+        return Held(turn.at - EARLY, turn.by, turn.at)
+    return turn
 
 
 def _rate(rate: RateLimit) -> str:

@@ -34,7 +34,7 @@ from celery_durable.engine.compensation_run import start_compensating
 from celery_durable.engine.context import Context, as_update
 from celery_durable.engine.deadline import time_limit
 from celery_durable.engine.failure import Failure, fail, needs_intervention
-from celery_durable.engine.flow_control import HeldBack
+from celery_durable.engine.flow_control import HeldBack, Turn
 from celery_durable.engine.memo import VisitMemo
 from celery_durable.engine.node_commit import PERMANENT, Draft, draft
 from celery_durable.engine.rebase import until_committed
@@ -154,7 +154,7 @@ class NodeRun(Attempt):
     def run_admitted(self, gate: Gate, admitted: Admitted) -> Outcome:
         """Past the gate: call the function under a lease, then commit what it returned."""
         with self.runtime.leases.watch(self.key) as lease:
-            called = self.call(gate, self.context(VisitMemo(self)))
+            called = self.call(gate, self.context(VisitMemo(self)), admitted.turn)
         if isinstance(called, Outcome):
             return called
         gate.report(self, admitted, called if isinstance(called, Failure) else None)
@@ -164,24 +164,30 @@ class NodeRun(Attempt):
             return Outcome.DROPPED
         return self.commit_update(called, lease.token)
 
-    def call(self, gate: Gate, ctx: Context) -> dict[str, Any] | Outcome | Failure:
-        """The user's function on the validated state: its update, or why there is none."""
+    def call(
+        self, gate: Gate, ctx: Context, turn: Turn | None = None
+    ) -> dict[str, Any] | Outcome | Failure:
+        """The user's function on the validated state, at its rate turn: its update, or why
+        there is none."""
         try:
-            return self._timed_call(ctx)
+            return self._timed_call(ctx, turn)
         except Superseded:
             return Outcome.DROPPED
         except Suspend:
             return Outcome.WAITING
         except HeldBack as back:
-            return gate.wait(self, Hold(back.held))
+            return gate.wait(self, Hold(back.held, by_message=back.by_message))
         except Exception as exc:
             return Failure(_translate(exc, self.node), permanent=isinstance(exc, PERMANENT))
 
-    def _timed_call(self, ctx: Context) -> dict[str, Any]:
-        """The call under the node's time limit; a slow one is logged."""
+    def _timed_call(self, ctx: Context, turn: Turn | None) -> dict[str, Any]:
+        """The call under the node's time limit, started at its rate turn; a slow one is
+        logged."""
         node, started = self.node, time.monotonic()
         model, _ = fit(self.graph, self.base.state)
         args = (model, ctx) if node.wants_context else (model,)
+        if turn is not None and (held := self.runtime.flow.meet(turn)) is not None:
+            raise HeldBack(held, by_message=True)
         with time_limit(self.name, node.timeout, self._drop_lease):
             update = as_update(settled(node.fn(*args)))
         took = time.monotonic() - started
