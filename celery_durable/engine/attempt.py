@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from celery_durable import tracing
 from celery_durable.engine.base import Base
 from celery_durable.engine.context import Context, Memo
 from celery_durable.engine.leases import worker_id
@@ -217,6 +218,11 @@ class Attempt:
             return Outcome.DROPPED
         took = time.perf_counter() - started
         self.runtime.hooks.checkpoint_written(self.graph.name, commit.node, commit.kind, took)
+        tracing.finished(
+            "durable.commit",
+            took,
+            {"kind": str(commit.kind), "seq": commit.seq, "node": commit.node},
+        )
         return None
 
     def save(self, build: Callable[[], Commit]) -> Commit | Outcome:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery_durable import tracing
 from celery_durable.coroutines import settled
 from celery_durable.engine import wakeups
 from celery_durable.engine.attempt import Attempt, Superseded, Suspend
@@ -170,6 +171,16 @@ class VisitMemo:
             )
 
         self._commit(build)
+        tracing.event(
+            run.base.cursor.trace,
+            f"durable.wait {wait.kind}",
+            {
+                "execution_id": run.execution_id,
+                "node": run.name,
+                "visit": run.visit,
+                "wait": wait.key,
+            },
+        )
         # What ended while this wait was being committed found no wait to wake: look again.
         if wait.kind == "event":
             wakeups.wake_event_waits(run.runtime, run.execution_id)

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from celery_durable import tracing
 from celery_durable.engine.base import Base
 from celery_durable.engine.runtime import Publication, Runtime
 from celery_durable.engine.state import check_fields, dump, validate
@@ -80,8 +81,21 @@ def start_run(
 ) -> ExecutionRecord:
     """Validate, store (idempotent on the id), publish the entry node: in that order, so bad
     input changes nothing. The entry's messages are built while the insert is in flight."""
+    with tracing.run_start(graph.name) as span:
+        record = _start(runtime, graph, input, options, span)
+        span.set(execution_id=record.id, version=graph.version)
+        return record
+
+
+def _start(
+    runtime: Runtime,
+    graph: GraphShape,
+    input: dict[str, Any],
+    options: StartOptions,
+    span: tracing.Traced,
+) -> ExecutionRecord:
     fingerprint = graph.validate()
-    entry = _entry(runtime, graph, input, options)
+    entry = _entry(runtime, graph, input, options, span.traceparent())
     pending = runtime.store.send_start(
         execution_id=entry.execution_id,
         graph=graph.name,
@@ -105,14 +119,18 @@ def start_run(
 
 
 def _entry(
-    runtime: Runtime, graph: GraphShape, input: dict[str, Any], options: StartOptions
+    runtime: Runtime,
+    graph: GraphShape,
+    input: dict[str, Any],
+    options: StartOptions,
+    trace: str | None,
 ) -> _Entry:
     check_fields(graph, input)
     state = dump(graph.name, validate(graph.name, graph.state, input))
     state_json = runtime.state_json(state)
     assert graph.entry_node is not None
     cursor = Cursor.start(
-        graph.entry_node, options.queue, options.parent, options.priority, graph.version
+        graph.entry_node, options.queue, options.parent, options.priority, graph.version, trace
     )
     go = interrupt(graph, cursor, cursor.frontier)
     base = Base(0, state, cursor, cursor.settled())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery_durable import faults
+from celery_durable import faults, tracing
 from celery_durable.engine.actors import actor
 from celery_durable.engine.base import Base
 from celery_durable.engine.rebase import current_row, until_committed
@@ -70,6 +70,11 @@ def wake(
     if done is None:
         return False
     commit, graph = done.commit, done.record.graph
+    tracing.event(
+        done.record.cursor.trace,
+        f"durable.wake {key}",
+        {"execution_id": execution_id, "graph": graph, "node": done.node, "wait": key},
+    )
     faults.hit(faults.AFTER_WAKE, done.node)
     if commit.status != Status.PAUSED:
         runtime.dispatch_all(graph, execution_id, Base.after(commit), done.visits)

@@ -40,6 +40,9 @@ class Cursor:
     # The version of its graph the run is pinned to (None: started before runs were pinned).
     # Carried by every message, so a worker knows which definition to run without a read.
     graph_version: str | None = None
+    # The W3C traceparent of the run's start span (celery_durable/tracing.py): every attempt,
+    # wait and wake of the run is a child of it, on any worker; None without tracing.
+    trace: str | None = None
 
     @classmethod
     def start(
@@ -49,6 +52,7 @@ class Cursor:
         parent: str | None = None,
         priority: int | None = None,
         graph_version: str | None = None,
+        trace: str | None = None,
     ) -> Cursor:
         return cls(
             frontier=[(entry, 1)],
@@ -57,6 +61,7 @@ class Cursor:
             parent=parent,
             priority=priority,
             graph_version=graph_version,
+            trace=trace,
         )
 
     @classmethod
@@ -72,6 +77,7 @@ class Cursor:
             parent=data.get("parent"),
             priority=data.get("priority"),
             graph_version=data.get("graph_version"),
+            trace=data.get("trace"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -94,6 +100,8 @@ class Cursor:
             data["priority"] = self.priority
         if self.graph_version is not None:
             data["graph_version"] = self.graph_version
+        if self.trace is not None:
+            data["trace"] = self.trace
         return data
 
     def copy(self) -> Cursor:

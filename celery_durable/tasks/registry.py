@@ -17,6 +17,7 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from celery_durable import tracing
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
 from celery_durable.engine import quarantine
 from celery_durable.engine.attempt import Attempt, Outcome
@@ -26,6 +27,7 @@ from celery_durable.engine.runtime import Runtime
 from celery_durable.errors import CheckpointCorrupted, UnsafeSerializer
 from celery_durable.faults import SimulatedCrash
 from celery_durable.graphs.builder import Node
+from celery_durable.model.records import Kind
 from celery_durable.tasks.forwarding import Delivery, elsewhere
 from celery_durable.tasks.inline_events import InlineEvents
 from celery_durable.tasks.message import Message
@@ -154,16 +156,20 @@ class NodeTasks:
         outcome: Outcome | None = None
         error: BaseException | None = None
         started = time.perf_counter()
-        try:
-            outcome = run.execute()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            took = time.perf_counter() - started
-            self.runtime.hooks.attempt_finished(run.graph.name, run.name, run.kind, took)
-            if inline:
-                self.events.finished(run, request, took, outcome, error)
+        with tracing.attempt(run.base.cursor.trace, _span_name(run), _span_attributes(run)) as span:
+            try:
+                outcome = run.execute()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                took = time.perf_counter() - started
+                self.runtime.hooks.attempt_finished(run.graph.name, run.name, run.kind, took)
+                if inline:
+                    self.events.finished(run, request, took, outcome, error)
+            span.set(outcome=str(outcome))
+            if run.failed is not None:
+                span.failed(run.failed)
         return outcome
 
     def _register(self, name: str, fn: Callable[..., str]) -> None:
@@ -186,6 +192,23 @@ class NodeTasks:
             # its message is done with, whatever the app's default.
             acks_on_failure_or_timeout=True,
         )(fn)
+
+
+def _span_name(run: Attempt) -> str:
+    what = "compensate" if run.kind == Kind.COMPENSATION else "node"
+    return f"durable.{what} {run.graph.name}.{run.name}"
+
+
+def _span_attributes(run: Attempt) -> dict[str, str | int | None]:
+    cursor = run.base.cursor
+    return {
+        "execution_id": run.execution_id,
+        "graph": run.graph.name,
+        "node": run.name,
+        "visit": run.visit,
+        "attempt": run.attempt,
+        "version": cursor.graph_version,
+    }
 
 
 def _reported(run: Attempt, outcome: Outcome) -> str:
