@@ -270,7 +270,10 @@ def check_rolling(runs: Sequence[Execution], workers: Workers, ledger: Path, rer
     logs = [worker.output() for worker in workers.started]
     assert not any(UNREGISTERED in log for log in logs), log_summary(workers.started)
     forwarded = Counter(task for log in logs for task in FORWARDED_TASK.findall(log))
-    assert all(n == 1 for n in forwarded.values()), forwarded.most_common(3)
+    # After a kill, a run whose message waits in its version's queue for the replacement to
+    # boot may be found stale by the sweep and sent once more: twice, never a loop.
+    most = 2 if reruns else 1
+    assert all(n <= most for n in forwarded.values()), forwarded.most_common(3)
 
 
 def check_counts(deploy: VersionsApp, runs: Sequence[Execution]) -> None:

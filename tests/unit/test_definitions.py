@@ -56,6 +56,7 @@ def test_public_api_is_pinned() -> None:
         "RateLimit",
         "Limit",
         "Execution",
+        "BulkReport",
         "Progress",
         "Status",
         "Checkpoint",
