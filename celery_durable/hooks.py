@@ -57,6 +57,26 @@ class Hooks:
     def node_held(self, graph: str, node: str, by: str) -> None:
         """Flow control held a node visit back (``by``: "breaker payments", "rate stripe")."""
 
+    def execution_started(self, execution_id: str, graph: str, version: str | None) -> None:
+        """A run was stored and its entry node sent (once per run id: a start repeated with
+        the same id is not a new run)."""
+
+    def node_failed(self, execution_id: str, graph: str, node: str, error: dict[str, Any]) -> None:
+        """A node failed for good (its retries ran out, or its error is not retried), before
+        what follows: the run fails, compensates or waits for an operator. ``error``: type,
+        message, node and traceback."""
+
+    def node_slow(self, execution_id: str, graph: str, node: str, seconds: float) -> None:
+        """A node's function ran longer than ``slow_node_after``."""
+
+    def execution_stuck(self, execution_id: str, graph: str, idle: float) -> None:
+        """A run has made no commit for ``idle`` seconds, past ``stuck_after``; told once per
+        run and version by each process that sweeps."""
+
+    def recovery_lag(self, graph: str, node: str, seconds: float) -> None:
+        """A visit whose attempt died (its worker lost) runs again, ``seconds`` after the run's
+        last commit: how long the crash held the run up, at most."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in EVENTS & cls.__dict__.keys():

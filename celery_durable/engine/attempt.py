@@ -184,7 +184,12 @@ class Attempt:
             logger.info("%s: a live attempt holds the lease; this copy steps aside", self.key)
             return Outcome.DROPPED
         self.attempt = max(self.attempt, record.attempts + 1)
-        return self.refresh()
+        row = runtime.store.get_execution(self.execution_id)
+        if (stop := self.refresh(row)) is not None:
+            return stop
+        lag = (utcnow() - row.updated_at).total_seconds()
+        runtime.hooks.recovery_lag(self.graph.name, self.name, lag)
+        return None
 
     def refresh(self, record: ExecutionRecord | None = None) -> Outcome | None:
         """Rebase on the execution as committed (``record``, if just read); None to go on,

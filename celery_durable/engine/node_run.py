@@ -199,6 +199,7 @@ class NodeRun(Attempt):
                 "slow node: %s.%s visit %d of %s took %.1fs (slow_node_after is %gs)",
                 *(self.graph.name, self.name, self.visit, self.execution_id, took, slow),
             )
+            self.runtime.hooks.node_slow(self.execution_id, self.graph.name, self.name, took)
         return update
 
     def _drop_lease(self) -> None:
@@ -305,6 +306,7 @@ class NodeRun(Attempt):
     def give_up(self, error: ErrorRecord) -> Outcome:
         """Attempts exhausted: fail the run, stop it for an operator (``intervene``, or a state
         a deploy left behind: no undo runs on it either), or for a saga start compensating."""
+        self.runtime.hooks.node_failed(self.execution_id, self.graph.name, self.name, dict(error))
         mismatch = error["type"] == StateSchemaMismatch.__name__
         if self.graph.on_failure == "compensate" and not mismatch:
             return start_compensating(self, error)

@@ -115,18 +115,32 @@ def sweep(runtime: Runtime, now: datetime | None = None, limit: int = 500) -> Re
         except Exception:
             logger.exception("recovery: could not heal execution %s; next sweep", stale.id)
     stuck_cutoff = now - timedelta(seconds=runtime.settings.stuck_after)
-    stuck = runtime.store.list_stale(stuck_cutoff, 6, include_swept=True)
+    stuck = runtime.store.list_stale(stuck_cutoff, limit, include_swept=True)
     report.stuck = len(stuck)
-    if stuck:
-        logger.warning(
-            "stuck executions (no commit for over %gs): %s%s",
-            runtime.settings.stuck_after,
-            ", ".join(r.id for r in stuck[:5]),
-            " and more" if len(stuck) > 5 else "",
-        )
+    _tell_stuck(runtime, stuck, now)
     if report.retries or report.woken or report.redispatched or report.stranded:
         logger.info("recovery sweep: %s", report.as_dict())
     return report
+
+
+def _tell_stuck(runtime: Runtime, stuck: list[ExecutionRecord], now: datetime) -> None:
+    """Log the runs stuck now; tell each (run, version) once, as long as it stays stuck."""
+    if not stuck:
+        runtime.stuck.clear()
+        return
+    logger.warning(
+        "stuck executions (no commit for over %gs): %s%s",
+        runtime.settings.stuck_after,
+        ", ".join(r.id for r in stuck[:5]),
+        " and more" if len(stuck) > 5 else "",
+    )
+    now_stuck = {(r.id, r.version) for r in stuck}
+    for record in stuck:
+        if (record.id, record.version) not in runtime.stuck:
+            idle = (now - record.updated_at).total_seconds()
+            runtime.hooks.execution_stuck(record.id, record.graph, idle)
+    runtime.stuck.intersection_update(now_stuck)
+    runtime.stuck.update(now_stuck)
 
 
 def _rearm(runtime: Runtime, due: VisitRecord, key: str) -> None:

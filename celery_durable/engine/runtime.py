@@ -8,7 +8,7 @@ Celery side (``tasks.dispatch``) implements.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from celery_durable.engine.base import Base
@@ -99,6 +99,8 @@ class Runtime:
     flow: FlowControl
     announcer: Announcer
     fleet: Fleet
+    # The (run, version) pairs this process last found stuck: each is told once.
+    stuck: set[tuple[str, int]] = field(default_factory=set)
 
     def graph(self, name: str) -> GraphDefinition:
         """The newest version of ``name``: what new runs start on."""

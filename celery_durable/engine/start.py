@@ -115,6 +115,7 @@ def _start(
         raise ExecutionIdInUse(entry.execution_id, record.graph, graph.name)
     if created:
         _publish(runtime, graph.name, entry, built, options.countdown)
+        runtime.hooks.execution_started(record.id, graph.name, graph.version)
     return record
 
 

@@ -17,7 +17,7 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from celery.exceptions import Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from celery_durable import tracing
+from celery_durable import logs, tracing
 from celery_durable.constants import PRUNE_TASK, RECOVERY_TASK
 from celery_durable.engine import quarantine
 from celery_durable.engine.attempt import Attempt, Outcome
@@ -156,7 +156,17 @@ class NodeTasks:
         outcome: Outcome | None = None
         error: BaseException | None = None
         started = time.perf_counter()
-        with tracing.attempt(run.base.cursor.trace, _span_name(run), _span_attributes(run)) as span:
+        attributes = _span_attributes(run)
+        with (
+            tracing.attempt(run.base.cursor.trace, _span_name(run), attributes) as span,
+            logs.bound(
+                execution_id=run.execution_id,
+                graph=run.graph.name,
+                node=run.name,
+                visit=run.visit,
+                attempt=run.attempt,
+            ),
+        ):
             try:
                 outcome = run.execute()
             except BaseException as exc:
