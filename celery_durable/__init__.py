@@ -15,6 +15,7 @@ from celery_durable.errors import (
     ChildFailed,
     CircuitOpen,
     Compensated,
+    DatabaseUnavailable,
     DurableError,
     EventTimeout,
     ExecutionCancelled,
@@ -23,7 +24,9 @@ from celery_durable.errors import (
     InvalidInput,
     InvalidTransition,
     NeedsIntervention,
+    NoDatabase,
     NotWaiting,
+    SchemaNotMigrated,
     StateSchemaMismatch,
     WaitTimeout,
 )
@@ -33,7 +36,14 @@ from celery_durable.model.records import Checkpoint
 from celery_durable.policies.limits import Limit, RateLimit
 from celery_durable.policies.retry import NonRetryable, RetryPolicy
 from celery_durable.settings import Settings
-from celery_durable.signals import execution_finished, intervention_required
+from celery_durable.signals import (
+    execution_finished,
+    execution_started,
+    execution_stuck,
+    intervention_required,
+    node_failed,
+    node_slow,
+)
 from celery_durable.status import Status
 
 __version__ = "0.1.0"
@@ -61,6 +71,10 @@ __all__ = [
     "Checkpoint",
     "intervention_required",
     "execution_finished",
+    "execution_started",
+    "execution_stuck",
+    "node_failed",
+    "node_slow",
     # Errors most callers catch (the full tree is in celery_durable.errors)
     "DurableError",
     "ExecutionFailed",
@@ -77,4 +91,7 @@ __all__ = [
     "ChildFailed",
     "CircuitOpen",
     "StateSchemaMismatch",
+    "SchemaNotMigrated",
+    "DatabaseUnavailable",
+    "NoDatabase",
 ]

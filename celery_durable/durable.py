@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, Unpack
 from weakref import WeakKeyDictionary
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
 
-from celery_durable import signals
 from celery_durable.engine import bulk
 from celery_durable.engine.actors import actor
 from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.execution import Execution
-from celery_durable.engine.fleet import Fleet, Member
+from celery_durable.engine.fleet import Fleet
 from celery_durable.engine.flow_control import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
-from celery_durable.engine.recovery import RecoveryLoop, RecoveryReport, sweep
+from celery_durable.engine.recovery import RecoveryReport, sweep
 from celery_durable.engine.retention import PruneReport, Retention, prune
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.start import StartKeywords, StartOptions, start_run
@@ -32,70 +29,47 @@ from celery_durable.engine.wakeups import send_event
 from celery_durable.errors import (
     ConfigurationError,
     DuplicateVersion,
-    GraphDefinitionError,
     InvalidFlowOption,
-    InvalidInput,
 )
 from celery_durable.graphs.builder import Definitions, Graph, Node, OnFailure, Saga
 from celery_durable.hooks import Hooks
 from celery_durable.model.records import (
     BreakerState,
     Checkpoint,
-    ErrorRecord,
     EventRecord,
     Kind,
     utcnow,
 )
 from celery_durable.persistence import migrate
+from celery_durable.persistence.codec import Signer
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.deployments import Deployment, Deployments
 from celery_durable.persistence.event_log import EventLog
 from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
 from celery_durable.persistence.gauges import ExecutionGauges
+from celery_durable.persistence.migrate import uses_database
 from celery_durable.persistence.sealing import Sealer
+from celery_durable.persistence.signing import SignReport, sign
 from celery_durable.persistence.slot_table import SlotTable
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.policies.breakers import BreakerPolicy
 from celery_durable.policies.limits import Limit
+from celery_durable.relay import Relay
 from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks import consumer, message
 from celery_durable.tasks.dispatch import CeleryDispatcher
-from celery_durable.tasks.forwarding import consume_versions, unregistered
+from celery_durable.tasks.forwarding import unregistered
 from celery_durable.tasks.registry import (
     NodeTasks,
     keep_consuming_after_channel_errors,
     require_json,
 )
-from celery_durable.tasks.routing import check_queues
+from celery_durable.worker_lifecycle import WorkerLifecycle
 
 G = TypeVar("G", bound=Graph)
-# Runs read per page by a bulk operation's selection.
-BULK_PAGE = 500
 logger = logging.getLogger(__name__)
-
-
-class _Relay(Hooks):
-    """What the engine calls: sends the Celery signals, then passes every event to ``inner``
-    (the user's hooks, with metrics chained in front)."""
-
-    def __init__(self, durable: Durable) -> None:
-        self.durable = durable
-
-    def execution_finished(self, execution_id: str, graph: str, status: Status) -> None:
-        signals.execution_finished.send(
-            sender=self.durable, execution_id=execution_id, graph=graph, status=status
-        )
-
-    def announce_intervention(
-        self, execution_id: str, graph: str, step: str, error: ErrorRecord
-    ) -> None:
-        """The signal, with the error the hook does not carry, then the hook."""
-        signals.intervention_required.send(
-            sender=self.durable, execution_id=execution_id, step=step, error=error
-        )
-        self.intervention_required(execution_id, graph, step)
 
 
 _instances: WeakKeyDictionary[Celery, Durable] = WeakKeyDictionary()
@@ -107,6 +81,11 @@ class Durable:
     ``database_url`` falls back to ``CELERY_DURABLE_DATABASE_URL``, then to a SQLite file in
     the working directory. Other settings (see Settings) are keyword arguments or
     ``CELERY_DURABLE_*`` environment variables.
+
+    Nothing connects until first used. The first use checks the schema, once per process: on
+    SQLite, the first run started or a worker starting creates it, and a read never creates
+    the file; on PostgreSQL, ``celery -A proj durable migrate`` (or ``migrate()``) creates it,
+    and until then a client raises, and a worker stops with, SchemaNotMigrated.
     """
 
     def __init__(
@@ -121,11 +100,16 @@ class Durable:
         keep_consuming_after_channel_errors(app)
         self.app = app
         self.settings = Settings.load({"database_url": database_url, **settings})
-        self.db = Database(self.settings.database_url, pool_size=self.settings.pool_size)
+        self.db = Database.of(self.settings)
         sealer = Sealer(
             self.settings.compress_over,
             self.settings.encryption_keys,
             self.settings.encryption_key,
+            Signer(
+                self.settings.checksum_keys,
+                self.settings.checksum_key,
+                accept_unkeyed=self.settings.accept_unkeyed_checksums,
+            ),
         )
         self.store = CheckpointStore(self.db, sealer)
         self.visits = VisitLedger(self.db)
@@ -134,7 +118,7 @@ class Durable:
         self.versions: dict[str, builtins.list[Graph]] = {}
         definitions = Definitions(self.versions)
         # The engine calls this relay; what users set as ``hooks`` is chained behind it.
-        self._hooks = _Relay(self)
+        self._hooks = Relay(self)
         self._hooks.inner = hooks or Hooks()
         self.runtime = Runtime(
             store=self.store,
@@ -153,16 +137,17 @@ class Durable:
         )
         self._tasks = NodeTasks(app, self.runtime)
         consumer.install(app, unregistered(app, self.runtime))
-        self._recovery = RecoveryLoop(self.runtime)
-        # This worker in the fleet's rows, once it is one (worker_init).
-        self._member: Member | None = None
         self._tasks.register_maintenance(
             lambda: self.recover().as_dict(), lambda: self.prune().removed
         )
         _instances[app] = self
-        worker_init.connect(self._on_worker_init, weak=False)
-        worker_ready.connect(self._on_worker_ready, weak=False)
-        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+        self._worker = WorkerLifecycle(
+            app,
+            self.runtime,
+            self.db,
+            self._tasks,
+            lambda: [g.definition() for versions in self.versions.values() for g in versions],
+        )
 
     @classmethod
     def of(cls, app: Celery) -> Durable:
@@ -247,6 +232,7 @@ class Durable:
 
     # -- runs -------------------------------------------------------------------------------
 
+    @uses_database(creates=True)
     def start(
         self, graph: Graph | str, input: dict[str, Any], **options: Unpack[StartKeywords]
     ) -> Execution:
@@ -258,10 +244,12 @@ class Durable:
         record = start_run(self.runtime, definition, input, StartOptions(**options))
         return Execution(self.runtime, record.id, record)
 
+    @uses_database()
     def get(self, execution_id: str) -> Execution:
         """The handle of an existing execution (raises ExecutionNotFound)."""
         return Execution(self.runtime, execution_id, self.store.get_execution(execution_id))
 
+    @uses_database()
     def list(
         self,
         status: Status | str | Iterable[Status | str] | None = None,
@@ -291,6 +279,7 @@ class Durable:
         )
         return [Execution(self.runtime, r.id, r) for r in records]
 
+    @uses_database()
     def bulk(
         self,
         operation: str,
@@ -306,50 +295,37 @@ class Durable:
         """``operation`` (pause, resume, cancel, retry, compensate, upgrade) on every run of a
         selection: the ``ids`` given, or those that match ``status``, ``graph`` and ``since``
         (at least one filter). Each run is its own audited commit; the report says what was
-        done and what was refused, and why. ``dry_run`` changes nothing."""
-        if ids is None and status is None and graph is None and since is None:
-            raise InvalidInput(
-                "<bulk>", "select runs with ids, status, graph or since (none would mean every run)"
-            )
-        if ids is not None:
-            runs: Iterable[Execution] = (self.get(i) for i in ids)
-        else:
-            runs = self._every(status=status, graph=graph, since=since)
+        done and what was refused (an id with no run too), and why. ``dry_run`` changes
+        nothing."""
+        runs = bulk.selection(self.runtime, ids=ids, status=status, graph=graph, since=since)
         return bulk.apply(operation, runs, by=by, reason=reason, dry_run=dry_run)
 
-    def _every(self, **filters: Any) -> Iterator[Execution]:
-        """Every run that matches, newest first, a page at a time (keyset paging: runs
-        started meanwhile neither shift nor repeat a page)."""
-        before: tuple[datetime, str] | None = None
-        while True:
-            page = self.list(limit=BULK_PAGE, before=before, **filters)
-            yield from page
-            if len(page) < BULK_PAGE:
-                return
-            last = page[-1]
-            before = (last.record.created_at, last.id)
-
+    @uses_database()
     def status_counts(self) -> dict[str, int]:
         """How many executions there are in each status; a status with none is left out."""
         return self.store.count_by_status()
 
+    @uses_database()
     def stuck(self, threshold: timedelta | None = None) -> builtins.list[Execution]:
         """Running executions with no commit for ``threshold`` (default: stuck_after)."""
         age = threshold or timedelta(seconds=self.settings.stuck_after)
         records = self.store.list_stale(utcnow() - age, limit=1000, include_swept=True)
         return [Execution(self.runtime, r.id, r) for r in records]
 
+    @uses_database()
     def execution_gauges(self, stuck_before: datetime) -> ExecutionGauges:
         """What the metrics server shows, read in a few grouped queries: executions by graph
         and status, the active runs of each graph (those idle since ``stuck_before`` counted),
         waiting runs by what they wait for."""
         return self.store.execution_gauges(stuck_before)
 
+    @uses_database()
     def deployments(self) -> builtins.list[Deployment]:
         """What the live workers serve: a row per (worker, graph, version), with that
         version's structure and the routing keys the worker consumes."""
         return self.runtime.fleet.live()
 
+    @uses_database()
     def runs_by_version(self) -> dict[tuple[str, str | None, Status], int]:
         """Executions by (graph, version, status): what tells an old version drained. Version
         None: runs started before runs were pinned to versions."""
@@ -370,6 +346,7 @@ class Durable:
             compensation=checkpoint.kind == Kind.COMPENSATION,
         )
 
+    @uses_database()
     def send_event(
         self,
         execution_id: str,
@@ -402,10 +379,12 @@ class Durable:
         self.runtime.flow.declare(BreakerPolicy(name, failure_threshold, window, reset_after))
         return name
 
+    @uses_database()
     def breakers(self) -> builtins.list[BreakerStatus]:
         """Every declared breaker with its shared state."""
         return self.runtime.flow.breakers()
 
+    @uses_database()
     def set_breaker(
         self, name: str, state: str, *, by: str | None = None, reason: str | None = None
     ) -> None:
@@ -421,19 +400,30 @@ class Durable:
         logger.warning("circuit breaker %s set %s by %s", name, wanted, who)
         self.runtime.flow.set(name, wanted, who[:200])
 
+    @uses_database()
     def verify(self, since: datetime | None = None) -> builtins.list[tuple[str, int, str]]:
         """Check every checkpoint and execution row (written since ``since``) against its
         checksum; returns (execution, seq, "checkpoint" or "row") for each that fails."""
         return self.store.verify(since)
 
+    @uses_database()
+    def sign_checksums(self) -> SignReport:
+        """After checksum keys are set or rotated: sign every row and checkpoint as the
+        settings sign now, each checked first as it was signed; what does not check out is
+        reported and left as it is."""
+        return sign(self.store)
+
     def migrate(self) -> tuple[str | None, str]:
         """Create or upgrade the schema; a no-op when it is current."""
-        return migrate.upgrade(self.db)
+        with self.db.reachable():
+            return migrate.upgrade(self.db)
 
+    @uses_database()
     def recover(self) -> RecoveryReport:
         """One recovery sweep now (workers also sweep on start and periodically)."""
         return sweep(self.runtime)
 
+    @uses_database()
     def prune(
         self,
         older_than: timedelta | None = None,
@@ -446,45 +436,3 @@ class Durable:
         """Remove finished runs past retention (7 days succeeded, 30 failed, by default)."""
         keep = Retention(older_than, succeeded, failed)
         return prune(self.runtime, keep, batch=batch, dry_run=dry_run)
-
-    # -- the worker -------------------------------------------------------------------------
-
-    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        """The worker has imported the app's modules: refuse to start on a broken graph (a
-        SystemExit, which Celery's signal dispatch does not swallow), before the pool forks."""
-        if getattr(sender, "app", None) is not self.app:
-            return
-        try:
-            definitions = [g.definition() for versions in self.versions.values() for g in versions]
-            self.runtime.flow.check(definitions)
-            check_queues(self.app, definitions)
-            keys = consume_versions(self.app, definitions)
-            self._member = Member(self.runtime.fleet, sender.hostname, definitions, keys)
-            self._join(self._member)
-        except GraphDefinitionError as exc:
-            logger.critical("%s", exc)
-            raise SystemExit(f"celery-durable: {exc}") from exc
-        # Read before the pool forks, so that every child knows.
-        self._tasks.events.enabled = bool(getattr(sender, "task_events", False))
-
-    @staticmethod
-    def _join(member: Member) -> None:
-        """Join the fleet; a database not answering yet only delays the announcement to the
-        first heartbeat it answers."""
-        try:
-            member.join()
-        except SQLAlchemyError as exc:
-            logger.warning(
-                "cannot announce this worker's graph versions yet (%s); it will at its next "
-                "heartbeat. Is the schema migrated (durable migrate)?",
-                str(exc).splitlines()[0],
-            )
-
-    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is self.app:
-            self._recovery.start(self._member.beat if self._member else None)
-
-    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
-        self._recovery.stop()
-        if self._member is not None:
-            self._member.leave()

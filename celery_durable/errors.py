@@ -47,11 +47,15 @@
     ├── UnknownStateFields
     ├── StateSchemaMismatch
     ├── EncryptionKeyMissing
+    ├── ChecksumKeyMissing
     ├── StartNotDispatched
     ├── VisitCapReached
     ├── InvalidFlowOption (also a ValueError)
     ├── UnknownBreaker
-    └── CircuitOpen
+    ├── CircuitOpen
+    ├── DatabaseUnavailable
+    ├── SchemaNotMigrated
+    └── NoDatabase
 
 Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
 ``raise ... from exc``, so callers only need to know this tree.
@@ -364,7 +368,7 @@ class LeaseLost(StoreError):
 
 
 class CheckpointCorrupted(StoreError):
-    """A stored checkpoint does not match its SHA-256 checksum."""
+    """A stored checkpoint or execution row does not match its checksum, or has none."""
 
     def __init__(self, execution_id: str, seq: int, *, row: bool = False) -> None:
         self.execution_id = execution_id
@@ -376,7 +380,7 @@ class CheckpointCorrupted(StoreError):
             else f"Checkpoint {seq} of execution {execution_id!r}"
         )
         super().__init__(
-            f"{what} does not match its SHA-256 checksum: it was changed outside "
+            f"{what} does not match its checksum: it was changed outside "
             "celery-durable, and nothing was decided or changed from it. Restore it from a "
             "backup, or restart the execution from a checkpoint that verifies (durable verify "
             "lists those that do not; restart_from / durable restart)."
@@ -618,4 +622,69 @@ class EncryptionKeyMissing(DurableError):
             f"hold (it has: {have}). Nothing was read or changed. Add the key to "
             "encryption_keys (CELERY_DURABLE_ENCRYPTION_KEYS) on every worker and client; keep "
             "old keys there for as long as rows written with them exist."
+        )
+
+
+class ChecksumKeyMissing(DurableError):
+    """A row was signed with a checksum key this process does not have."""
+
+    def __init__(self, key_id: str, known: Iterable[str]) -> None:
+        self.key_id = key_id
+        have = _listed(sorted(known))
+        super().__init__(
+            f"A stored row carries a checksum signed with key {key_id!r}, which checksum_keys "
+            f"does not hold (it has: {have}). Nothing was read or changed. Add the key to "
+            "checksum_keys (CELERY_DURABLE_CHECKSUM_KEYS) on every worker and client; keep old "
+            "keys there until durable verify --sign has re-signed what they signed."
+        )
+
+
+class DatabaseUnavailable(DurableError):
+    """The database could not be reached: down, refusing connections, or the URL is wrong."""
+
+    def __init__(self, url: str, cause: str, *, server: bool = True) -> None:
+        self.url = url
+        self.cause = cause
+        check = (
+            "that the server is up and reachable from this host, and the host, port, database "
+            "name and credentials in"
+            if server
+            else "that the file's directory exists and this process may write there, and"
+        )
+        super().__init__(
+            f"Cannot reach the database {url}: {cause}. Check {check} database_url "
+            "(CELERY_DURABLE_DATABASE_URL)."
+        )
+
+
+class SchemaNotMigrated(DurableError):
+    """The database has no celery-durable schema, or an older revision than this code's."""
+
+    def __init__(self, url: str, current: str | None, expected: str) -> None:
+        self.url = url
+        self.current = current
+        self.expected = expected
+        found = "no celery-durable schema" if current is None else f"schema revision {current}"
+        super().__init__(
+            f"The database {url} has {found}; this celery-durable needs revision {expected}. "
+            "Run `celery -A proj durable migrate` (proj: your Celery app's module) once, then "
+            "start again."
+        )
+
+
+class NoDatabase(DurableError):
+    """A read found no SQLite file where the URL points, and created none."""
+
+    def __init__(self, path: str, *, default: bool = False) -> None:
+        self.path = path
+        where = (
+            "It is the default, a SQLite file in the working directory: run this where your "
+            "workers run, or set CELERY_DURABLE_DATABASE_URL (or --database-url) to the file "
+            "they use."
+            if default
+            else "Check the path in database_url (CELERY_DURABLE_DATABASE_URL)."
+        )
+        super().__init__(
+            f"There is no database at {path}, and reading created none. {where} A first run "
+            "started there, a worker, or `celery -A proj durable migrate` creates it."
         )

@@ -11,6 +11,22 @@
   ``celery_app`` fixture: then your ``celery_config`` and ``@pytest.mark.celery(...)`` apply.
 - ``durable_embedded``: a ``Durable`` on ``durable_celery_app`` and ``durable_database_url``,
   migrated. Define your graphs on it (``define(durable_embedded)``).
+- ``durable_embed``: ``durable_embed(durable)`` points a Durable your module built at
+  import (``app = Celery(...)``; ``durable = Durable(app)``) at ``durable_database_url``,
+  migrated, and its app at the in-memory broker, for the test (``testing.embed``); nothing
+  to set in the environment before import. To run the fixtures below on it, override
+  ``durable_embedded`` in your conftest.py::
+
+      import shop
+
+      @pytest.fixture
+      def durable_embedded(durable_embed):
+          return durable_embed(shop.durable)
+
+      def test_an_order(durable_embedded, durable_worker):
+          with durable_worker():
+              assert shop.orders.delay(order_id="o-1", amount=30).wait(timeout=10).reserved
+
 - ``durable_worker``: ``with durable_worker(): ...`` runs an in-process worker for it.
 - ``durable_workers``: real ``celery worker`` subprocesses (``durable_workers.start(app)``)
   that a test can SIGKILL (``worker.kill()``); all are killed at teardown.
@@ -21,7 +37,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +85,14 @@ def durable_embedded(durable_celery_app: Celery, durable_database_url: str) -> I
     durable.migrate()
     yield durable
     durable.db.dispose()
+
+
+@pytest.fixture
+def durable_embed(durable_database_url: str) -> Iterator[Callable[[Durable], Durable]]:
+    from celery_durable.testing import embed
+
+    with ExitStack() as stack:
+        yield lambda durable: stack.enter_context(embed(durable, durable_database_url))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -77,6 +77,10 @@ class Settings(BaseModel):
     """A running execution with no commit for this many seconds is reported stuck."""
     slow_node_after: PositiveFloat = 60.0
     """A node running longer than this is logged as slow."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: the worker's and the command line's log records become JSON lines
+    (celery_durable.logs.JSONFormatter). Either way each record made during an attempt
+    carries execution_id, graph, node, visit and attempt."""
     compress_over: NonNegativeInt = 4096
     """States and node outputs longer than this many characters of JSON are stored
     zlib-compressed; 0 stores them as they are."""
@@ -87,8 +91,18 @@ class Settings(BaseModel):
     encryption_key: str | None = None
     """The id in encryption_keys that encrypts new rows; needed when there are several (a
     rotation), else the only one."""
+    checksum_keys: dict[str, str] = Field(default_factory=dict)
+    """Key id (up to 8 characters) -> a secret of 16 characters or more: checksums become
+    HMAC-SHA-256 under the active one, naming it, so someone who can write the tables but
+    holds no key cannot make a changed row verify. Keep old keys here until re-signed (a
+    rotation). The same on every worker and client. In the environment: a JSON object."""
+    checksum_key: str | None = None
+    """The id in checksum_keys that signs new rows; needed when there are several."""
+    accept_unkeyed_checksums: bool = False
+    """With checksum_keys set, still accept the unkeyed checksums of rows written before:
+    on while ``durable verify --sign`` re-signs them, then off."""
 
-    @field_validator("encryption_keys", mode="before")
+    @field_validator("encryption_keys", "checksum_keys", mode="before")
     @classmethod
     def _keys_from_json(cls, keys: object) -> object:
         if isinstance(keys, str):
@@ -106,6 +120,12 @@ class Settings(BaseModel):
         if url.startswith("postgres://") or url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+    @property
+    def default_database(self) -> bool:
+        """Nobody chose database_url, as an argument or in the environment: it is the SQLite
+        file in the working directory, so each directory a process starts in has its own."""
+        return "database_url" not in self.model_fields_set
 
     @classmethod
     def load(

@@ -11,15 +11,25 @@
 
 The same pieces run ``celery-durable demo``: no server needed. ``fast_forward(durable, 3600)``
 makes an hour pass for durable sleeps, event timeouts and retries waiting in the database.
+
+An app built at import, as ``app = Celery("shop", broker="amqp://..."); durable = Durable(app)``
+in ``shop.py``, is tested as written: ``embed`` points it, for a block, at a database of the
+test's own and at the in-memory broker, with nothing set in the environment before import::
+
+    import shop
+
+    with embed(shop.durable, "sqlite:///test.sqlite3"), in_process_worker(shop.durable):
+        assert shop.orders.delay(order_id="o-1", amount=30).wait(timeout=10).reserved
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -40,6 +50,18 @@ from celery_durable.model.records import Kind, utcnow
 from celery_durable.status import Status
 
 POLLING_INTERVAL = 0.01
+# What an app runs on in the tests: kombu's in-memory transport, polled every 10 ms (it polls
+# once a second by default, which a stopping worker waits out, twice).
+MEMORY_BROKER: Mapping[str, Any] = {
+    "broker_url": "memory://localhost/",
+    "broker_read_url": None,
+    "broker_write_url": None,
+    "broker_transport_options": {"polling_interval": POLLING_INTERVAL},
+    "broker_heartbeat": 0,
+    "worker_hijack_root_logger": False,
+}
+# Celery reads these before any configuration: set, they would win over MEMORY_BROKER.
+BROKER_ENVIRONMENT = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
 SHUTDOWN_TIMEOUT = 10.0
 # What wakes the in-process worker's consumer to stop: a task that does nothing. (The recovery
 # task did the job once, but its sweep could dispatch a retry that had just come due, or a run
@@ -67,14 +89,54 @@ def throwaway_database(admin_url: str, name: str | None = None) -> Iterator[str]
 
 def embedded_app(name: str = "durable-embedded") -> Celery:
     """A Celery app on kombu's in-memory transport: broker and worker live in this process."""
-    app = Celery(name, broker="memory://localhost/", set_as_current=False)
-    app.conf.update(
-        broker_transport_options={"polling_interval": POLLING_INTERVAL},
-        broker_heartbeat=0,
-        worker_hijack_root_logger=False,
-        task_default_queue=f"{name}-queue",
-    )
+    app = Celery(name, set_as_current=False)
+    app.conf.update(MEMORY_BROKER, task_default_queue=f"{name}-queue")
     return app
+
+
+@contextmanager
+def embed(durable: Durable, database_url: str) -> Iterator[Durable]:
+    """Point ``durable``, built at import with its app, at ``database_url`` (migrated) and its
+    app at the in-memory broker for the block; put both back after. Graphs, nodes and routes
+    stay as the module defined them: the module-level app style tested as written. Enter it
+    before the app sends anything; leave it with no worker running. ``CELERY_BROKER_URL``
+    and its read/write variants, which Celery prefers to any configuration, are unset for
+    the block."""
+    app, db = durable.app, durable.db
+    was = {key: app.conf.get(key) for key in MEMORY_BROKER}
+    environment = {name: os.environ.pop(name) for name in BROKER_ENVIRONMENT if name in os.environ}
+    url, default = db.url, db.default
+    _forget_connections(app)
+    app.conf.update(MEMORY_BROKER)
+    db.repoint(database_url)
+    try:
+        durable.migrate()
+        yield durable
+    finally:
+        _purge(app)
+        db.repoint(url, default=default)
+        _forget_connections(app)
+        app.conf.update(was)
+        os.environ.update(environment)
+
+
+def _forget_connections(app: Celery) -> None:
+    """Let go of the app's broker pools, so the next message goes where its configuration
+    says now: what Celery itself does in a forked child (``_after_fork``), without the signal.
+    Not closed: kombu keeps one pool per broker address for the whole process, and the next
+    block on the in-memory broker takes the same one up again."""
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
+def _purge(app: Celery) -> None:
+    """Empty the app's queues on the in-memory broker, whose messages outlive the block (its
+    queues are the process's): the next test starts with none of this one's."""
+    with app.connection_for_write() as conn:
+        for name in list(app.amqp.queues):
+            conn.default_channel.queue_purge(name)
 
 
 @contextmanager

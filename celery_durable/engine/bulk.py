@@ -8,15 +8,20 @@ allows it) and which it would refuse.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.operations import ALLOWED
+from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.versions import UPGRADABLE
-from celery_durable.errors import DurableError, InvalidInput
+from celery_durable.errors import DurableError, ExecutionNotFound, InvalidInput
 from celery_durable.status import Status
+
+# Runs read per page by a selection.
+PAGE = 500
 
 # What an operation does to one run: Execution's method, given by= and reason=.
 Apply = Callable[[Execution, str | None, str | None], Any]
@@ -57,13 +62,14 @@ class BulkReport:
 
 def apply(
     operation: str,
-    runs: Iterable[Execution],
+    runs: Iterable[Execution | str],
     *,
     by: str | None = None,
     reason: str | None = None,
     dry_run: bool = False,
 ) -> BulkReport:
-    """``operation`` on each of ``runs``, one by one; a refusal is reported, not raised."""
+    """``operation`` on each of ``runs``, one by one (an id: one with no run); a refusal is
+    reported, not raised."""
     if operation not in OPERATIONS:
         raise InvalidInput(
             "<bulk>",
@@ -72,6 +78,9 @@ def apply(
     allowed, act = OPERATIONS[operation]
     report = BulkReport(operation, dry_run)
     for run in runs:
+        if isinstance(run, str):
+            report.refused[run] = "no such run"
+            continue
         status = run.record.status
         if status not in allowed:
             report.refused[run.id] = f"{operation} does not apply to a run that is {status}"
@@ -86,3 +95,38 @@ def apply(
         else:
             report.done.append(run.id)
     return report
+
+
+def selection(
+    runtime: Runtime,
+    *,
+    ids: Iterable[str] | None = None,
+    status: Status | str | Iterable[Status | str] | None = None,
+    graph: str | None = None,
+    since: datetime | None = None,
+) -> Iterator[Execution | str]:
+    """The runs ``ids`` names (an id with no run comes as itself, to be refused), or every
+    run that matches the filters (at least one), newest first, a page at a time (keyset
+    paging: runs started meanwhile neither shift nor repeat a page)."""
+    if ids is None and status is None and graph is None and since is None:
+        raise InvalidInput(
+            "<bulk>", "select runs with ids, status, graph or since (none would mean every run)"
+        )
+    if ids is not None:
+        for execution_id in ids:
+            try:
+                record = runtime.store.get_execution(execution_id)
+            except ExecutionNotFound:
+                yield execution_id
+            else:
+                yield Execution(runtime, record.id, record)
+        return
+    before: tuple[datetime, str] | None = None
+    while True:
+        page = runtime.store.list_executions(
+            status=status, graph=graph, since=since, before=before, limit=PAGE
+        )
+        yield from (Execution(runtime, r.id, r) for r in page)
+        if len(page) < PAGE:
+            return
+        before = (page[-1].created_at, page[-1].id)

@@ -163,10 +163,10 @@ class RunHistory:
         c, e = checkpoints.c, executions.c
         damaged: builtins.list[tuple[str, int, str]] = []
         after = None if since is None else c.created_at >= since
-        for row in self._pages(checkpoints, (c.execution_id, c.seq), after):
+        for row in self.pages(checkpoints, (c.execution_id, c.seq), after):
             if checkpoint_record(row, self.sealer, contain=True).corrupted:
                 damaged.append((row.execution_id, row.seq, "checkpoint"))
-        for row in self._pages(
+        for row in self.pages(
             executions, (e.id,), None if since is None else e.updated_at >= since
         ):
             try:
@@ -175,7 +175,7 @@ class RunHistory:
                 damaged.append((row.id, row.version, "row"))
         return damaged
 
-    def _pages(
+    def pages(
         self, table: Any, key: tuple[Any, ...], where: Any, size: int = 1000
     ) -> Iterator[Row[Any]]:
         """All rows of ``table`` in ``key`` order, a page at a time (keyset)."""

@@ -7,7 +7,6 @@ Checksums are over the canonical plain JSON; the state and output columns hold i
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -63,12 +62,11 @@ def _execution(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionR
             raise CheckpointCorrupted(m["id"], m["version"], row=True) from exc
         else:
             raise
-    if verify and m["checksum"] is not None:
-        expected = codec.row_checksum(
-            m["id"], m["version"], m["status"], state, m["cursor"], m["error"]
-        )
-        if not hmac.compare_digest(expected, m["checksum"]):
-            raise CheckpointCorrupted(m["id"], m["version"], row=True)
+    if verify and not sealer.signer.matches(
+        codec.row_parts(m["id"], m["version"], m["status"], state, m["cursor"], m["error"]),
+        m["checksum"],
+    ):
+        raise CheckpointCorrupted(m["id"], m["version"], row=True)
     return ExecutionRecord(
         id=m["id"],
         graph=m["graph"],
@@ -94,11 +92,11 @@ def checkpoint_record(row: Row[Any], sealer: Sealer, contain: bool = False) -> C
     try:
         state = sealer.open(m["state"], execution_id)
         output = None if m["output"] is None else sealer.open(m["output"], execution_id)
-        expected = codec.checksum(
+        parts = codec.checkpoint_parts(
             execution_id, m["seq"], m["kind"], m["node"], m["visit"], state, m["cursor"],
             output, m["meta"],
         )  # fmt: skip
-        corrupted = not hmac.compare_digest(expected, m["checksum"] or "")
+        corrupted = not sealer.signer.matches(parts, m["checksum"])
     except Unsealable:
         corrupted = True
     if corrupted and not contain:
@@ -152,11 +150,13 @@ def start_row(
         "kind": kind,
         "node": "",
         "meta": meta_text,
-        "checksum": codec.checksum(
-            execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
+        "checksum": sealer.signer.sign(
+            codec.checkpoint_parts(
+                execution_id, 0, kind, "", 0, state_text, cursor_text, None, meta_text
+            )
         ),
-        "row_checksum": codec.row_checksum(
-            execution_id, 0, str(status), state_text, cursor_text, None
+        "row_checksum": sealer.signer.sign(
+            codec.row_parts(execution_id, 0, str(status), state_text, cursor_text, None)
         ),
         "now": now,
     }
@@ -187,23 +187,27 @@ def advance_row(commit: Commit, now: datetime, sealer: Sealer) -> Advance:
         "checkpoint_state": "" if stateless else stored_state,
         "output": None if output_text is None else sealer.seal(output_text, execution_id),
         "meta": meta_text,
-        "checksum": codec.checksum(
-            execution_id,
-            seq,
-            kind,
-            commit.node,
-            commit.visit,
-            "" if stateless else state_text,
-            cursor_text,
-            output_text,
-            meta_text,
+        "checksum": sealer.signer.sign(
+            codec.checkpoint_parts(
+                execution_id,
+                seq,
+                kind,
+                commit.node,
+                commit.visit,
+                "" if stateless else state_text,
+                cursor_text,
+                output_text,
+                meta_text,
+            )
         ),
         "cursor": cursor_text,
         "graph_version": commit.cursor.graph_version,
         "status": str(commit.status),
         "error": error_text,
-        "row_checksum": codec.row_checksum(
-            execution_id, seq, str(commit.status), state_text, cursor_text, error_text
+        "row_checksum": sealer.signer.sign(
+            codec.row_parts(
+                execution_id, seq, str(commit.status), state_text, cursor_text, error_text
+            )
         ),
         "finished_at": now if commit.status in FINISHED else None,
         "lease_token": commit.lease_token,

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from celery_durable.errors import ConfigurationError, EncryptionKeyMissing
+from celery_durable.persistence.codec import Signer
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,15 +45,18 @@ class Unsealable(ValueError):
 
 
 class Sealer:
-    """Seals and opens the state and output columns, per the settings."""
+    """Seals and opens the state and output columns, per the settings; ``signer`` makes and
+    checks the checksums taken over what it opens."""
 
     def __init__(
         self,
         compress_over: int = 0,
         keys: Mapping[str, str] | None = None,
         active: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.compress_over = compress_over
+        self.signer = signer or Signer()
         self._ciphers = {key_id: _cipher(key_id, key) for key_id, key in (keys or {}).items()}
         if active is None and len(self._ciphers) > 1:
             raise ConfigurationError(

@@ -1,6 +1,9 @@
 """The operations the web view offers, each calling the same public method as the CLI
 command of the same name, audited with the signed-in user as ``by``. Fields come from a
-form (strings, JSON in text) or a JSON body (values)."""
+form (strings, JSON in text) or a JSON body (values).
+
+A run's page offers only what its status allows (the engine's own table, so the page and the
+refusal cannot disagree), and the destructive ones only after the operator confirmed."""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from celery_durable import Durable, Execution
+from celery_durable import Durable, Execution, Status
+from celery_durable.engine.operations import ALLOWED, FINAL
+from celery_durable.engine.versions import UPGRADABLE
+from celery_durable.status import FINISHED
 
 
 class Refused(Exception):
@@ -90,18 +96,68 @@ def _send_event(d: Durable, ex: Execution, f: Fields, by: str, why: str | None) 
     return {"event": event.id}
 
 
+def _upgrade(d: Durable, ex: Execution, f: Fields, by: str, why: str | None) -> dict[str, Any]:
+    return {"version": ex.upgrade(f.get("version") or None, by=by, reason=why)}
+
+
+# In the order a run's page shows them: what moves a run on first, what ends it last.
 OPERATIONS: dict[str, Operation] = {
-    "pause": _simple("pause"),
     "resume": _resume,
-    "cancel": _simple("cancel"),
     "retry": _simple("retry"),
+    "pause": _simple("pause"),
+    "send-event": _send_event,
+    "patch": _patch,
+    "skip": _skip,
     "restart": _restart,
     "fork": _fork,
-    "skip": _skip,
-    "patch": _patch,
+    "upgrade": _upgrade,
+    "cancel": _simple("cancel"),
     "compensate": _simple("compensate"),
-    "send-event": _send_event,
 }
+
+S = Status
+# The statuses each operation accepts: the engine's table, and the repairs' own rules.
+STATUSES: dict[str, frozenset[Status]] = {
+    **ALLOWED,
+    "upgrade": UPGRADABLE,
+    "restart": frozenset(S) - {S.RUNNING, S.COMPENSATING, S.PENDING},
+    "fork": frozenset(S),
+    "skip": frozenset({S.FAILED, S.NEEDS_INTERVENTION}),
+    "patch": frozenset(S) - FINAL,
+    "send-event": frozenset(S) - FINISHED,
+}
+# What cannot be taken back with one click: the page asks again, in these words, before it
+# is done (a form without confirm=yes gets the question, not the operation).
+CONFIRM = {
+    "cancel": "Cancel this run? Nothing more of it runs and its tasks in flight are revoked; "
+    "a cancelled run cannot be resumed.",
+    "compensate": "Compensate this run? Its completed steps are undone, newest first.",
+    "restart": "Restart this run from the checkpoint given? It goes on from that checkpoint's "
+    "state; what came after stays in its history.",
+    "skip": "Skip the node given? It is marked done with the output given, without running.",
+    "upgrade": "Upgrade this run to the version given (the newest if none)? It goes on with "
+    "that version's graph.",
+}
+DESTRUCTIVE = frozenset(CONFIRM)
+# What Durable.bulk applies to a selection of runs.
+BULK = ("retry", "resume", "pause", "cancel", "compensate", "upgrade")
+
+
+def offered(
+    status: Status, *, approval: bool, compensable: bool, other_versions: bool
+) -> tuple[str, ...]:
+    """The operations a run in ``status`` accepts, in the order the page shows them.
+    ``approval``: it waits at an interrupt (a waiting run resumes only from one);
+    ``compensable``: its graph has compensations; ``other_versions``: there is a version to
+    upgrade it to."""
+    skip = set()
+    if status == S.WAITING and not approval:
+        skip.add("resume")
+    if not compensable:
+        skip.add("compensate")
+    if not other_versions:
+        skip.add("upgrade")
+    return tuple(op for op in OPERATIONS if status in STATUSES[op] and op not in skip)
 
 
 def run_operation(

@@ -38,7 +38,14 @@ class S(BaseModel):
     n: int = 0
 
 
-SIGNALS = ("intervention_required", "execution_finished")
+SIGNALS = (
+    "intervention_required",
+    "execution_finished",
+    "execution_started",
+    "execution_stuck",
+    "node_failed",
+    "node_slow",
+)
 
 
 def test_public_api_is_pinned() -> None:
@@ -62,6 +69,10 @@ def test_public_api_is_pinned() -> None:
         "Checkpoint",
         "intervention_required",
         "execution_finished",
+        "execution_started",
+        "execution_stuck",
+        "node_failed",
+        "node_slow",
         "DurableError",
         "ExecutionFailed",
         "Compensated",
@@ -77,6 +88,9 @@ def test_public_api_is_pinned() -> None:
         "ChildFailed",
         "CircuitOpen",
         "StateSchemaMismatch",
+        "SchemaNotMigrated",
+        "DatabaseUnavailable",
+        "NoDatabase",
     ]
     for name in celery_durable.__all__:
         assert getattr(celery_durable, name).__doc__ or name in SIGNALS, name

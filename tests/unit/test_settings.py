@@ -18,6 +18,14 @@ def test_default_is_a_sqlite_file_in_the_working_directory(
     assert settings.database_url == f"sqlite:///{tmp_path / 'celery_durable.sqlite3'}"
 
 
+def test_a_database_url_nobody_chose_is_the_default_database() -> None:
+    assert Settings.load(environ={}).default_database
+    assert Settings.load({"database_url": None}, environ={}).default_database
+    chosen = {"CELERY_DURABLE_DATABASE_URL": "sqlite:////srv/durable.sqlite3"}
+    assert not Settings.load(environ=chosen).default_database
+    assert not Settings.load({"database_url": "sqlite:///x.sqlite3"}, environ={}).default_database
+
+
 def test_environment_then_arguments() -> None:
     env = {
         "CELERY_DURABLE_DATABASE_URL": "postgresql://u@h/db",
