@@ -6,12 +6,14 @@ default, ``--json`` for scripts.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from celery_durable import DurableError
+from celery_durable import DurableError, logs
+from celery_durable.cli import words
 from celery_durable.cli.admin import metrics, migrate, prune, recover, verify, web
 from celery_durable.cli.breaker_commands import breaker, breakers
 from celery_durable.cli.common import Obj
@@ -21,13 +23,14 @@ from celery_durable.cli.version_commands import upgrade, versions
 
 
 class _DurableGroup(click.Group):
-    """Turns DurableError into a one-line message and exit code 1, not a traceback."""
+    """Turns DurableError into a one-line message in the CLI's words and exit code 1, not a
+    traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DurableError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(words.of_error(exc)) from exc
         except SQLAlchemyError as exc:
             raise click.ClickException(
                 f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. Check "
@@ -41,6 +44,7 @@ class _DurableGroup(click.Group):
 def durable(ctx: click.Context) -> None:
     """Durable executions: list, inspect, operate (celery -A proj durable ...)."""
     ctx.obj = Obj(getattr(ctx.obj, "app", None))
+    _log_as_set()
 
 
 COMMANDS = [
@@ -84,6 +88,12 @@ def main(ctx: click.Context, app_path: str | None, database_url: str | None) -> 
 
         app = find_app(app_path)
     ctx.obj = Obj(app, database_url)
+    _log_as_set()
+
+
+def _log_as_set() -> None:
+    """The run fields on every record, and JSON lines when CELERY_DURABLE_LOG_FORMAT=json."""
+    logs.configure(json=os.environ.get("CELERY_DURABLE_LOG_FORMAT") == "json")
 
 
 for _command in COMMANDS:

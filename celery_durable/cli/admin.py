@@ -70,7 +70,12 @@ def migrate(obj: Obj, database_url: str | None) -> None:
 
 @click.command("metrics")
 @click.option("--port", type=int, default=9808, show_default=True, help="Port of /metrics.")
-@click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 for every interface (in a container, say).",
+)
 @click.option(
     "--stuck-after",
     type=float,
@@ -87,11 +92,17 @@ def migrate(obj: Obj, database_url: str | None) -> None:
 def metrics(
     obj: Obj, port: int, addr: str, stuck_after: float | None, multiprocess_dir: str | None
 ) -> None:
-    """Serve Prometheus metrics (database gauges, workers' counters) until stopped."""
-    from celery_durable.metrics import run_metrics
+    """Serve Prometheus metrics (database gauges, workers' counters) until stopped. Says at
+    start what keeps the workers' counters from showing (instrument(durable) not called in
+    the app module, no multiprocess directory)."""
+    from celery_durable.metrics import run_metrics, worker_metrics_missing
 
+    durable = obj.durable
+    instrumented = None if obj.app is None else durable.hooks
+    for warning in worker_metrics_missing(instrumented, multiprocess_dir):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"celery-durable metrics on http://{addr}:{port}/metrics")
-    run_metrics(obj.durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess_dir)
+    run_metrics(durable, port, addr, stuck_after=stuck_after, multiprocess=multiprocess_dir)
 
 
 @click.command("web")
@@ -112,19 +123,38 @@ def web(obj: Obj, host: str, port: int) -> None:
 
 @click.command("verify")
 @click.option("--since", default=None, help="Only what was written in this age: 7d, 12h.")
+@click.option(
+    "--sign",
+    is_flag=True,
+    help="After checksum keys are set or rotated: sign what verifies with the active key.",
+)
 @json_option
 @click.pass_obj
 @click.pass_context
-def verify(ctx: click.Context, obj: Obj, since: str | None, as_json: bool) -> None:
-    """Check every checkpoint and execution row against its checksum; exit 1 on damage."""
-    cutoff = datetime.now(UTC) - parse_age(since) if since else None
-    damaged = obj.durable.verify(cutoff)
+def verify(ctx: click.Context, obj: Obj, since: str | None, sign: bool, as_json: bool) -> None:
+    """Check every checkpoint and execution row against its checksum; exit 1 on damage.
+    With --sign, re-sign each that verifies as it was signed; what does not is listed."""
+    if sign:
+        if since:
+            raise click.UsageError("--sign goes through every row: it takes no --since.")
+        report = obj.durable.sign_checksums()
+        damaged = report.refused
+    else:
+        cutoff = datetime.now(UTC) - parse_age(since) if since else None
+        damaged = obj.durable.verify(cutoff)
     rows = [{"execution": e, "seq": seq, "what": what} for e, seq, what in damaged]
 
     def human() -> str:
-        if not damaged:
-            return "all checkpoints and execution rows match their checksums"
         lines = [f"{e}: {what} {seq} does not match its checksum" for e, seq, what in damaged]
+        if sign:
+            signed = f"signed {report.rows} rows and {report.checkpoints} checkpoints"
+            lines.insert(0, f"{signed} ({report.already} were already)")
+        if not damaged:
+            return (
+                "\n".join(lines)
+                if sign
+                else "all checkpoints and execution rows match their checksums"
+            )
         hint = "restart each run from a checkpoint before the damage (durable restart ID SEQ)"
         return "\n".join([*lines, f"{len(damaged)} damaged; {hint}"])
 

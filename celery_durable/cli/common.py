@@ -6,14 +6,16 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 from celery import Celery
 
-from celery_durable import Durable, Execution
+from celery_durable import Durable, Execution, Graph, Status
 from celery_durable.constants import DATABASE_URL_ENV
+from celery_durable.model.records import Checkpoint, ExecutionRecord, Kind
+from celery_durable.render import TIMES
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -39,6 +41,13 @@ class Obj:
                     "(or --database-url for read-only commands)."
                 )
         return self._durable
+
+
+def graph_of(durable: Durable, record: ExecutionRecord) -> Graph | None:
+    """The run's graph at its pinned version as this process defines it, else the newest
+    version defined here (None: this process does not define the graph)."""
+    pinned = durable.graph_at(record.graph, record.cursor.graph_version)
+    return pinned or durable.graphs.get(record.graph)
 
 
 def env_url() -> str | None:
@@ -70,12 +79,38 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def iso(epoch: Any) -> Any:
+    """An epoch time the engine keeps (a wait's end, a timer's due time) as an ISO time, the
+    one spelling of time in the JSON output; anything else as it is."""
+    if isinstance(epoch, int | float) and not isinstance(epoch, bool):
+        return datetime.fromtimestamp(epoch, UTC).isoformat()
+    return epoch
+
+
+def cursor_json(cursor: dict[str, Any]) -> dict[str, Any]:
+    """A cursor as JSON, its waits' ends as ISO times."""
+    waits = {key: {**w, "until": iso(w.get("until"))} for key, w in cursor["waits"].items()}
+    return {**cursor, "waits": waits}
+
+
+def checkpoint_json(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as JSON; a wait's or a wake's times (``until``, ``due``) as ISO times."""
+    data = asdict(checkpoint)
+    data["cursor"] = cursor_json(data["cursor"])
+    output = data["output"]
+    if checkpoint.kind in (Kind.WAIT, Kind.WAKE) and isinstance(output, dict):
+        data["output"] = {k: iso(v) if k in TIMES else v for k, v in output.items()}
+    return data
+
+
 def record_json(execution: Execution) -> dict[str, Any]:
     """The row as JSON; ``version`` is the seq of its last checkpoint, ``graph_version`` the
     version of its graph it is pinned to (None: started before runs were pinned)."""
     record = execution.record
+    data = asdict(record)
     return {
-        **asdict(record),
+        **data,
+        "cursor": cursor_json(data["cursor"]),
         "status": str(record.status),
         "graph_version": record.cursor.graph_version,
     }
@@ -84,6 +119,12 @@ def record_json(execution: Execution) -> dict[str, Any]:
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 by_option = click.option("--by", default=None, help="Who does this (default: user@host).")
 reason_option = click.option("--reason", default=None, help="Why: kept in the audit checkpoint.")
+status_option = click.option(
+    "--status",
+    multiple=True,
+    type=click.Choice([str(s) for s in Status]),
+    help="Only runs in this status (repeatable).",
+)
 
 
 def json_arg(text: str, *, any_json: bool = False) -> Any:

@@ -9,11 +9,21 @@ from datetime import UTC, datetime
 import click
 
 from celery_durable import render
-from celery_durable.cli.common import Obj, emit, json_option, parse_age, record_json
+from celery_durable.cli import explain, words
+from celery_durable.cli.common import (
+    Obj,
+    checkpoint_json,
+    emit,
+    graph_of,
+    json_option,
+    parse_age,
+    record_json,
+    status_option,
+)
 
 
 @click.command("ls")
-@click.option("--status", multiple=True, help="Filter by status (repeatable).")
+@status_option
 @click.option("--graph", default=None, help="Filter by graph name.")
 @click.option("--since", default=None, help="Started within this age: 15m, 2h, 7d.")
 @click.option("--stuck", is_flag=True, help="Only runs with no progress past stuck_after.")
@@ -49,16 +59,20 @@ def ls(
 @json_option
 @click.pass_obj
 def show(obj: Obj, execution_id: str, as_json: bool) -> None:
-    """One execution: version, status, state, error, and its graph with each node's status."""
+    """One execution: version, status, state, error, what it waits for, the last failed
+    attempt of each node it is at, its graph with each node's status, and the operations its
+    status allows."""
     durable = obj.durable
     execution = durable.get(execution_id)
     record = execution.record
     pinned = record.cursor.graph_version
-    graph = durable.graph_at(record.graph, pinned) or durable.graphs.get(record.graph)
+    graph = graph_of(durable, record)
     checkpoints = execution.history()
     states = render.node_states(record, checkpoints)
     children = [child.record for child in execution.children()]
     held = execution.held_back
+    limits = render.limits(graph)
+    failures = explain.last_failures(record, checkpoints, execution.attempts())
 
     def human() -> str:
         version = pinned or "unpinned (runs on the newest)"
@@ -68,7 +82,10 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
             f"state: {json.dumps(record.state, sort_keys=True)}",
         ]
         if record.error:
-            lines.append(f"error: {record.error.get('type')}: {record.error.get('message')}")
+            message = words.for_cli(str(record.error.get("message")), record.id)
+            lines.append(f"error: {record.error.get('type')}: {message}")
+        lines += explain.failure_lines(record, failures, limits)
+        lines += explain.waits(record)
         if children:
             lines.append(f"children: {render.children(children)}")
         for visit, by in sorted(held.items()):
@@ -85,10 +102,20 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
                 "  (graph not loaded in this process; node states: "
                 f"{json.dumps(states, sort_keys=True)})"
             )
+        lines += explain.next_steps(record, graph)
         return "\n".join(lines)
 
     listed = [{"id": c.id, "graph": c.graph, "status": str(c.status)} for c in children]
-    data = {**record_json(execution), "nodes": states, "children": listed, "held": held}
+    waiting = [] if record.status.finished else record.cursor.waits.values()
+    data = {
+        **record_json(execution),
+        "nodes": states,
+        "children": listed,
+        "held": held,
+        "waiting_on": [wait.public() for wait in waiting],
+        "last_failures": [explain.attempt_json(a, limits) for a in failures],
+        "operations": explain.operations(record, graph),
+    }
     emit(data, as_json, human)
 
 
@@ -97,9 +124,16 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def history(obj: Obj, execution_id: str, as_json: bool) -> None:
-    """Every checkpoint of an execution, oldest first."""
-    checkpoints = obj.durable.get(execution_id).history()
-    emit([asdict(c) for c in checkpoints], as_json, lambda: render.history(checkpoints))
+    """Every checkpoint of an execution and every failed attempt, oldest first."""
+    durable = obj.durable
+    execution = durable.get(execution_id)
+    checkpoints = execution.history()
+    attempts = execution.attempts()
+    limits = render.limits(graph_of(durable, execution.record))
+    rows = [checkpoint_json(c) for c in checkpoints]
+    rows += [explain.attempt_json(a, limits) for a in attempts]
+    rows.sort(key=lambda row: row["created_at"])
+    emit(rows, as_json, lambda: render.history(checkpoints, attempts, limits))
 
 
 @click.command("progress")
@@ -108,10 +142,21 @@ def history(obj: Obj, execution_id: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def progress(obj: Obj, execution_id: str, follow: bool, as_json: bool) -> None:
-    """A live progress bar: done/total nodes, current node, percent, ETA."""
+    """A live progress bar: done/total nodes, current node, percent, and an ETA or what the
+    run waits for."""
     execution = obj.durable.get(execution_id)
     if as_json or not follow:
         p = execution.progress()
-        emit({**asdict(p), "status": str(p.status)}, as_json, lambda: render.bar(p))
+        waiting = execution.waiting_on
+        undone = render.undone(execution, p.status)
+        data = {
+            **asdict(p),
+            "status": str(p.status),
+            "percent": render.percent(p),
+            "eta": None if waiting else p.eta,
+            "waiting_on": waiting,
+            "undone": undone,
+        }
+        emit(data, as_json, lambda: render.bar(p, waiting, undone))
         return
     render.follow_progress(execution)

@@ -7,26 +7,57 @@ from collections.abc import Callable
 import click
 
 from celery_durable import Execution
-from celery_durable.cli.common import Obj, by_option, json_arg, reason_option
+from celery_durable.cli import selections
+from celery_durable.cli.broker import not_told, unsent_revokes
+from celery_durable.cli.common import Obj, by_option, emit, json_arg, json_option, reason_option
+from celery_durable.cli.selections import SELECTION_HELP, Selection, selection_options
 
 
 def _op(name: str, doc: str, call: Callable[..., None]) -> click.Command:
-    @click.command(name, help=doc)
-    @click.argument("execution_id")
+    @click.command(name, help=doc + SELECTION_HELP)
+    @click.argument("execution_id", required=False)
+    @selection_options
     @by_option
     @reason_option
-    @click.pass_obj
-    def command(obj: Obj, execution_id: str, by: str | None, reason: str | None) -> None:
-        execution = obj.durable.get(execution_id)
-        call(execution, by=by, reason=reason)
-        click.echo(f"{execution_id}: {name} done; status {execution.status}")
+    @json_option
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        execution_id: str | None,
+        status: tuple[str, ...],
+        graph: str | None,
+        since: str | None,
+        dry_run: bool,
+        by: str | None,
+        reason: str | None,
+        as_json: bool,
+    ) -> None:
+        obj: Obj = ctx.obj
+        options = {"by": by, "reason": reason, "as_json": as_json}
+        selections.if_selected(
+            ctx, name, execution_id, Selection(status, graph, since), dry_run, **options
+        )
+        execution = obj.durable.get(str(execution_id))
+        with unsent_revokes() as unsent:
+            call(execution, by=by, reason=reason)
+        done = {"id": execution_id, "operation": name, "status": str(execution.status)}
+        told = not_told(obj, execution_id, unsent) if unsent else None
+        emit(done, as_json, lambda: told or f"{execution_id}: {name} done; status {done['status']}")
+        if told and as_json:
+            click.echo(told, err=True)
 
     return command
 
 
 OPERATIONS = [
     _op("pause", "Pause: the running node commits, nothing new starts.", Execution.pause),
-    _op("cancel", "Cancel: nothing new starts, tasks in flight are revoked.", Execution.cancel),
+    _op(
+        "cancel",
+        "Cancel: nothing new starts, tasks in flight are revoked, running children are "
+        "cancelled. Exit 0 once the cancel is committed, even when the broker cannot be told "
+        "to revoke (the tasks stop when they find the run cancelled).",
+        Execution.cancel,
+    ),
     _op(
         "retry",
         "Retry a failed run from its failure point, or a stuck compensation.",
@@ -95,19 +126,41 @@ def patch(obj: Obj, execution_id: str, patch: str, by: str | None, reason: str |
     click.echo(f"{execution_id}: state patched")
 
 
-@click.command("resume")
-@click.argument("execution_id")
+@click.command(
+    "resume",
+    help="Resume a paused execution, or approve the interrupt it waits at." + SELECTION_HELP,
+)
+@click.argument("execution_id", required=False)
 @click.option("--update", default=None, help="JSON state update to apply as it goes on.")
+@selection_options
 @by_option
 @reason_option
-@click.pass_obj
+@json_option
+@click.pass_context
 def resume(
-    obj: Obj, execution_id: str, update: str | None, by: str | None, reason: str | None
+    ctx: click.Context,
+    execution_id: str | None,
+    update: str | None,
+    status: tuple[str, ...],
+    graph: str | None,
+    since: str | None,
+    dry_run: bool,
+    by: str | None,
+    reason: str | None,
+    as_json: bool,
 ) -> None:
-    """Resume a paused execution, or approve the interrupt it waits at."""
-    execution = obj.durable.get(execution_id)
+    selection = Selection(status, graph, since)
+    if update is not None and (selection.given or dry_run):
+        raise click.UsageError(
+            "--update applies to one run: give its EXECUTION_ID (a selection resumes each run "
+            "with its state as it is)"
+        )
+    options = {"by": by, "reason": reason, "as_json": as_json}
+    selections.if_selected(ctx, "resume", execution_id, selection, dry_run, **options)
+    execution = ctx.obj.durable.get(str(execution_id))
     execution.resume(json_arg(update) if update else None, by=by, reason=reason)
-    click.echo(f"{execution_id}: resumed; status {execution.status}")
+    done = {"id": execution_id, "operation": "resume", "status": str(execution.status)}
+    emit(done, as_json, lambda: f"{execution_id}: resumed; status {done['status']}")
 
 
 @click.command("send-event")

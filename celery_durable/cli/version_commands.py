@@ -16,7 +16,9 @@ from typing import Any
 import click
 
 from celery_durable import Durable, Graph, Status
+from celery_durable.cli import selections
 from celery_durable.cli.common import Obj, by_option, emit, json_option, reason_option
+from celery_durable.cli.selections import SELECTION_HELP, Selection, selection_options
 
 # Unfinished statuses first: what keeps a version from being drained.
 ORDER = [s for s in Status if not s.finished] + [s for s in Status if s.finished]
@@ -181,33 +183,57 @@ def versions(obj: Obj, graph: str | None, as_json: bool) -> None:
     emit([r.as_json() for r in rows], as_json, lambda: table(rows))
 
 
-@click.command("upgrade")
-@click.argument("execution_id")
+@click.command(
+    "upgrade",
+    help="Move a run onto another version of its graph; audited. Refused while a node of the "
+    "run runs, or when it is at a node the target does not have." + SELECTION_HELP,
+)
+@click.argument("execution_id", required=False)
 @click.option(
     "--version", default=None, help="The target version (default: the newest in this code)."
 )
+@selection_options
 @by_option
 @reason_option
-@click.pass_obj
+@json_option
+@click.pass_context
 def upgrade(
-    obj: Obj, execution_id: str, version: str | None, by: str | None, reason: str | None
+    ctx: click.Context,
+    execution_id: str | None,
+    version: str | None,
+    status: tuple[str, ...],
+    graph: str | None,
+    since: str | None,
+    dry_run: bool,
+    by: str | None,
+    reason: str | None,
+    as_json: bool,
 ) -> None:
-    """Move a run onto another version of its graph; audited. Refused while a node of the run
-    runs, or when it is at a node the target does not have."""
-    durable = obj.durable
-    execution = durable.get(execution_id)
+    selection = Selection(status, graph, since)
+    if version is not None and (selection.given or dry_run):
+        raise click.UsageError(
+            "--version applies to one run: give its EXECUTION_ID (a selection moves each run "
+            "onto the newest version in this code)"
+        )
+    options = {"by": by, "reason": reason, "as_json": as_json}
+    selections.if_selected(ctx, "upgrade", execution_id, selection, dry_run, **options)
+    durable = ctx.obj.durable
+    execution = durable.get(str(execution_id))
     before = execution.version
     after = execution.upgrade(version, by=by, reason=reason)
-    click.echo(
-        f"moved {execution_id} from version {before or UNPINNED} to {after}; "
-        f"status {execution.status}"
+    moved = {"id": execution.id, "from": before, "to": after, "status": str(execution.status)}
+    emit(
+        moved,
+        as_json,
+        lambda: (
+            f"moved {execution.id} from version {before or UNPINNED} to {after}; "
+            f"status {moved['status']}"
+        ),
     )
-    graph = execution.record.graph
-    if not any(
-        d.served.graph == graph and d.served.version == after for d in durable.deployments()
-    ):
+    name = execution.record.graph
+    if not any(d.served.graph == name and d.served.version == after for d in durable.deployments()):
         click.echo(
-            f"warning: no live worker serves version {after} of {graph}; deploy one before the "
+            f"warning: no live worker serves version {after} of {name}; deploy one before the "
             "run goes on, or it stops again as needs_intervention.",
             err=True,
         )

@@ -67,12 +67,15 @@ def needs_intervention(run: Attempt, error: ErrorRecord, what: str) -> Outcome:
     signal and the hooks. ``what`` says what failed for good."""
     logger.error(
         "execution %s of %s needs intervention: %s %s failed for good: %s. Fix the cause, "
-        "then Execution.retry(), or Execution.skip(%r) to mark it done.",
+        "then retry it (durable retry %s), or mark %r done by hand (durable skip %s %s).",
         run.execution_id,
         run.graph.name,
         what,
         run.name,
         error["message"],
+        run.execution_id,
+        run.name,
+        run.execution_id,
         run.name,
     )
     run.runtime.announcer.announce_intervention(run.execution_id, run.graph.name, run.name, error)

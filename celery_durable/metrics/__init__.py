@@ -24,7 +24,9 @@ In-process metrics (``instrument(durable)``)
 ``celery_durable_executions_finished_total{graph,status}``
     Executions that reached a final status (succeeded, failed, compensated, cancelled).
 ``celery_durable_interventions_total{graph,step}``
-    Compensations that failed for good, leaving their execution ``needs_intervention``.
+    Runs stopped for an operator (``needs_intervention``), by the node or compensation they
+    stopped at: a compensation or an ``on_failure="intervene"`` node failed for good, a
+    deploy left a state or node the run cannot go on with, or a row failed its checksum.
 ``celery_durable_recoveries_total{reason}``
     Node messages the recovery sweep published again (``due``: a retry whose time came;
     ``stale``: a running execution with no commit and nothing in flight).
@@ -50,7 +52,10 @@ Database metrics (read at scrape time by ``DatabaseCollector``)
     process. An old version is drained when its pending, running, paused, waiting,
     compensating and needs_intervention series are all 0.
 ``celery_durable_needs_intervention{graph}``
-    Executions waiting for an operator (a compensation failed for good). Alert on ``> 0``.
+    Executions stopped until an operator acts: a compensation, or a node of a graph with
+    ``on_failure="intervene"``, failed for good; a deploy left a state that no longer fits
+    the model, or a node or version no worker has; or a row failed its checksum. Alert on
+    ``> 0``; ``durable show ID`` says which.
 ``celery_durable_stuck_executions{graph}``
     Running or compensating executions with no commit for longer than the threshold
     (``stuck_after`` setting, default 1800 s).
@@ -75,6 +80,11 @@ directory (process ids repeat across containers): give each its own subdirectory
 and point the server at the volume's root with ``CELERY_DURABLE_METRICS_DIR`` (or
 ``multiprocess_dir=``): the server sums ``*.db`` files in that directory and in its immediate
 subdirectories. The Docker image's entrypoint does exactly that.
+
+Missing worker metrics are said, not silent: a worker of an instrumented app that starts
+without multiprocess mode logs a warning, and ``celery durable metrics`` says at start when
+the app does not call ``instrument(durable)``, when no multiprocess directory is set, or when
+no worker has written to it yet (``worker_metrics_missing``).
 """
 
 from celery_durable.metrics.instruments import PrometheusHooks, instrument
@@ -87,6 +97,7 @@ from celery_durable.metrics.server import (
     multiprocess_dir,
     run_metrics,
     serve_metrics,
+    worker_metrics_missing,
 )
 
 __all__ = [
@@ -100,4 +111,5 @@ __all__ = [
     "multiprocess_dir",
     "serve_metrics",
     "run_metrics",
+    "worker_metrics_missing",
 ]

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from celery.signals import worker_init
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, values
 
 from celery_durable.hooks import Hooks
 from celery_durable.model.records import Commit, Kind
@@ -18,9 +21,13 @@ if TYPE_CHECKING:
     from celery_durable.durable import Durable
 
 PREFIX = "celery_durable"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 WAKE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+RECOVERY_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800)
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+logger = logging.getLogger(__name__)
 
 
 # -- in-process events --------------------------------------------------------------------------
@@ -42,10 +49,23 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "interventions": (
         "interventions",
-        "Compensations that failed for good (execution needs_intervention).",
+        "Runs stopped for an operator (needs_intervention), by the node or compensation they "
+        "stopped at: a compensation or an on_failure='intervene' node failed for good, a "
+        "deploy left a state or node the run cannot go on with, or a row failed its checksum.",
         ("graph", "step"),
     ),
     "recoveries": ("recoveries", "Node messages the recovery sweep published again.", ("reason",)),
+    "started": ("executions_started", "Executions started.", ("graph",)),
+    "failed": (
+        "node_failures",
+        "Node visits that failed for good (no retry left, or an error not retried).",
+        ("graph", "node", "error"),
+    ),
+    "slow": (
+        "slow_nodes",
+        "Node attempts whose function ran longer than slow_node_after.",
+        ("graph", "node"),
+    ),
     "held": (
         "flow_held",
         "Node attempts held back by flow control, by what: 'breaker <name>' (its "
@@ -66,6 +86,13 @@ HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
         ("graph", "node", "kind"),
         NODE_BUCKETS,
     ),
+    "recovery_lag": (
+        "recovery_lag_seconds",
+        "From the last commit of a run whose attempt died to that visit running again: how "
+        "long a crash held the run up, at most.",
+        ("graph",),
+        RECOVERY_BUCKETS,
+    ),
     "checkpoint_write": (
         "checkpoint_write_seconds",
         "Time of one checkpoint commit (one transaction).",
@@ -83,9 +110,13 @@ class _Instruments:
     finished: Counter
     interventions: Counter
     recoveries: Counter
+    started: Counter
+    failed: Counter
+    slow: Counter
     held: Counter
     wake_lag: Histogram
     node_duration: Histogram
+    recovery_lag: Histogram
     checkpoint_write: Histogram
 
     @classmethod
@@ -149,6 +180,18 @@ class PrometheusHooks(Hooks):
     def recovered(self, execution_id: str, node: str, reason: str) -> None:
         self.m.recoveries.labels(reason).inc()
 
+    def execution_started(self, execution_id: str, graph: str, version: str | None) -> None:
+        self.m.started.labels(graph).inc()
+
+    def node_failed(self, execution_id: str, graph: str, node: str, error: dict[str, Any]) -> None:
+        self.m.failed.labels(graph, node, str(error.get("type", ""))).inc()
+
+    def node_slow(self, execution_id: str, graph: str, node: str, seconds: float) -> None:
+        self.m.slow.labels(graph, node).inc()
+
+    def recovery_lag(self, graph: str, node: str, seconds: float) -> None:
+        self.m.recovery_lag.labels(graph).observe(max(seconds, 0.0))
+
     def woke(self, graph: str, node: str, kind: str, lag: float) -> None:
         self.m.wake_lag.labels(graph, kind).observe(max(lag, 0.0))
 
@@ -168,9 +211,35 @@ def instrument(durable: Durable, registry: CollectorRegistry = REGISTRY) -> Prom
 
     Call it where the Celery app is built (the module ``celery -A`` imports), so that the
     worker's pool children inherit it. Hooks already set on ``durable`` keep being called.
+    A worker of the app that starts without PROMETHEUS_MULTIPROC_DIR logs a warning: what it
+    counts would stay in its own processes, where no metrics server reads it.
     """
     if isinstance(durable.hooks, PrometheusHooks):
         return durable.hooks
     hooks = PrometheusHooks(registry, inner=durable.hooks)
     durable.hooks = hooks
+    app = weakref.ref(durable.app)
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app() and (why := unread()) is not None:
+            logger.warning("celery-durable metrics: %s", why)
+
+    worker_init.connect(on_worker_init, weak=False, dispatch_uid=f"{PREFIX}-{id(durable)}")
     return hooks
+
+
+def unread() -> str | None:
+    """Why this process's counters cannot reach a metrics server (None: they can): without
+    prometheus_client's multiprocess mode they live in this process's memory only."""
+    if values.ValueClass is not values.MutexValue:
+        return None
+    late = (
+        f"{MULTIPROC_ENV} was set after prometheus_client was imported"
+        if os.environ.get(MULTIPROC_ENV)
+        else f"{MULTIPROC_ENV} is not set"
+    )
+    return (
+        f"{late}, so this worker's counters (node commits, retries, durations) stay in its own "
+        f"processes and `durable metrics` cannot read them. Set {MULTIPROC_ENV} to an empty "
+        "directory, the same for the workers and `durable metrics`, before either starts."
+    )

@@ -22,7 +22,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from celery_durable.metrics.instruments import PREFIX
+from celery_durable.hooks import Hooks
+from celery_durable.metrics.instruments import MULTIPROC_ENV, PREFIX, PrometheusHooks
 from celery_durable.model.records import BreakerState, utcnow
 from celery_durable.status import Status
 
@@ -32,8 +33,14 @@ if TYPE_CHECKING:
     from celery_durable.durable import Durable
 
 METRICS_DIR_ENV = "CELERY_DURABLE_METRICS_DIR"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_PORT = 9808
+DEFAULT_ADDR = "127.0.0.1"
+NEEDS_HELP = (
+    "Executions stopped until an operator acts (status needs_intervention): a compensation, "
+    "or a node of a graph with on_failure='intervene', failed for good; a deploy left a "
+    "state that no longer fits the model or a node or version no worker has; or a row failed "
+    "its checksum. `durable show ID` says which; retry, skip or restart it."
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +88,7 @@ class DatabaseCollector(Collector):
             "Executions stored, by graph and status.",
             labels=["graph", "status"],
         )
-        needs = GaugeMetricFamily(
-            f"{PREFIX}_needs_intervention",
-            "Executions waiting for an operator (a compensation failed for good).",
-            labels=["graph"],
-        )
+        needs = GaugeMetricFamily(f"{PREFIX}_needs_intervention", NEEDS_HELP, labels=["graph"])
         stuck = GaugeMetricFamily(
             f"{PREFIX}_stuck_executions",
             "Running or compensating executions with no commit for longer than the threshold.",
@@ -183,6 +186,35 @@ def multiprocess_dir(explicit: str | None = None) -> str | None:
     return path or None
 
 
+def worker_metrics_missing(hooks: Hooks | None, explicit: str | None = None) -> list[str]:
+    """What keeps the workers' counters from a metrics server reading ``explicit`` (or the
+    environment's directory), each with what to set; empty when nothing does. ``hooks``:
+    those of the app's Durable, as its workers load it (None: no app to look at)."""
+    missing = []
+    if hooks is not None and not isinstance(hooks, PrometheusHooks):
+        missing.append(
+            "the app module does not call celery_durable.metrics.instrument(durable), so its "
+            "workers count no node commits, retries or durations; only the database gauges "
+            "are served. Call it next to Durable(app)."
+        )
+    path = multiprocess_dir(explicit)
+    if path is None:
+        missing.append(
+            f"no multiprocess directory: the workers' counters stay in their own processes, "
+            f"where this server cannot read them. Set {MULTIPROC_ENV} to the same empty "
+            "directory for the workers and this server before they start (here, "
+            f"{METRICS_DIR_ENV} or --multiprocess-dir may point at the parent of the "
+            "workers' directories)."
+        )
+    elif not MultiProcessDirCollector(path).files():
+        missing.append(
+            f"no worker has written metrics to {path} yet: a worker writes there once it "
+            f"counts something, if its app module calls instrument(durable) and it started "
+            f"with {MULTIPROC_ENV} set to this directory (or one under it)."
+        )
+    return missing
+
+
 class _Delegate(Collector):
     """Another registry's metrics, inside this one."""
 
@@ -226,7 +258,7 @@ class MetricsServer:
     server: WSGIServer
     thread: threading.Thread
     registry: CollectorRegistry
-    addr: str = field(default="0.0.0.0")
+    addr: str = field(default=DEFAULT_ADDR)
 
     @property
     def port(self) -> int:
@@ -246,7 +278,7 @@ class MetricsServer:
 def serve_metrics(
     durable: Durable,
     port: int = DEFAULT_PORT,
-    addr: str = "0.0.0.0",
+    addr: str = DEFAULT_ADDR,
     **sources: Unpack[MetricsSources],
 ) -> MetricsServer:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns at once."""
@@ -258,7 +290,7 @@ def serve_metrics(
 def run_metrics(
     durable: Durable,
     port: int = DEFAULT_PORT,
-    addr: str = "0.0.0.0",
+    addr: str = DEFAULT_ADDR,
     *,
     stop: threading.Event | None = None,
     **sources: Unpack[MetricsSources],

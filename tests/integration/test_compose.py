@@ -90,7 +90,7 @@ def test_worker_and_flower_run_what_the_integration_tests_run(config: dict[str, 
     assert "--port=5555" in flower["command"]
     assert services["beat"]["command"][:4] == ["celery", "-A", APP, "beat"]
     assert services["metrics"]["command"] == [
-        "celery", "-A", APP, "durable", "metrics", "--port", "9808",
+        "celery", "-A", APP, "durable", "metrics", "--addr", "0.0.0.0", "--port", "9808",
     ]  # fmt: skip
 
 

@@ -1,14 +1,20 @@
 """A tiny app for CLI tests: `celery -A tests.unit.cli_app durable ...` in a subprocess.
 
 The database comes from CELERY_DURABLE_DATABASE_URL; the broker is in memory, so commands
-that dispatch publish into the void and tests check their effect in the database.
+that dispatch publish into the void and tests check their effect in the database. With
+CLI_APP_BROKER_URL the app uses that broker instead (one that is down, say).
 """
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
+from click.testing import CliRunner, Result
 from pydantic import BaseModel
 
-from celery_durable import Context, Durable, Graph
+from celery_durable import Context, Durable, Graph, RetryPolicy
+from celery_durable.cli import durable as durable_command
 from celery_durable.testing import embedded_app
 
 
@@ -55,8 +61,35 @@ def define_approvals(durable: Durable) -> Graph:
     return approvals
 
 
+class Call(BaseModel):
+    fail: bool = True
+
+
+def define_flaky(durable: Durable) -> Graph:
+    """One node that fails at once while its input says so: failed runs to operate on."""
+    flaky = durable.graph("flaky", state=Call)
+
+    @flaky.node(retry=RetryPolicy.never())
+    def call(state: Call) -> dict[str, object]:
+        if state.fail:
+            raise ConnectionError("payments API refused the connection")
+        return {}
+
+    flaky.entry(call)
+    return flaky
+
+
+def invoke(durable: Durable, *args: str) -> Result:
+    """``celery -A <durable's app> durable ARGS``, in this process: the commands' own code on
+    this test's Durable, without a subprocess's start-up."""
+    return CliRunner().invoke(durable_command, list(args), obj=SimpleNamespace(app=durable.app))
+
+
 app = embedded_app("cli")
+if os.environ.get("CLI_APP_BROKER_URL"):
+    app.conf.broker_url = os.environ["CLI_APP_BROKER_URL"]
 durable = Durable(app)
 tickets = define(durable)
 approvals = define_approvals(durable)
+flaky = define_flaky(durable)
 durable.breaker("payments", failure_threshold=3, reset_after=60)

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu import Connection
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from celery_durable import Durable, Hooks, RetryPolicy, signals
+from celery_durable.metrics import PrometheusHooks
 from celery_durable.testing import in_process_worker
 
 STALE_AFTER = 0.2
@@ -132,3 +134,31 @@ def test_a_visit_sent_again_after_its_worker_was_lost_reports_the_lag(
         run.wait(timeout=10)
     ((_, node, seconds),) = told.of("lag")
     assert node == "work" and seconds >= STALE_AFTER
+
+
+def test_the_alert_metrics_count_what_the_hooks_tell(app: Celery, sqlite_url: str) -> None:
+    registry = CollectorRegistry()
+    durable = Durable(
+        app, database_url=sqlite_url, hooks=PrometheusHooks(registry), slow_node_after=0.05
+    )
+    durable.migrate()
+    g = durable.graph("metered", state=Job)
+
+    @g.node(retry=RetryPolicy(max_attempts=1))
+    def work(state: Job) -> dict[str, object]:
+        time.sleep(state.nap)
+        if state.fail:
+            raise LookupError("no such account")
+        return {}
+
+    g.entry(work)
+    with in_process_worker(durable):
+        g.delay(nap=0.1).wait(timeout=10)
+        with pytest.raises(Exception, match="no such account"):
+            g.delay(fail=True).wait(timeout=10)
+    value = registry.get_sample_value
+    assert value("celery_durable_executions_started_total", {"graph": "metered"}) == 2
+    assert value("celery_durable_slow_nodes_total", {"graph": "metered", "node": "work"}) == 1
+    failed = {"graph": "metered", "node": "work", "error": "LookupError"}
+    assert value("celery_durable_node_failures_total", failed) == 1
+    durable.db.dispose()

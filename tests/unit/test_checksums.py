@@ -5,16 +5,19 @@ rows are tampered with plain SQL, as such a person would."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from alembic import command
+from click.testing import CliRunner
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from celery_durable import CheckpointCorrupted, Context, Durable
+from celery_durable.cli import main
 from celery_durable.errors import ChecksumKeyMissing, ConfigurationError
 from celery_durable.persistence import codec, migrate
 from celery_durable.persistence.codec import Signer
@@ -182,3 +185,19 @@ def test_keys_that_cannot_sign_are_refused_at_once() -> None:
 def _version(durable: Durable, run_id: str) -> int:
     row = sql(durable, "SELECT version FROM durable_executions WHERE id = :id", id=run_id)
     return int(row.scalar_one())
+
+
+def test_the_command_line_re_signs_and_lists_what_does_not_verify(make: Make) -> None:
+    before = make()
+    good, bad = run_once(before), run_once(before)
+    sql(before, "UPDATE durable_checkpoints SET meta = '{}' WHERE execution_id = :id", id=bad)
+    env = {
+        "CELERY_DURABLE_CHECKSUM_KEYS": json.dumps(KEYS),
+        "CELERY_DURABLE_ACCEPT_UNKEYED_CHECKSUMS": "true",
+    }
+    url = before.settings.database_url
+    result = CliRunner().invoke(main, ["--database-url", url, "verify", "--sign"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "signed 2 rows and" in result.output
+    assert f"{bad}: checkpoint" in result.output and good not in result.output
+    assert all(s.startswith("h:k1:") for s in _sums(before, good)[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +24,22 @@ def tickets(durable: Durable) -> Graph:
     return cli_app.define(durable)
 
 
-def celery(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CELERY_DURABLE_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+def celery(
+    database_url: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CELERY_DURABLE_DATABASE_URL": database_url,
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tests.unit.cli_app", "durable", *args],
         capture_output=True,
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -76,6 +84,24 @@ def test_ls_show_history_and_operations(tickets: Graph, sqlite_url: str) -> None
     cancelled = celery(sqlite_url, "cancel", run.id, "--reason", "duplicate ticket")
     assert cancelled.returncode == 0, cancelled.stderr
     assert run.status == Status.CANCELLED
+
+
+def test_cancel_with_the_broker_down_is_committed_and_said_in_one_line(
+    tickets: Graph, sqlite_url: str
+) -> None:
+    run = tickets.apply_async(kwargs={"title": "printer on fire"}, execution_id="t-1")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    down = {"CLI_APP_BROKER_URL": f"amqp://guest:secret@127.0.0.1:{port}//"}  # nothing listens
+
+    cancelled = celery(sqlite_url, "cancel", run.id, "--reason", "duplicate", env=down)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert run.status == Status.CANCELLED
+    assert cancelled.stderr == ""  # no traceback, no log line
+    (line,) = cancelled.stdout.splitlines()
+    assert line.startswith("t-1: cancelled, but the broker could not be told to revoke its tasks")
+    assert f"Check that the broker at amqp://guest:**@127.0.0.1:{port}// is up" in line
 
 
 def test_progress_prune_recover_and_migrate(tickets: Graph, sqlite_url: str) -> None:

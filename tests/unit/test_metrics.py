@@ -9,6 +9,7 @@ through PROMETHEUS_MULTIPROC_DIR.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from sqlalchemy import update
@@ -45,6 +46,7 @@ from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import utcnow
 from celery_durable.persistence.schema import executions
 from celery_durable.testing import embedded_app
+from tests.unit import cli_app
 
 REPO = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -409,3 +411,59 @@ def _delete_queue(queue: str) -> None:
     url = os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER
     with contextlib.suppress(Exception), Connection(url, connect_timeout=5) as conn:
         conn.default_channel.queue_delete(queue)
+
+
+def test_the_metrics_command_listens_on_loopback_and_says_what_keeps_worker_metrics_away(
+    durable: Durable, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    served: dict[str, object] = {}
+
+    def run(durable: Durable, port: int, addr: str, **sources: object) -> None:
+        served.update(addr=addr, port=port, **sources)
+
+    monkeypatch.setattr("celery_durable.metrics.run_metrics", run)
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "CELERY_DURABLE_METRICS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+    bare = cli_app.invoke(durable, "metrics")
+    assert bare.exit_code == 0, bare.output
+    assert served["addr"] == "127.0.0.1"  # like `web --host`: loopback unless told
+    assert "http://127.0.0.1:9808/metrics" in bare.stdout
+    assert "does not call celery_durable.metrics.instrument(durable)" in bare.stderr
+    assert "no multiprocess directory" in bare.stderr
+    assert "Set PROMETHEUS_MULTIPROC_DIR to the same empty directory" in bare.stderr
+
+    instrument(durable, CollectorRegistry())
+    empty = cli_app.invoke(durable, "metrics", "--multiprocess-dir", str(tmp_path))
+    assert empty.stderr.startswith(f"warning: no worker has written metrics to {tmp_path} yet")
+    assert "instrument(durable)" in empty.stderr and "does not call" not in empty.stderr
+    (tmp_path / "worker-a").mkdir()
+    (tmp_path / "worker-a" / "counter_1234.db").write_bytes(b"")
+    written = cli_app.invoke(durable, "metrics", "--multiprocess-dir", str(tmp_path))
+    assert written.exit_code == 0 and written.stderr == ""
+    assert served["multiprocess"] == str(tmp_path)
+
+
+def test_a_worker_of_an_instrumented_app_says_when_its_counters_cannot_be_read(
+    durable: Durable, worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    instrument(durable, CollectorRegistry())
+    with caplog.at_level(logging.WARNING, logger="celery_durable.metrics"), worker():
+        pass
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("celery_durable.metrics")]
+    assert len(said) == 1 and "PROMETHEUS_MULTIPROC_DIR is not set" in said[0], said
+    assert "`durable metrics` cannot read them" in said[0]
+
+    caplog.clear()
+    monkeypatch.setattr(values, "ValueClass", object)  # as in multiprocess mode
+    with caplog.at_level(logging.WARNING, logger="celery_durable.metrics"), worker():
+        pass
+    assert not [r for r in caplog.records if r.name.startswith("celery_durable.metrics")]
+
+
+def test_the_needs_intervention_gauge_says_every_way_a_run_gets_there(durable: Durable) -> None:
+    registry = metrics_registry(durable, in_process=None)
+    (gauge,) = [m for m in registry.collect() if m.name == "celery_durable_needs_intervention"]
+    for cause in ("a compensation", "on_failure='intervene'", "deploy", "checksum", "durable show"):
+        assert cause in gauge.documentation, cause
