@@ -33,6 +33,7 @@ from celery_durable.errors import (
 from celery_durable.graphs.builder import Graph, Node, Saga
 from celery_durable.hooks import Hooks
 from celery_durable.model.records import Checkpoint
+from celery_durable.persistence.stream_rows import Emitted
 from celery_durable.policies.limits import Limit, RateLimit
 from celery_durable.policies.retry import NonRetryable, RetryPolicy
 from celery_durable.settings import Settings
@@ -69,6 +70,7 @@ __all__ = [
     "Progress",
     "Status",
     "Checkpoint",
+    "Emitted",
     "intervention_required",
     "execution_finished",
     "execution_started",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, Unpack
 from weakref import WeakKeyDictionary
@@ -14,7 +14,7 @@ from weakref import WeakKeyDictionary
 from celery import Celery
 from pydantic import BaseModel
 
-from celery_durable.engine import bulk
+from celery_durable.engine import bulk, stream
 from celery_durable.engine.actors import actor
 from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.execution import Execution
@@ -52,6 +52,7 @@ from celery_durable.persistence.sealing import Sealer
 from celery_durable.persistence.signing import SignReport, sign
 from celery_durable.persistence.slot_table import SlotTable
 from celery_durable.persistence.store import CheckpointStore
+from celery_durable.persistence.stream_rows import Emitted
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.policies.breakers import BreakerPolicy
 from celery_durable.policies.limits import Limit
@@ -250,6 +251,19 @@ class Durable:
         return Execution(self.runtime, execution_id, self.store.get_execution(execution_id))
 
     @uses_database()
+    def stream(
+        self,
+        graph: str | Collection[str] | None = None,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Checkpoint | Emitted]:
+        """The checkpoints and emitted values (``ctx.emit``) of the runs of ``graph`` (None:
+        every graph) in ``status`` now (default: any but finished) and of every run started
+        from now on, as they commit, each run to its end; returns after ``timeout`` s."""
+        return stream.stream_runs(self.runtime, graph, status, timeout)
+
+    @uses_database()
     def list(
         self,
         status: Status | str | Iterable[Status | str] | None = None,
@@ -338,13 +352,8 @@ class Durable:
         attempt = (checkpoint.meta or {}).get("attempt")
         if checkpoint.kind not in (Kind.NODE, Kind.COMPENSATION) or attempt is None:
             return None
-        return message.task_id(
-            checkpoint.execution_id,
-            checkpoint.node,
-            checkpoint.visit,
-            attempt,
-            compensation=checkpoint.kind == Kind.COMPENSATION,
-        )
+        cp, undo = checkpoint, checkpoint.kind == Kind.COMPENSATION
+        return message.task_id(cp.execution_id, cp.node, cp.visit, attempt, compensation=undo)
 
     @uses_database()
     def send_event(

@@ -20,6 +20,7 @@ from celery_durable.engine.context import Context, Memo
 from celery_durable.engine.leases import worker_id
 from celery_durable.engine.rebase import until_committed
 from celery_durable.engine.runtime import Runtime
+from celery_durable.engine.stream import Emitter
 from celery_durable.errors import DuplicateCheckpoint, LeaseLost, VersionConflict
 from celery_durable.model.records import (
     Checkpoint,
@@ -160,6 +161,9 @@ class Attempt:
             visit=self.visit,
             attempt=self.attempt,
             idempotency_key=f"{self.execution_id}:{self.name}:{self.visit}{suffix}",
+            publisher=Emitter(
+                self.runtime, self.kind, self.execution_id, self.name, self.visit, self.attempt
+            ),
         )
 
     # -- replay: a copy that may have run before -------------------------------------------

@@ -37,6 +37,12 @@ class Memo(Protocol):
     def map(self, graph: Any, inputs: list[dict[str, Any]]) -> list[ExecutionRecord]: ...
 
 
+class Publisher(Protocol):
+    """Where ``ctx.emit()`` sends a value (``engine.stream.Emitter``)."""
+
+    def emit(self, data: Any) -> None: ...
+
+
 class Context:
     """Handed to every node and compensation as its second argument."""
 
@@ -49,8 +55,10 @@ class Context:
         visit: int,
         attempt: int,
         idempotency_key: str,
+        publisher: Publisher | None = None,
     ) -> None:
         self._memo = memo
+        self._publisher = publisher
         self.execution_id = execution_id
         self.node = node
         self.visit = visit
@@ -112,6 +120,22 @@ class Context:
             if child.status != "succeeded":
                 raise ChildFailed(child.id, child.status, child.error)
         return [dict(child.state) for child in children]
+
+    def emit(self, data: Any) -> None:
+        """Publish ``data`` (JSON, or a model) to whoever streams this run (``run.stream()``),
+        between its checkpoints: progress, partial results, tokens.
+
+        Not a checkpoint: the state, history and time travel never see it. It is kept with
+        the run (so a stream that starts or resumes later still gets it) and pruned with it.
+        Code outside ``ctx.step`` runs again when the node does, and emits again: each value
+        carries its ``attempt``, so a reader can tell a failed attempt's values apart.
+        """
+        if self._publisher is None:
+            raise RuntimeError(
+                "ctx.emit() publishes to a run's streams, so it needs a node or compensation "
+                "run by a worker; this context belongs to none."
+            )
+        self._publisher.emit(data)
 
     def _recorder(self, what: str) -> Memo:
         if self._memo is None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from celery_durable.engine import wakeups
+from celery_durable.engine import stream, wakeups
 from celery_durable.engine.definition import GraphDefinition
 from celery_durable.engine.flow_control import shown
 from celery_durable.engine.operations import Operations
@@ -34,6 +35,7 @@ from celery_durable.model.records import (
     Kind,
     error_record,
 )
+from celery_durable.persistence.stream_rows import Emitted
 from celery_durable.status import ENDS_WAIT, FINISHED, Status
 
 logger = logging.getLogger(__name__)
@@ -148,6 +150,25 @@ class Execution:
         """Every checkpoint, oldest first: the start, node visits, steps, failures. One whose
         row no longer matches its checksum is marked ``corrupted`` and the rest still show."""
         return self.runtime.store.list(self.id, contain=True)
+
+    def stream(
+        self, after: int | Checkpoint | Emitted | None = None, timeout: float | None = None
+    ) -> Iterator[Checkpoint | Emitted]:
+        """Yield the run's checkpoints as they commit, and the values its nodes publish with
+        ``ctx.emit()`` (``Emitted``) between them, in the order the run made them, none
+        missed; the iterator ends after the checkpoint that leaves the run finished or
+        needing an operator (where ``wait()`` returns).
+
+        ``after``: where to begin. None, the whole run from its start checkpoint (a run
+        already over yields its history and ends); an item this stream yielded, just past
+        it; a seq, past that checkpoint (values emitted after it come again). ``timeout``:
+        seconds for the whole stream, then WaitTimeout; the run goes on, and
+        ``stream(after=last_item)`` picks up there.
+
+        On PostgreSQL a commit of a streamed run notifies the stream; on SQLite it polls,
+        from every 2 ms backing off to every 250 ms while nothing happens.
+        """
+        return stream.stream_run(self.runtime, self.id, after, timeout)
 
     def attempts(self) -> list[AttemptRecord]:
         """Every failed attempt of the run's nodes and compensations, with its error, in the

@@ -1,7 +1,10 @@
-"""Waking a waiter when its run ends: one LISTEN connection per process, read by a thread.
+"""Waking a waiter when its run ends, and a stream when a run it follows commits: one
+LISTEN connection per process, read by a thread.
 
 A commit that ends a run notifies FINISHED_CHANNEL (postgres.py's statements); the listener
-wakes the waiters of the execution each notification names.
+wakes the waiters of the execution each notification names. A commit or an emit of a run
+someone streams notifies STREAM_CHANNEL; the listener wakes the streams that follow it
+(stream_watch.py) and keeps their reader rows alive.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import URL
+
+from celery_durable.persistence.stream_watch import STREAM_CHANNEL, StreamRegistry, StreamSlot
 
 logger = logging.getLogger(__name__)
 LISTEN_READY_TIMEOUT = 5.0
@@ -65,21 +70,35 @@ class Listener:
         self._tried = threading.Event()  # the first connection attempt is over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._streams = StreamRegistry()
 
     def subscribe(self, execution_id: str) -> _Slot:
         """A slot set when ``execution_id`` ends (or when the waiter should look again)."""
         slot = _Slot()
         with self._lock:
             self._waiting.setdefault(execution_id, set()).add(slot)
+        self._listening()
+        return slot
+
+    def watch(self, slot: StreamSlot) -> None:
+        """Wake ``slot`` when a run its keys name commits or emits."""
+        self._streams.add(slot)
+        self._listening()
+
+    def unwatch(self, slot: StreamSlot) -> None:
+        self._streams.remove(slot)
+
+    def _listening(self) -> None:
+        """Start the thread if it is not running; only a notification sent after LISTEN is
+        heard: the first time, wait for the thread to LISTEN (or to fail; waiters and
+        streams then look once a second)."""
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="durable-listener", daemon=True
                 )
                 self._thread.start()
-        # Only a notification sent after LISTEN is heard: the first time, wait for the thread
-        # to LISTEN (or to fail; waiters then look once a second).
         self._tried.wait(LISTEN_READY_TIMEOUT)
-        return slot
 
     def unsubscribe(self, execution_id: str, slot: _Slot) -> None:
         with self._lock:
@@ -108,17 +127,26 @@ class Listener:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {FINISHED_CHANNEL}")
-                    self._wake()  # whatever ended while nobody listened: look again
+                    conn.execute(f"LISTEN {STREAM_CHANNEL}")
+                    self._streams.refresh(conn)
+                    # Whatever ended or committed while nobody listened: look again.
+                    self._wake()
+                    self._streams.wake_all()
                     self._tried.set()
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=LISTEN_POLL):
-                            self._wake(*read_notice(notice.payload))
+                            if notice.channel == STREAM_CHANNEL:
+                                self._streams.notice(notice.payload)
+                            else:
+                                self._wake(*read_notice(notice.payload))
+                        self._streams.refresh_if_due(conn)
             except psycopg.Error as exc:
                 if not self._stop.is_set():
-                    logger.warning("listening for finished runs failed (%s); retrying in 1s", exc)
+                    logger.warning("listening for notifications failed (%s); retrying in 1s", exc)
             finally:
                 self._tried.set()
                 self._wake()
+                self._streams.wake_all()
             self._stop.wait(1.0)
 
 

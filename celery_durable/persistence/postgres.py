@@ -1,11 +1,13 @@
 """PostgreSQL: a node commit is one statement, so one round trip, and atomic by itself.
 
 The statements are here; they run on the thread's held connection (held_connection.py) by
-libpq's asynchronous calls (prepared.py); waiters are woken by NOTIFY (listener.py).
+libpq's asynchronous calls (prepared.py); waiters and streams are woken by NOTIFY
+(listener.py, stream_watch.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Table, create_engine, event, make_url, text
@@ -19,6 +21,8 @@ from celery_durable.persistence.answer import Answer
 from celery_durable.persistence.dialect import Advance, Dialect, Engines, Start
 from celery_durable.persistence.listener import FINISHED_CHANNEL, Listener, Waiter
 from celery_durable.persistence.prepared import Prepared
+from celery_durable.persistence.stream_rows import EMITS_TABLE, STREAM_READERS_TABLE, EmitRow
+from celery_durable.persistence.stream_watch import STREAM_CHANNEL, StreamWaiter
 
 # Any constant works; it only has to be the same in every process that migrates.
 ADVISORY_LOCK_KEY = 0x0D0AB1E
@@ -39,6 +43,7 @@ SELECT id, :seq, :kind, :node, :visit, :checkpoint_state, :cursor, :output, :met
        :now
   FROM advanced
 {{notify}}
+{{streamed}}
 RETURNING seq
 """
 
@@ -48,6 +53,18 @@ _FENCE = f"""
             WHERE v.execution_id = :execution_id AND v.kind = :kind AND v.node = :node
               AND v.visit = :visit AND v.lease_token <> :lease_token)
 """
+
+# A commit of a run someone streams wakes its streams (stream_watch.py says why only then):
+# one index probe of a table that is empty while nobody streams.
+_STREAMED = f"""
+LEFT JOIN LATERAL (
+    SELECT pg_notify('{STREAM_CHANNEL}',
+                     json_build_object('id', {{id}}, 'graph', {{graph}}, 'seq', {{seq}})::text)
+     WHERE EXISTS (
+           SELECT 1 FROM {STREAM_READERS_TABLE} r
+            WHERE r.key IN ('run:' || {{id}}, 'graph:' || {{graph}}, '*')
+              AND r.expires_at > now())
+) AS streamed ON true"""
 
 # A run that ends wakes its waiters: NOTIFY is delivered on commit, so only for a real end.
 # The notification carries the row as committed, checksum included, so a waiter has its
@@ -67,8 +84,9 @@ SAVE = {
         text(
             _ADVANCE.format(
                 fence=_FENCE if fenced else "",
-                returning="*" if wakes else "id",
+                returning="*" if wakes else "id, graph",
                 notify=_NOTIFY if wakes else "",
+                streamed=_STREAMED.format(id="advanced.id", graph="advanced.graph", seq=":seq"),
             )
         ),
     )
@@ -91,9 +109,38 @@ WITH created AS (
 INSERT INTO {CHECKPOINTS_TABLE}
        (execution_id, seq, kind, node, visit, state, cursor, output, meta, checksum, created_at)
 SELECT id, 0, :kind, :node, 0, :state, :cursor, NULL, :meta, :checksum, :now FROM created
+{_STREAMED.format(id="created.id", graph=":graph", seq="0")}
 RETURNING seq
 """),
 )
+
+# An emitted value, placed after the run's current checkpoint: the share lock on the row
+# waits for a commit of the run in flight and holds off the next one, so the value and the
+# commits cannot pass each other (stream_rows.py). Two values placed at once by parallel
+# branches may pick the same ``n``: the second places nothing, returns no row, and is sent
+# again (``PostgresDialect.emit``).
+EMIT = Prepared(
+    "durable_emit",
+    text(f"""
+WITH run AS (
+    SELECT id, graph, version FROM {EXECUTIONS_TABLE} WHERE id = :execution_id FOR SHARE
+), placed AS (
+    INSERT INTO {EMITS_TABLE}
+           (execution_id, after_seq, n, kind, node, visit, attempt, data, created_at)
+    SELECT run.id, run.version,
+           COALESCE((SELECT max(e.n) FROM {EMITS_TABLE} e
+                      WHERE e.execution_id = run.id AND e.after_seq = run.version), 0) + 1,
+           :kind, :node, :visit, :attempt, :data, :now
+      FROM run
+        ON CONFLICT DO NOTHING
+ RETURNING execution_id, after_seq
+)
+SELECT placed.after_seq
+  FROM placed CROSS JOIN run
+{_STREAMED.format(id="run.id", graph="run.graph", seq="placed.after_seq")}
+"""),
+)
+EXISTS = f"SELECT 1 FROM {EXECUTIONS_TABLE} WHERE id = %(execution_id)s"
 
 
 def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -150,6 +197,22 @@ class PostgresDialect(Dialect):
 
     def waiter(self, execution_id: str) -> Waiter:
         return Waiter(self._listener.get(), execution_id)
+
+    def emit(self, engines: Engines, row: EmitRow) -> bool:
+        """Place an emitted value; False when the run does not exist."""
+        while not held_connection.send(engines.reader, EMIT, row).result():
+            # Nothing placed: a value placed at the same moment took its place (send it
+            # again, to find the next), or there is no such run.
+            with engines.reader.connect() as conn:
+                found = conn.exec_driver_sql(EXISTS, {"execution_id": row["execution_id"]})
+                if found.first() is None:
+                    return False
+        return True
+
+    def stream_waiter(self, engines: Engines, keys: Iterable[str]) -> StreamWaiter:
+        """Something to wait on until a run ``keys`` name commits or emits (or it is time
+        to look again)."""
+        return StreamWaiter(self._listener.get(), engines.reader, keys)
 
     def close(self) -> None:
         listener = self._listener.clear()

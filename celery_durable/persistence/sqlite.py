@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -14,6 +14,7 @@ from sqlalchemy import (
     create_engine,
     event,
     exists,
+    func,
     insert,
     select,
     update,
@@ -24,6 +25,7 @@ from sqlalchemy.pool import StaticPool
 from celery_durable.persistence.answer import Answer, Deferred
 from celery_durable.persistence.dialect import Advance, CheckpointRow, Dialect, Engines, Start
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
+from celery_durable.persistence.stream_rows import EmitRow, emits
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -62,6 +64,35 @@ class SQLiteDialect(Dialect):
     def waiter(self, execution_id: str) -> Waiter:
         return Waiter()
 
+    def emit(self, engines: Engines, row: EmitRow) -> bool:
+        """Place an emitted value after the run's current checkpoint; False when the run
+        does not exist. The write lock BEGIN IMMEDIATE takes keeps commits out meanwhile."""
+        with engines.engine.begin() as conn:
+            version = conn.execute(
+                select(executions.c.version).where(executions.c.id == row["execution_id"])
+            ).scalar()
+            if version is None:
+                return False
+            placed = conn.execute(
+                select(func.max(emits.c.n)).where(
+                    emits.c.execution_id == row["execution_id"], emits.c.after_seq == version
+                )
+            ).scalar()
+            conn.execute(
+                insert(emits).values(
+                    **_pick(row, "execution_id", "kind", "node", "visit", "attempt", "data"),
+                    after_seq=version,
+                    n=(placed or 0) + 1,
+                    created_at=row["now"],
+                )
+            )
+        return True
+
+    def stream_waiter(self, engines: Engines, keys: Iterable[str]) -> Waiter:
+        """Nobody notifies: a stream looks again, soon at first (and after it found
+        something), less often while nothing happens."""
+        return Waiter()
+
     def close(self) -> None:
         """Nothing runs beside the pool."""
 
@@ -73,6 +104,7 @@ class Waiter:
     max_pause = 0.25
 
     def wait(self, timeout: float) -> None:
+        """Sleep; None: look again, at everything."""
         time.sleep(timeout)
 
     def close(self) -> None:

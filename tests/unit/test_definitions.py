@@ -67,6 +67,7 @@ def test_public_api_is_pinned() -> None:
         "Progress",
         "Status",
         "Checkpoint",
+        "Emitted",
         "intervention_required",
         "execution_finished",
         "execution_started",
