@@ -8,20 +8,20 @@ of the attempt that made it. Spans carry ``durable.execution_id``, ``durable.gra
 ``durable.node``, ``durable.visit``, ``durable.attempt`` and ``durable.version`` (the
 graph's), and a failed attempt records its exception.
 
-Without the package every function here is a no-op that allocates nothing; with it and no
-SDK configured, the API's own no-op tracer answers.
+Without the package, or before the app sets a tracer provider, every function here is a
+no-op that allocates nothing.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 try:
     from opentelemetry import trace as _trace
-    from opentelemetry.trace import SpanKind, StatusCode
+    from opentelemetry.trace import ProxyTracerProvider, SpanKind, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the otel extra is not installed
     _trace = None  # type: ignore[assignment]
@@ -61,14 +61,31 @@ class Traced:
 
 
 UNTRACED = Traced()
+_UNTRACED = nullcontext(UNTRACED)
+
+
+def recording() -> bool:
+    """Whether spans go anywhere: the package is there and the app set a tracer provider
+    (until it does, the API's proxy would make spans that record nothing)."""
+    return ENABLED and not isinstance(_trace.get_tracer_provider(), ProxyTracerProvider)
+
+
+def run_start(graph: str) -> AbstractContextManager[Traced]:
+    """The span of a run's start, current while the run is stored and its entry sent."""
+    return _run_start(graph) if recording() else _UNTRACED
+
+
+def attempt(
+    traceparent: str | None, name: str, attributes: Mapping[str, str | int | None]
+) -> AbstractContextManager[Traced]:
+    """The span of one attempt, a child of the run's start (``traceparent``), current while
+    the attempt runs. Its exceptions (a crash, the database down) are recorded as they pass;
+    a failure the engine handled is given by ``Traced.failed``."""
+    return _attempt(traceparent, name, attributes) if recording() else _UNTRACED
 
 
 @contextmanager
-def run_start(graph: str) -> Iterator[Traced]:
-    """The span of a run's start, current while the run is stored and its entry sent."""
-    if not ENABLED:
-        yield UNTRACED
-        return
+def _run_start(graph: str) -> Iterator[Traced]:
     attributes = _attributes({"graph": graph})
     with _tracer.start_as_current_span(
         f"durable.start {graph}", kind=SpanKind.PRODUCER, attributes=attributes
@@ -77,15 +94,9 @@ def run_start(graph: str) -> Iterator[Traced]:
 
 
 @contextmanager
-def attempt(
+def _attempt(
     traceparent: str | None, name: str, attributes: Mapping[str, str | int | None]
 ) -> Iterator[Traced]:
-    """The span of one attempt, a child of the run's start (``traceparent``), current while
-    the attempt runs. Its exceptions (a crash, the database down) are recorded as they pass;
-    a failure the engine handled is given by ``Traced.failed``."""
-    if not ENABLED:
-        yield UNTRACED
-        return
     with _tracer.start_as_current_span(
         name, context=_parent(traceparent), kind=SpanKind.CONSUMER,
         attributes=_attributes(attributes),
@@ -96,7 +107,7 @@ def attempt(
 def finished(name: str, seconds: float, attributes: Mapping[str, str | int | None]) -> None:
     """A span that took ``seconds`` up to now, under the current one (a commit, under its
     attempt): recorded after the fact, so the hot path starts nothing before it knows."""
-    if not ENABLED:
+    if not recording():
         return
     start = time.time_ns() - int(seconds * 1e9)
     span = _tracer.start_span(name, start_time=start, attributes=_attributes(attributes))
@@ -105,7 +116,7 @@ def finished(name: str, seconds: float, attributes: Mapping[str, str | int | Non
 
 def event(traceparent: str | None, name: str, attributes: Mapping[str, str | int | None]) -> None:
     """A span of no length under the run's start: a wait opened, a wake."""
-    if not ENABLED:
+    if not recording():
         return
     span = _tracer.start_span(
         name, context=_parent(traceparent), attributes=_attributes(attributes)
