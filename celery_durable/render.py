@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -293,11 +292,13 @@ def _waits_for(wait: dict[str, Any]) -> str:
     return f"waiting for {wait['kind']}"
 
 
-def follow_progress(execution: Execution, *, out: Any = None, interval: float = 0.1) -> None:
-    """Redraw a progress bar in place until the run ends."""
+def follow_progress(execution: Execution, *, out: Any = None) -> None:
+    """Redraw a progress bar in place as the run commits (``run.stream()``: no polling),
+    until it ends."""
     out = out or sys.stdout
     live = out.isatty()
     shown = ""
+    moves = execution.stream(after=execution.record.version)
     while True:
         progress = execution.progress()
         line = bar(progress, execution.waiting_on, undone(execution, progress.status))
@@ -311,4 +312,4 @@ def follow_progress(execution: Execution, *, out: Any = None, interval: float = 
             if live:
                 out.write("\n")
             return
-        time.sleep(interval)
+        next(moves, None)

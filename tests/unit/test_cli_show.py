@@ -4,14 +4,16 @@ a run sleeps and no 100% for a saga that was undone."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import threading
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from celery_durable import Context, Durable, RetryPolicy, Status
+from celery_durable import Context, Durable, RetryPolicy, Status, render
 from celery_durable.testing import in_process_worker
 from tests.unit import cli_app
 from tests.waiting import wait_for
@@ -169,3 +171,31 @@ def test_a_compensated_saga_is_not_shown_as_done(durable: Durable) -> None:
     assert bar.startswith("[------------------------------]")
     data = json_of(durable, "progress", run.id)
     assert (data["percent"], data["undone"]) == (0.0, 1)
+
+
+def test_progress_follows_the_run_as_it_commits_and_stops_at_its_end(durable: Durable) -> None:
+    g = durable.graph("followed", state=Work)
+    gate = threading.Event()
+
+    @g.node
+    def first(state: Work, ctx: Context) -> dict[str, bool]:
+        gate.wait(10)
+        return {}
+
+    @g.node
+    def second(state: Work) -> dict[str, bool]:
+        return {"done": True}
+
+    g.entry(first)
+    g.edge(first, second)
+    out = io.StringIO()
+    with in_process_worker(durable):
+        run = g.delay()
+        follower = threading.Thread(target=render.follow_progress, args=(run,), kwargs={"out": out})
+        follower.start()
+        wait_for(lambda: "0/2" in out.getvalue(), 10, what="the first bar")
+        gate.set()
+        follower.join(10)
+    assert not follower.is_alive()
+    lines = out.getvalue().splitlines()
+    assert "0/2" in lines[0] and "2/2" in lines[-1] and len(lines) <= 4
