@@ -99,11 +99,13 @@ def _advance(
     """Where this commit moves the run, and what it hands on."""
     base = run.base
     if base.status == Status.COMPENSATING:
-        # The saga is being undone: record this step so that it is undone too.
+        # The saga is being undone: record this step so that it is undone too, if it has
+        # anything to undo.
+        undoable = run.graph.nodes[run.name].compensator is not None
         cursor = compensation.completed_while_compensating(
-            base.cursor, run.name, run.visit, base.version + 1
+            base.cursor, run.name, run.visit, base.version + 1, undoable=undoable
         )
-        return cursor, Status.COMPENSATING, Handed([]), base.error
+        return cursor, compensation.status_of(cursor), Handed([]), base.error
     step = advance(run.graph, base.cursor, run.name, run.visit, model)
     status = step.status
     if base.status == Status.PAUSED and status in (Status.RUNNING, Status.WAITING):

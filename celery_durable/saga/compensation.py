@@ -33,11 +33,15 @@ def due(status: Status, cursor: Cursor) -> Undo | None:
     return cursor.undo[0]
 
 
-def completed_while_compensating(cursor: Cursor, node: str, visit: int, seq: int) -> Cursor:
-    """A step that was in flight when compensation began committed: undo it first."""
+def completed_while_compensating(
+    cursor: Cursor, node: str, visit: int, seq: int, *, undoable: bool
+) -> Cursor:
+    """A step that was in flight when compensation began committed: undo it first, if it
+    has a compensation (``undoable``); else it only leaves the frontier."""
     nxt = cursor.copy()
     nxt.frontier.remove((node, visit))
-    nxt.undo.insert(0, (node, visit, seq))
+    if undoable:
+        nxt.undo.insert(0, (node, visit, seq))
     return nxt
 
 

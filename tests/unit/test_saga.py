@@ -444,3 +444,30 @@ def test_step_retry_delays_fall_within_the_policy_bounds(durable: Durable, worke
         low, high = policy.bounds(attempt)
         gap = later - earlier
         assert low - 0.02 <= gap <= high + 0.25, (attempt, gap, (low, high))
+
+
+def test_a_step_without_compensation_that_commits_while_its_saga_compensates_is_not_undone(
+    durable: Durable, worker
+) -> None:
+    s = durable.saga("uncompensated", state=Order)
+    entered, go = threading.Event(), threading.Event()
+    released: list[str] = []
+
+    @s.step(compensate=lambda state, ctx: released.append("reserve"))
+    def reserve(state: Order) -> dict[str, object]:
+        return {"reserved": True}
+
+    @s.step  # nothing to undo
+    def ship(state: Order) -> None:
+        entered.set()
+        go.wait(10)
+
+    with worker():
+        run = s.delay(order_id="o-9")
+        assert entered.wait(10)
+        run.compensate("customer left")  # while ship is in flight
+        go.set()
+        with pytest.raises(Compensated):
+            run.wait(timeout=10)
+    assert run.status == Status.COMPENSATED and released == ["reserve"]
+    assert [c.node for c in run.history() if c.kind == "compensation"] == ["reserve"]
