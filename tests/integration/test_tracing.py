@@ -84,7 +84,14 @@ def test_a_run_across_a_worker_restart_is_one_trace_parented_as_it_happened(
     assert start["attributes"]["durable.execution_id"] == run.id
     assert {s["context"]["trace_id"] for s in spans} == {start["context"]["trace_id"]}
 
-    attempts = [s for s in spans if s["name"].startswith(("durable.node", "durable.compensate"))]
+    # A copy of a message that found its visit done (a redelivery under load) is an attempt
+    # span too, replayed or dropped: the run's own attempts are the others.
+    attempts = [
+        s
+        for s in spans
+        if s["name"].startswith(("durable.node", "durable.compensate"))
+        and s["attributes"].get("durable.outcome") not in ("replayed", "duplicate", "dropped")
+    ]
     seen = sorted((s["name"].split()[0], s["attributes"]["durable.node"]) for s in attempts)
     assert seen == sorted(
         [("durable.node", step) for step in ("first", "flaky", "flaky", "nap", "nap", "fourth")]
