@@ -15,46 +15,40 @@ from celery import Celery
 from pydantic import BaseModel
 
 from celery_durable.engine import bulk, stream
-from celery_durable.engine.actors import actor
 from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.fleet import Fleet
 from celery_durable.engine.flow_control import FlowControl
 from celery_durable.engine.leases import LeaseKeeper
-from celery_durable.engine.recovery import RecoveryReport, sweep
-from celery_durable.engine.retention import PruneReport, Retention, prune
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.start import StartKeywords, StartOptions, start_run
 from celery_durable.engine.wakeups import send_event
 from celery_durable.errors import (
     ConfigurationError,
     DuplicateVersion,
-    InvalidFlowOption,
 )
 from celery_durable.graphs.builder import Definitions, Graph, Node, OnFailure, Saga
 from celery_durable.hooks import Hooks
+from celery_durable.lifecycle import Lifecycle
+from celery_durable.maintenance import Maintenance
 from celery_durable.model.records import (
-    BreakerState,
     Checkpoint,
     EventRecord,
     Kind,
     utcnow,
 )
-from celery_durable.persistence import migrate
 from celery_durable.persistence.codec import Signer
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.deployments import Deployment, Deployments
 from celery_durable.persistence.event_log import EventLog
-from celery_durable.persistence.flow_rows import BreakerStatus, FlowStore
+from celery_durable.persistence.flow_rows import FlowStore
 from celery_durable.persistence.gauges import ExecutionGauges
 from celery_durable.persistence.migrate import uses_database
 from celery_durable.persistence.sealing import Sealer
-from celery_durable.persistence.signing import SignReport, sign
 from celery_durable.persistence.slot_table import SlotTable
 from celery_durable.persistence.store import CheckpointStore
 from celery_durable.persistence.stream_rows import Emitted
 from celery_durable.persistence.visits import VisitLedger
-from celery_durable.policies.breakers import BreakerPolicy
 from celery_durable.policies.limits import Limit
 from celery_durable.relay import Relay
 from celery_durable.settings import Settings
@@ -76,7 +70,7 @@ logger = logging.getLogger(__name__)
 _instances: WeakKeyDictionary[Celery, Durable] = WeakKeyDictionary()
 
 
-class Durable:
+class Durable(Maintenance, Lifecycle):
     """Durable execution for one Celery app.
 
     ``database_url`` falls back to ``CELERY_DURABLE_DATABASE_URL``, then to a SQLite file in
@@ -370,78 +364,3 @@ class Durable:
         return send_event(
             self.runtime, execution_id, name, payload, idempotency_key, by=by, reason=reason
         )
-
-    # -- maintenance ------------------------------------------------------------------------
-
-    def breaker(
-        self,
-        name: str,
-        *,
-        failure_threshold: int = 5,
-        window: float = 60.0,
-        reset_after: float = 30.0,
-    ) -> str:
-        """Declare a circuit breaker shared by every worker: ``failure_threshold`` failures
-        within ``window`` seconds open it; while open, nodes behind it wait in the database
-        (no worker held, no attempt counted); after ``reset_after`` seconds one probe goes
-        through. Returns the name, for ``@g.node(breaker=...)`` and ``ctx.step(breaker=...)``."""
-        self.runtime.flow.declare(BreakerPolicy(name, failure_threshold, window, reset_after))
-        return name
-
-    @uses_database()
-    def breakers(self) -> builtins.list[BreakerStatus]:
-        """Every declared breaker with its shared state."""
-        return self.runtime.flow.breakers()
-
-    @uses_database()
-    def set_breaker(
-        self, name: str, state: str, *, by: str | None = None, reason: str | None = None
-    ) -> None:
-        """An operator opens ("open": as if it had just tripped) or closes ("closed") a breaker;
-        who did it (and why) is kept on the breaker's row and logged."""
-        try:
-            wanted = BreakerState(state)
-        except ValueError:
-            raise InvalidFlowOption(f"breaker state {state!r}", "use open or closed") from None
-        if wanted == BreakerState.HALF_OPEN:
-            raise InvalidFlowOption("breaker state 'half_open'", "use open or closed")
-        who = actor(by) if reason is None else f"{actor(by)}: {reason}"
-        logger.warning("circuit breaker %s set %s by %s", name, wanted, who)
-        self.runtime.flow.set(name, wanted, who[:200])
-
-    @uses_database()
-    def verify(self, since: datetime | None = None) -> builtins.list[tuple[str, int, str]]:
-        """Check every checkpoint and execution row (written since ``since``) against its
-        checksum; returns (execution, seq, "checkpoint" or "row") for each that fails."""
-        return self.store.verify(since)
-
-    @uses_database()
-    def sign_checksums(self) -> SignReport:
-        """After checksum keys are set or rotated: sign every row and checkpoint as the
-        settings sign now, each checked first as it was signed; what does not check out is
-        reported and left as it is."""
-        return sign(self.store)
-
-    def migrate(self) -> tuple[str | None, str]:
-        """Create or upgrade the schema; a no-op when it is current."""
-        with self.db.reachable():
-            return migrate.upgrade(self.db)
-
-    @uses_database()
-    def recover(self) -> RecoveryReport:
-        """One recovery sweep now (workers also sweep on start and periodically)."""
-        return sweep(self.runtime)
-
-    @uses_database()
-    def prune(
-        self,
-        older_than: timedelta | None = None,
-        *,
-        succeeded: timedelta | None = None,
-        failed: timedelta | None = None,
-        batch: int = 500,
-        dry_run: bool = False,
-    ) -> PruneReport:
-        """Remove finished runs past retention (7 days succeeded, 30 failed, by default)."""
-        keep = Retention(older_than, succeeded, failed)
-        return prune(self.runtime, keep, batch=batch, dry_run=dry_run)

@@ -25,7 +25,12 @@ from celery_durable.model.records import (
     ExecutionRecord,
     utcnow,
 )
-from celery_durable.persistence import codec, gauges
+from celery_durable.persistence import (  # the last two declare their tables on the metadata
+    codec,
+    gauges,
+    schedule_rows,  # noqa: F401
+    tag_rows,  # noqa: F401
+)
 from celery_durable.persistence.dialect import Waiter
 from celery_durable.persistence.gauges import ACTIVE_NAMES, ExecutionGauges
 from celery_durable.persistence.history import RunHistory
