@@ -9,6 +9,7 @@ from celery_durable.durable import Durable
 from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.context import Context
 from celery_durable.engine.execution import Execution, Progress
+from celery_durable.engine.schedules import Schedule
 from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
     CheckpointCorrupted,
@@ -64,6 +65,7 @@ __all__ = [
     "Reduce",
     "RateLimit",
     "Limit",
+    "Schedule",
     # Runs
     "Execution",
     "BulkReport",

@@ -18,6 +18,7 @@ ALEMBIC_VERSION_TABLE: Final = "durable_alembic_version"
 TASK_PREFIX: Final = "durable"
 RECOVERY_TASK: Final = f"{TASK_PREFIX}.recover"
 PRUNE_TASK: Final = f"{TASK_PREFIX}.prune"
+SCHEDULES_TASK: Final = f"{TASK_PREFIX}.schedules"
 
 ENV_PREFIX: Final = "CELERY_DURABLE_"
 DATABASE_URL_ENV: Final = "CELERY_DURABLE_DATABASE_URL"

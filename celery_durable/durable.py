@@ -51,6 +51,7 @@ from celery_durable.persistence.stream_rows import Emitted
 from celery_durable.persistence.visits import VisitLedger
 from celery_durable.policies.limits import Limit
 from celery_durable.relay import Relay
+from celery_durable.scheduling import Scheduling
 from celery_durable.settings import Settings
 from celery_durable.status import Status
 from celery_durable.tasks import consumer, message
@@ -70,7 +71,7 @@ logger = logging.getLogger(__name__)
 _instances: WeakKeyDictionary[Celery, Durable] = WeakKeyDictionary()
 
 
-class Durable(Maintenance, Lifecycle):
+class Durable(Maintenance, Lifecycle, Scheduling):
     """Durable execution for one Celery app.
 
     ``database_url`` falls back to ``CELERY_DURABLE_DATABASE_URL``, then to a SQLite file in

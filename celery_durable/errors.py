@@ -55,7 +55,9 @@
     ├── CircuitOpen
     ├── DatabaseUnavailable
     ├── SchemaNotMigrated
-    └── NoDatabase
+    ├── NoDatabase
+    ├── InvalidSchedule (also a ValueError)
+    └── UnknownSchedule
 
 Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
 ``raise ... from exc``, so callers only need to know this tree.
@@ -688,3 +690,19 @@ class NoDatabase(DurableError):
             f"There is no database at {path}, and reading created none. {where} A first run "
             "started there, a worker, or `celery -A proj durable migrate` creates it."
         )
+
+
+class InvalidSchedule(DurableError, ValueError):
+    """A schedule defined with a cron, an interval, a time zone or a name that cannot work."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(f"{what}: {detail}. Fix the schedule; nothing was registered.")
+
+
+class UnknownSchedule(DurableError):
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        advice = (
+            f"Define it with durable.schedule(graph, ..., name={name!r}) in the module the app "
+            "is loaded from; `durable schedules` lists the schedules defined there."
+        )
+        super().__init__(_none(f"schedule named {name!r}", sorted(known), advice))

@@ -19,6 +19,7 @@ from celery_durable.cli.breaker_commands import breaker, breakers
 from celery_durable.cli.common import Obj
 from celery_durable.cli.inspect import history, ls, progress, show
 from celery_durable.cli.operate import OPERATIONS, fork, patch, restart, resume, send_event, skip
+from celery_durable.cli.schedule_commands import schedules
 from celery_durable.cli.version_commands import upgrade, versions
 
 
@@ -63,6 +64,7 @@ COMMANDS = [
     versions,
     breakers,
     breaker,
+    schedules,
     prune,
     recover,
     migrate,

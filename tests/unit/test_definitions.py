@@ -62,6 +62,7 @@ def test_public_api_is_pinned() -> None:
         "Reduce",
         "RateLimit",
         "Limit",
+        "Schedule",
         "Execution",
         "BulkReport",
         "Progress",
