@@ -9,6 +9,7 @@ from celery_durable.durable import Durable
 from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.context import Context
 from celery_durable.engine.execution import Execution, Progress
+from celery_durable.engine.retention import PruneReport
 from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
     CheckpointCorrupted,
@@ -26,6 +27,7 @@ from celery_durable.errors import (
     NeedsIntervention,
     NoDatabase,
     NotWaiting,
+    RunStillActive,
     SchemaNotMigrated,
     StateSchemaMismatch,
     WaitTimeout,
@@ -67,6 +69,7 @@ __all__ = [
     # Runs
     "Execution",
     "BulkReport",
+    "PruneReport",
     "Progress",
     "Status",
     "Checkpoint",
@@ -96,4 +99,5 @@ __all__ = [
     "SchemaNotMigrated",
     "DatabaseUnavailable",
     "NoDatabase",
+    "RunStillActive",
 ]

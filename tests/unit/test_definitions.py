@@ -64,6 +64,7 @@ def test_public_api_is_pinned() -> None:
         "Limit",
         "Execution",
         "BulkReport",
+        "PruneReport",
         "Progress",
         "Status",
         "Checkpoint",
@@ -92,6 +93,7 @@ def test_public_api_is_pinned() -> None:
         "SchemaNotMigrated",
         "DatabaseUnavailable",
         "NoDatabase",
+        "RunStillActive",
     ]
     for name in celery_durable.__all__:
         assert getattr(celery_durable, name).__doc__ or name in SIGNALS, name
