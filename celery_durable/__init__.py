@@ -9,6 +9,7 @@ from celery_durable.durable import Durable
 from celery_durable.engine.bulk import BulkReport
 from celery_durable.engine.context import Context
 from celery_durable.engine.execution import Execution, Progress
+from celery_durable.engine.retention import PruneReport
 from celery_durable.engine.schedules import Schedule
 from celery_durable.engine.state import Reduce
 from celery_durable.errors import (
@@ -27,6 +28,7 @@ from celery_durable.errors import (
     NeedsIntervention,
     NoDatabase,
     NotWaiting,
+    RunStillActive,
     SchemaNotMigrated,
     StateSchemaMismatch,
     WaitTimeout,
@@ -69,6 +71,7 @@ __all__ = [
     # Runs
     "Execution",
     "BulkReport",
+    "PruneReport",
     "Progress",
     "Status",
     "Checkpoint",
@@ -98,4 +101,5 @@ __all__ = [
     "SchemaNotMigrated",
     "DatabaseUnavailable",
     "NoDatabase",
+    "RunStillActive",
 ]

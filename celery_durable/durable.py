@@ -301,11 +301,11 @@ class Durable(Maintenance, Lifecycle, Scheduling):
         reason: str | None = None,
         dry_run: bool = False,
     ) -> BulkReport:
-        """``operation`` (pause, resume, cancel, retry, compensate, upgrade) on every run of a
-        selection: the ``ids`` given, or those that match ``status``, ``graph`` and ``since``
-        (at least one filter). Each run is its own audited commit; the report says what was
-        done and what was refused (an id with no run too), and why. ``dry_run`` changes
-        nothing."""
+        """``operation`` (pause, resume, cancel, retry, compensate, upgrade, delete) on every
+        run of a selection: the ``ids`` given, or those that match ``status``, ``graph`` and
+        ``since`` (at least one filter). Each run is its own audited commit; the report says
+        what was done and what was refused (an id with no run too), and why. ``dry_run``
+        changes nothing."""
         runs = bulk.selection(self.runtime, ids=ids, status=status, graph=graph, since=since)
         return bulk.apply(operation, runs, by=by, reason=reason, dry_run=dry_run)
 

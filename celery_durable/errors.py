@@ -57,7 +57,11 @@
     ├── SchemaNotMigrated
     ├── NoDatabase
     ├── InvalidSchedule (also a ValueError)
-    └── UnknownSchedule
+    ├── UnknownSchedule
+    ├── RunStillActive
+    ├── ExecutionExists
+    ├── ImportConflict
+    └── ArchiveLineInvalid
 
 Errors that enter from SQLAlchemy, psycopg or Celery are translated where they enter, with
 ``raise ... from exc``, so callers only need to know this tree.
@@ -706,3 +710,57 @@ class UnknownSchedule(DurableError):
             "is loaded from; `durable schedules` lists the schedules defined there."
         )
         super().__init__(_none(f"schedule named {name!r}", sorted(known), advice))
+
+
+class RunStillActive(DurableError):
+    """A delete named a run (or one of its children) that has not finished."""
+
+    def __init__(self, execution_id: str, active: Mapping[str, str]) -> None:
+        self.execution_id = execution_id
+        self.active = dict(active)
+        shown = ", ".join(f"{run} is {status}" for run, status in list(active.items())[:5])
+        more = f" and {len(active) - 5} more" if len(active) > 5 else ""
+        super().__init__(
+            f"Cannot delete execution {execution_id!r}: {shown}{more}, and deleting would pull "
+            "its rows from under work in flight. Nothing was deleted. Cancel it first, or "
+            "delete with force=True, which cancels what runs and then deletes."
+        )
+
+
+class ExecutionExists(DurableError):
+    """An import met a run whose id this database already holds."""
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(
+            f"Execution {_shown(execution_id, 80)} already exists in this database; an import "
+            "never overwrites a run, so this one was not imported. Delete the stored run first "
+            "if the archived copy should replace it."
+        )
+
+
+class ImportConflict(DurableError):
+    """An import met a row of another run in the way: an event id this database has given."""
+
+    def __init__(self, execution_id: str, detail: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(
+            f"Execution {_shown(execution_id, 80)} was not imported: one of its rows takes a "
+            f"key a row of this database already holds ({detail}). Nothing of it was written. "
+            "Its events keep the ids they were given, which its checkpoints name; import it "
+            "into the database it was exported from, or into one that holds no other runs' "
+            "events."
+        )
+
+
+class ArchiveLineInvalid(DurableError):
+    """A line of an export that does not verify: altered, cut short, or of an unknown format."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        self.where = where
+        self.detail = detail
+        super().__init__(
+            f"{where} of the export cannot be imported: {detail}. Nothing of that run was "
+            "written. Import the line as it was exported (durable export writes it again from "
+            "a database that still holds the run)."
+        )

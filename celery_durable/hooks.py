@@ -77,6 +77,10 @@ class Hooks:
         """A visit whose attempt died (its worker lost) runs again, ``seconds`` after the run's
         last commit: how long the crash held the run up, at most."""
 
+    def execution_deleted(self, execution_id: str, graph: str, status: Status) -> None:
+        """An operator deleted a run (``status``: as it was just before), or it went with
+        the run it is a child of; its rows are gone."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in EVENTS & cls.__dict__.keys():

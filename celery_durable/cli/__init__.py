@@ -18,6 +18,7 @@ from celery_durable.cli.admin import metrics, migrate, prune, recover, verify, w
 from celery_durable.cli.breaker_commands import breaker, breakers
 from celery_durable.cli.common import Obj
 from celery_durable.cli.inspect import history, ls, progress, show
+from celery_durable.cli.lifecycle_commands import delete, export, import_runs
 from celery_durable.cli.operate import OPERATIONS, fork, patch, restart, resume, send_event, skip
 from celery_durable.cli.schedule_commands import schedules
 from celery_durable.cli.version_commands import upgrade, versions
@@ -66,6 +67,9 @@ COMMANDS = [
     breaker,
     schedules,
     prune,
+    delete,
+    export,
+    import_runs,
     recover,
     migrate,
     metrics,

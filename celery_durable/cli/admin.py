@@ -15,6 +15,13 @@ from celery_durable.cli.common import Obj, emit, json_option, parse_age
 @click.option("--failed", default=None, help="Age for failed/compensated/cancelled (30d).")
 @click.option("--batch", default=500, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Count, do not delete.")
+@click.option(
+    "--archive-to",
+    default=None,
+    metavar="DIR",
+    help="Export each batch to a file of JSON lines in DIR (for durable import) before "
+    "deleting it; a batch that cannot be written is not deleted.",
+)
 @json_option
 @click.pass_obj
 def prune(
@@ -24,6 +31,7 @@ def prune(
     failed: str | None,
     batch: int,
     dry_run: bool,
+    archive_to: str | None,
     as_json: bool,
 ) -> None:
     """Remove finished runs past retention; never running or stuck ones."""
@@ -33,16 +41,22 @@ def prune(
         failed=parse_age(failed) if failed else None,
         batch=batch,
         dry_run=dry_run,
+        archive=archive_to,
     )
     verb = "would remove" if dry_run else "removed"
-    emit(
-        report.removed,
-        as_json,
-        lambda: (
+
+    def human() -> str:
+        lines = [
             f"{verb} {report.total} executions: "
             + ", ".join(f"{k} {v}" for k, v in report.removed.items())
-        ),
-    )
+        ]
+        if archive_to and not dry_run:
+            lines.append(f"archived {report.archived} runs to {archive_to}")
+        lines += [f"kept {run}: {why}" for run, why in report.kept.items()]
+        return "\n".join(lines)
+
+    archived = {"removed": report.removed, "archived": report.archived, "kept": report.kept}
+    emit(report.removed if archive_to is None else archived, as_json, human)
 
 
 @click.command("recover")

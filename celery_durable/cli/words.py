@@ -25,6 +25,8 @@ RULES: list[tuple[str, str]] = [
         "patch the state with `durable patch {id} JSON`, then `durable retry {id}`",
     ),
     (r"call wait\(\) again or look at progress\(\)", "`durable progress {id}` follows it"),
+    (r"delete with force=True", "delete with `durable delete {id} --force`"),
+    (r"Delete the stored run first", "Delete the stored run first (`durable delete {id}`)"),
     # The values a command was given (resume --update, patch, skip --output), not a graph's
     # input: no command starts a run.
     (

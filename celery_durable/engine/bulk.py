@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from celery_durable.engine import erasure
 from celery_durable.engine.execution import Execution
 from celery_durable.engine.operations import ALLOWED
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.versions import UPGRADABLE
 from celery_durable.errors import DurableError, ExecutionNotFound, InvalidInput
-from celery_durable.status import Status
+from celery_durable.status import FINISHED, Status
 
 # Runs read per page by a selection.
 PAGE = 500
@@ -33,6 +34,11 @@ OPERATIONS: dict[str, tuple[frozenset[Status], Apply]] = {
     "retry": (ALLOWED["retry"], lambda ex, by, why: ex.retry(by=by, reason=why)),
     "compensate": (ALLOWED["compensate"], lambda ex, by, why: ex.compensate(why, by=by)),
     "upgrade": (UPGRADABLE, lambda ex, by, why: ex.upgrade(by=by, reason=why)),
+    # Finished runs only: forcing (cancelling first) is for runs named one by one.
+    "delete": (
+        FINISHED,
+        lambda ex, by, why: erasure.delete(ex.runtime, ex.id, by=by, reason=why),
+    ),
 }
 
 

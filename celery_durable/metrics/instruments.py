@@ -72,6 +72,12 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "rejections), 'rate <name>', or 'slot' (in line for a concurrency key).",
         ("graph", "node", "by"),
     ),
+    "deleted": (
+        "executions_deleted",
+        "Runs deleted by an operator (durable delete), children deleted with them included; "
+        "retention's prune is not counted here.",
+        ("graph",),
+    ),
 }
 HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "wake_lag": (
@@ -114,6 +120,7 @@ class _Instruments:
     failed: Counter
     slow: Counter
     held: Counter
+    deleted: Counter
     wake_lag: Histogram
     node_duration: Histogram
     recovery_lag: Histogram
@@ -198,6 +205,9 @@ class PrometheusHooks(Hooks):
     def node_held(self, graph: str, node: str, by: str) -> None:
         # A slot's key would make a label per customer: count the slot, not the key.
         self.m.held.labels(graph, node, "slot" if by.startswith("slot ") else by).inc()
+
+    def execution_deleted(self, execution_id: str, graph: str, status: Status) -> None:
+        self.m.deleted.labels(graph).inc()
 
     def attempt_finished(self, graph: str, node: str, kind: str, seconds: float) -> None:
         self.m.node_duration.labels(graph, node, kind).observe(seconds)

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypedDict
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Column, Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from celery_durable.persistence.answer import Answer
@@ -129,6 +129,11 @@ class Dialect(ABC):
     @abstractmethod
     def lock_name(self, conn: Connection, name: str) -> None:
         """Hold, until ``conn``'s transaction ends, a lock on ``name`` (a concurrency key)."""
+
+    @abstractmethod
+    def follow_ids(self, conn: Connection, column: Column[Any], top: int) -> None:
+        """Before rows that bring their own ids, up to ``top``, are written into ``column``,
+        whose ids the database generates (an import): make the next ones start past them."""
 
     @abstractmethod
     def waiter(self, execution_id: str) -> Waiter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Table, create_engine, event, make_url, text
+from sqlalchemy import Column, Connection, Table, create_engine, event, make_url, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import InvalidatePoolError
 
@@ -193,6 +193,16 @@ class PostgresDialect(Dialect):
     def lock_name(self, conn: Connection, name: str) -> None:
         conn.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
+        )
+
+    def follow_ids(self, conn: Connection, column: Column[Any], top: int) -> None:
+        # GREATEST with nextval: the sequence only ever moves on, past ids it gave out too.
+        conn.execute(
+            text(
+                "SELECT setval(pg_get_serial_sequence(:table, :column), "
+                "GREATEST(:top, nextval(pg_get_serial_sequence(:table, :column))))"
+            ),
+            {"table": column.table.name, "column": column.name, "top": top},
         )
 
     def waiter(self, execution_id: str) -> Waiter:

@@ -35,7 +35,7 @@ STATELESS = frozenset({Kind.STEP, Kind.WAIT, Kind.WAKE})
 def execution_record(row: Row[Any], sealer: Sealer, verify: bool = False) -> ExecutionRecord:
     """The row as a record; ``verify``: check its checksum first (reads that decide). A read
     that decides nothing (a listing) shows a state it cannot open as empty."""
-    return _execution(row._mapping, sealer, verify)
+    return execution_from(row._mapping, sealer, verify)
 
 
 # The timestamp columns, which a notification's JSON carries as ISO 8601 text.
@@ -49,10 +49,12 @@ def noticed_record(notice: Mapping[str, Any], sealer: Sealer) -> ExecutionRecord
     for column in _TIMES:
         if row.get(column) is not None:
             row[column] = datetime.fromisoformat(row[column])
-    return _execution(row, sealer, verify=True)
+    return execution_from(row, sealer, verify=True)
 
 
-def _execution(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionRecord:
+def execution_from(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionRecord:
+    """``execution_record`` of a row given as a mapping of its columns (a notification's, an
+    archive's)."""
     try:
         state = sealer.open(m["state"], m["id"])
     except (Unsealable, EncryptionKeyMissing) as exc:
@@ -87,7 +89,11 @@ def _execution(m: Mapping[Any, Any], sealer: Sealer, verify: bool) -> ExecutionR
 def checkpoint_record(row: Row[Any], sealer: Sealer, contain: bool = False) -> Checkpoint:
     """The checkpoint, verified. ``contain`` (reads for display): a corrupted one comes back
     marked, its contents withheld, instead of raising, so the rest of the run stays visible."""
-    m = row._mapping
+    return checkpoint_from(row._mapping, sealer, contain)
+
+
+def checkpoint_from(m: Mapping[Any, Any], sealer: Sealer, contain: bool = False) -> Checkpoint:
+    """``checkpoint_record`` of a row given as a mapping of its columns (an archive's)."""
     execution_id = m["execution_id"]
     try:
         state = sealer.open(m["state"], execution_id)

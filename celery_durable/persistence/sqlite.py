@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     Connection,
     Engine,
     Table,
@@ -60,6 +61,9 @@ class SQLiteDialect(Dialect):
 
     def lock_name(self, conn: Connection, name: str) -> None:
         """Nothing to take: every write transaction's BEGIN IMMEDIATE holds the write lock."""
+
+    def follow_ids(self, conn: Connection, column: Column[Any], top: int) -> None:
+        """Nothing to move: SQLite generates the largest id + 1."""
 
     def waiter(self, execution_id: str) -> Waiter:
         return Waiter()

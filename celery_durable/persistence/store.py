@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
@@ -28,6 +28,7 @@ from celery_durable.model.records import (
 from celery_durable.persistence import (  # the last two declare their tables on the metadata
     codec,
     gauges,
+    run_rows,
     schedule_rows,  # noqa: F401
     tag_rows,  # noqa: F401
 )
@@ -41,11 +42,7 @@ from celery_durable.persistence.rows import (
     start_row,
 )
 from celery_durable.persistence.schema import (
-    attempts,
-    checkpoints,
-    events,
     executions,
-    node_visits,
 )
 from celery_durable.status import ENDS_WAIT, Status
 
@@ -229,28 +226,11 @@ class CheckpointStore(RunHistory):
         return None if row is None else str(row.graph)
 
     def prune_batch(self, status: Status, finished_before: datetime, batch: int) -> int:
-        """Delete up to ``batch`` runs of ``status`` finished before the cutoff, with their
-        checkpoints and visits, in one transaction: a prune killed half-way leaves no orphans.
-        """
-        with self.db.engine.begin() as conn:
-            ids = (
-                conn.execute(
-                    select(executions.c.id)
-                    .where(
-                        executions.c.status == str(status),
-                        executions.c.finished_at < finished_before,
-                    )
-                    .limit(batch)
-                )
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return 0
-            for table in (node_visits, attempts, events, checkpoints):
-                conn.execute(delete(table).where(table.c.execution_id.in_(ids)))
-            conn.execute(delete(executions).where(executions.c.id.in_(ids)))
-        return len(ids)
+        """Delete up to ``batch`` runs of ``status`` finished before the cutoff, with every
+        row they hold, in one transaction: a prune killed half-way leaves no orphans."""
+        with run_rows.prune_batch(self.db, status, finished_before, batch) as found:
+            found.remove(found.ids)
+        return len(found.ids)
 
     def count_prunable(self, status: Status, finished_before: datetime) -> int:
         query = select(func.count()).where(

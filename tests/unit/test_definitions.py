@@ -65,6 +65,7 @@ def test_public_api_is_pinned() -> None:
         "Schedule",
         "Execution",
         "BulkReport",
+        "PruneReport",
         "Progress",
         "Status",
         "Checkpoint",
@@ -93,6 +94,7 @@ def test_public_api_is_pinned() -> None:
         "SchemaNotMigrated",
         "DatabaseUnavailable",
         "NoDatabase",
+        "RunStillActive",
     ]
     for name in celery_durable.__all__:
         assert getattr(celery_durable, name).__doc__ or name in SIGNALS, name

@@ -28,6 +28,7 @@ SAMPLES: dict[str, Any] = {
     "list[str]": ["a", "b"],
     "Mapping[str, Any]": {"type": "ValueError", "message": "boom", "node": "n"},
     "Mapping[str, Any] | None": {"type": "ValueError", "message": "boom", "node": "n"},
+    "Mapping[str, str]": {"o-1": "running"},
 }
 
 
