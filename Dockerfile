@@ -20,6 +20,8 @@ WORKDIR /app
 # The package and its dependencies first: this layer is rebuilt only when they change.
 COPY pyproject.toml README.md ./
 COPY celery_durable ./celery_durable
+# The wheel carries the example shop for `celery-durable demo` (pyproject's data-files).
+COPY examples ./examples
 RUN pip install ".[test]"
 
 # Then everything the services and tests run from the working directory: examples (the

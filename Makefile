@@ -1,15 +1,15 @@
-# make test: install into .venv, check services, lint, type-check, run every test.
+# make test: install into .venv, check services, lint, type-check, build the docs, run every test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install services lint typecheck test unit integration demo bench bench-peers fleet fleet-test fleet-down clean
+.PHONY: install services lint typecheck docs docs-build test unit integration demo bench bench-peers fleet fleet-test fleet-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +28,18 @@ typecheck: install
 # The example tests' real-worker case and the pytest plugin's PostgreSQL fixtures use it.
 export CELERY_DURABLE_TEST_PG ?= postgresql://root@127.0.0.1:5432/postgres
 
-test: install services lint typecheck
+# The documentation site (mkdocs.yml): built strictly into build/site (a broken link, anchor or
+# reference fails it); `make docs` serves it with live reload. Its snippets run in pytest
+# (tests/docs/).
+export NO_MKDOCS_2_WARNING = 1
+
+docs-build: install
+	$(BIN)/mkdocs build --strict
+
+docs: install
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+test: install services lint typecheck docs-build
 	$(BIN)/pytest
 
 unit: install

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import os
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +26,17 @@ WORK_SECONDS = "0.15"
 
 
 def _shop() -> object:
-    """The example lives in examples/, next to this package in a checkout."""
-    sys.path.insert(0, os.getcwd())
+    """The example lives in examples/: a checkout's, found from the working directory, else
+    the copy the wheel installs as data (``share/celery-durable/examples``)."""
+    shipped = Path(sysconfig.get_path("data")) / "share" / "celery-durable"
+    sys.path[:0] = [os.getcwd(), str(shipped)]
     os.environ.setdefault("SHOP_WORK_SECONDS", WORK_SECONDS)
     try:
         return importlib.import_module("examples.order_app")
     except ImportError as exc:
         raise click.ClickException(
-            f"cannot import examples.order_app ({exc}); run the demo from a checkout of "
-            "celery-durable (make demo)."
+            f"cannot import examples.order_app ({exc}); reinstall celery-durable, or run the "
+            "demo from a checkout of it (make demo)."
         ) from exc
 
 
