@@ -137,6 +137,8 @@ class GraphDefinitionError(DurableError):
 
 
 class DuplicateNode(GraphDefinitionError):
+    """Two nodes of one graph given one name: task names and checkpoints are keyed by it."""
+
     def __init__(self, graph: str, node: str) -> None:
         super().__init__(
             f"Graph {graph!r} already has a node named {node!r}; give each node a unique name "
@@ -145,6 +147,8 @@ class DuplicateNode(GraphDefinitionError):
 
 
 class UnknownNode(GraphDefinitionError):
+    """An edge, branch, entry or operation named a node the graph does not define."""
+
     def __init__(self, graph: str, node: str, known: list[str]) -> None:
         self.graph = graph
         self.node = node
@@ -155,6 +159,8 @@ class UnknownNode(GraphDefinitionError):
 
 
 class NoEntry(GraphDefinitionError):
+    """A graph started or served with no entry node: nothing says where its runs begin."""
+
     def __init__(self, graph: str) -> None:
         super().__init__(
             f"Graph {graph!r} has no entry node; call graph.entry('<node>') to say where runs "
@@ -163,6 +169,8 @@ class NoEntry(GraphDefinitionError):
 
 
 class UnreachableNode(GraphDefinitionError):
+    """A node no path from the entry leads to: it would never run, so it is a mistake."""
+
     def __init__(self, graph: str, nodes: list[str]) -> None:
         super().__init__(
             f"Graph {graph!r}: node(s) {', '.join(nodes)} cannot be reached from the entry; "
@@ -175,6 +183,8 @@ class InvalidNodeOption(GraphDefinitionError):
 
 
 class DuplicateVersion(GraphDefinitionError):
+    """One version of a graph defined twice on one Durable."""
+
     def __init__(self, graph: str, version: str) -> None:
         super().__init__(
             f"Graph {graph!r} already has a version {version!r} on this Durable; give the new "
@@ -230,6 +240,8 @@ class GraphVersionMissing(DurableError):
 
 
 class CannotUpgrade(DurableError):
+    """A run cannot move to the version asked: its current nodes, waits or state do not fit it."""
+
     def __init__(self, execution_id: str, version: str, detail: str) -> None:
         super().__init__(
             f"Cannot upgrade execution {execution_id!r} to version {version!r}: {detail}. "
@@ -238,6 +250,8 @@ class CannotUpgrade(DurableError):
 
 
 class UnknownGraph(DurableError):
+    """A graph named by a start, a message or a command that this process has not defined."""
+
     def __init__(self, graph: str, known: list[str]) -> None:
         what = f"durable graph named {graph!r} is registered in this process"
         super().__init__(_none(what, known, "Import the module that defines it before using it."))
@@ -261,6 +275,8 @@ class InvalidInput(DurableError):
 
 
 class StateTooLarge(DurableError):
+    """A state over max_state_bytes: refused before it is stored or sent."""
+
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(
             f"The serialized state is {size} bytes, over the limit of {limit} bytes. Keep large "
@@ -270,6 +286,8 @@ class StateTooLarge(DurableError):
 
 
 class PayloadTooLarge(DurableError):
+    """An input, output or event payload over max_state_bytes: refused before it is stored."""
+
     def __init__(self, what: str, size: int, limit: int) -> None:
         super().__init__(
             f"{what} is {size} bytes, over the limit of {limit} bytes; nothing was stored. "
@@ -279,6 +297,8 @@ class PayloadTooLarge(DurableError):
 
 
 class NotJSONSerializable(DurableError):
+    """A value that JSON cannot carry: only JSON travels through the broker and the tables."""
+
     def __init__(self, what: str, detail: str) -> None:
         super().__init__(
             f"{what} cannot be stored as JSON ({detail}). Return plain dicts, lists, strings, "
@@ -287,6 +307,8 @@ class NotJSONSerializable(DurableError):
 
 
 class MergeConflict(DurableError):
+    """Parallel branches wrote one field with no Reduce saying how to combine them."""
+
     def __init__(self, node: str, fields: list[str]) -> None:
         super().__init__(
             f"Node {node!r} and a parallel branch both wrote field(s) {', '.join(fields)}. Write "
@@ -307,6 +329,8 @@ class ExecutionNotFound(DurableError):
 
 
 class ExecutionIdInUse(DurableError):
+    """A start reused the id of a run of another graph."""
+
     def __init__(self, execution_id: str, graph: str, wanted: str) -> None:
         super().__init__(
             f"Execution id {execution_id!r} already belongs to a run of graph {graph!r}, not "
@@ -315,6 +339,8 @@ class ExecutionIdInUse(DurableError):
 
 
 class InvalidExecutionId(DurableError):
+    """An execution id that cannot name a run (empty, not a string, too long)."""
+
     def __init__(self, execution_id: object, limit: int) -> None:
         super().__init__(
             f"execution_id={_shown(execution_id, 60)} cannot name a run: give a non-empty "
@@ -324,6 +350,8 @@ class InvalidExecutionId(DurableError):
 
 
 class CheckpointNotFound(DurableError):
+    """Time travel or a fork named a checkpoint the run does not have."""
+
     def __init__(self, execution_id: str, seq: int) -> None:
         super().__init__(
             f"Execution {execution_id!r} has no checkpoint {seq}; Execution.history() lists "
@@ -407,6 +435,8 @@ class InvalidTransition(DurableError):
 
 
 class NothingToCompensate(DurableError):
+    """Compensation asked of a run that has no step with a compensation."""
+
     def __init__(self, execution_id: str, graph: str) -> None:
         super().__init__(
             f"Execution {execution_id!r} of graph {graph!r} has no step with a compensation, so "
@@ -415,6 +445,8 @@ class NothingToCompensate(DurableError):
 
 
 class CannotSkip(DurableError):
+    """Skip asked of a node the run is not stopped at."""
+
     def __init__(self, execution_id: str, node: str, detail: str) -> None:
         super().__init__(
             f"Cannot skip {node!r} in execution {execution_id!r}: {detail}. Skip applies to the "
@@ -485,6 +517,8 @@ class WaitTimeout(DurableError, TimeoutError):
 
 
 class NodeTimeout(DurableError):
+    """A node ran past its timeout=; its attempt fails and its RetryPolicy decides what next."""
+
     def __init__(self, node: str, timeout: float) -> None:
         super().__init__(
             f"Node {node!r} ran past its timeout of {timeout:g} s; it is retried per its "
@@ -528,6 +562,8 @@ class ChildFailed(DurableError):
 
 
 class InvalidPriority(DurableError):
+    """A message priority outside 0 to 9."""
+
     def __init__(self, priority: object) -> None:
         super().__init__(
             f"priority={priority!r} is not a message priority: give an int from 0 (lowest) to 9 "
@@ -536,6 +572,8 @@ class InvalidPriority(DurableError):
 
 
 class UnknownBreaker(DurableError):
+    """A circuit breaker named that no durable.breaker() declared."""
+
     def __init__(self, name: str, known: Iterable[str]) -> None:
         advice = f"Declare it with durable.breaker({name!r}, ...) where the graphs are defined."
         super().__init__(_none(f"circuit breaker named {name!r}", sorted(known), advice))
@@ -704,6 +742,8 @@ class InvalidSchedule(DurableError, ValueError):
 
 
 class UnknownSchedule(DurableError):
+    """A schedule named that is neither defined here nor stored."""
+
     def __init__(self, name: str, known: Iterable[str]) -> None:
         advice = (
             f"Define it with durable.schedule(graph, ..., name={name!r}) in the module the app "
