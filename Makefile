@@ -54,6 +54,7 @@ demo: install
 bench: install services
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/store.py
+	$(PY) bench/tags.py
 	$(PY) bench/engine.py --timeouts
 	$(PY) bench/engine.py --inline-nodes 0
 	$(PY) bench/engine.py --fan-out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, Unpack
 from weakref import WeakKeyDictionary
@@ -37,6 +37,7 @@ from celery_durable.model.records import (
     Kind,
     utcnow,
 )
+from celery_durable.model.tags import checked
 from celery_durable.persistence.codec import Signer
 from celery_durable.persistence.database import Database
 from celery_durable.persistence.deployments import Deployment, Deployments
@@ -234,7 +235,7 @@ class Durable(Maintenance, Lifecycle, Scheduling):
     ) -> Execution:
         """Validate, store, publish the entry node: in that order, so bad input changes
         nothing. ``graph``: a graph, or a name (its newest version). ``options``:
-        ``execution_id``, ``countdown``, ``queue``, ``priority``."""
+        ``execution_id``, ``countdown``, ``queue``, ``priority``, ``tags``."""
         definition = self.runtime.graph(graph) if isinstance(graph, str) else graph.definition()
         self.runtime.flow.check([definition])
         record = start_run(self.runtime, definition, input, StartOptions(**options))
@@ -269,15 +270,17 @@ class Durable(Maintenance, Lifecycle, Scheduling):
         parent: str | None = None,
         id_prefix: str | None = None,
         before: tuple[datetime, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> builtins.list[Execution]:
         """Executions, newest first; ``parent``: only the children of that run; ``id_prefix``:
-        only ids that start with it.
+        only ids that start with it; ``tags``: only runs that carry every one of these pairs
+        (read off an index, fast at millions of runs). Each run's own tags come with it.
 
         Paging is by key, not offset: ``before`` is ``(run.record.created_at, run.id)`` of the
         last run of the page before, and the page goes on from there, so runs started while
         an operator pages through do not shift or repeat what the next page shows.
         """
-        records = self.store.list_executions(
+        listed = self.store.list_with_tags(
             status=status,
             graph=graph,
             since=since,
@@ -285,8 +288,9 @@ class Durable(Maintenance, Lifecycle, Scheduling):
             id_prefix=id_prefix,
             before=before,
             limit=limit,
+            tags=None if tags is None else checked(tags),
         )
-        return [Execution(self.runtime, r.id, r) for r in records]
+        return [Execution(self.runtime, r.id, r, found) for r, found in listed]
 
     @uses_database()
     def bulk(
@@ -300,13 +304,16 @@ class Durable(Maintenance, Lifecycle, Scheduling):
         by: str | None = None,
         reason: str | None = None,
         dry_run: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> BulkReport:
         """``operation`` (pause, resume, cancel, retry, compensate, upgrade, delete) on every
-        run of a selection: the ``ids`` given, or those that match ``status``, ``graph`` and
-        ``since`` (at least one filter). Each run is its own audited commit; the report says
-        what was done and what was refused (an id with no run too), and why. ``dry_run``
-        changes nothing."""
-        runs = bulk.selection(self.runtime, ids=ids, status=status, graph=graph, since=since)
+        run of a selection: the ``ids`` given, or those that match ``status``, ``graph``,
+        ``since`` and ``tags`` (at least one filter). Each run is its own audited commit; the
+        report says what was done and what was refused (an id with no run too), and why.
+        ``dry_run`` changes nothing."""
+        runs = bulk.selection(
+            self.runtime, ids=ids, status=status, graph=graph, since=since, tags=tags
+        )
         return bulk.apply(operation, runs, by=by, reason=reason, dry_run=dry_run)
 
     @uses_database()

@@ -44,6 +44,7 @@
     ├── ChildFailed
     ├── NotWaiting
     ├── InvalidPriority
+    ├── InvalidTags
     ├── UnknownStateFields
     ├── StateSchemaMismatch
     ├── EncryptionKeyMissing
@@ -568,6 +569,18 @@ class InvalidPriority(DurableError):
         super().__init__(
             f"priority={priority!r} is not a message priority: give an int from 0 (lowest) to 9 "
             "(highest), or None for the queue's default. Nothing was stored or sent."
+        )
+
+
+class InvalidTags(DurableError):
+    """Tags a run cannot be started with, or found by. ``problem`` says which and why,
+    ``rule`` what tags may be (model/tags.py keeps the limits)."""
+
+    def __init__(self, problem: str, rule: str) -> None:
+        self.problem = problem
+        super().__init__(
+            f"Invalid tags: {problem}. {rule} Nothing was stored or sent; fix the tags and try "
+            "again."
         )
 
 

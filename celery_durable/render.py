@@ -62,22 +62,27 @@ def age(when: datetime, now: datetime | None = None) -> str:
     return f"{seconds:.0f}s"
 
 
-def executions(records: Iterable[ExecutionRecord]) -> str:
+def executions(
+    records: Iterable[ExecutionRecord], tags: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
+    """The runs as a table; a TAGS column too when any of them has tags (``tags``: by id)."""
     now = datetime.now(UTC)
-    return table(
-        ["ID", "GRAPH", "VERSION", "STATUS", "AT", "UPDATED"],
-        [
-            (
-                r.id,
-                r.graph,
-                r.cursor.graph_version or "-",
-                r.status,
-                _at(r),
-                age(r.updated_at, now) + " ago",
-            )
-            for r in records
-        ],
-    )
+    tagged = tags or {}
+    rows = [
+        (
+            r.id,
+            r.graph,
+            r.cursor.graph_version or "-",
+            r.status,
+            _at(r),
+            age(r.updated_at, now) + " ago",
+            ",".join(f"{k}={v}" for k, v in sorted(tagged.get(r.id, {}).items())) or "-",
+        )
+        for r in records
+    ]
+    headers = ["ID", "GRAPH", "VERSION", "STATUS", "AT", "UPDATED", "TAGS"]
+    shown = len(headers) if any(tagged.values()) else len(headers) - 1
+    return table(headers[:shown], [row[:shown] for row in rows])
 
 
 def _at(record: ExecutionRecord) -> str:

@@ -14,7 +14,9 @@ from celery import Celery
 
 from celery_durable import Durable, Execution, Graph, Status
 from celery_durable.constants import DATABASE_URL_ENV
+from celery_durable.errors import InvalidTags
 from celery_durable.model.records import Checkpoint, ExecutionRecord, Kind
+from celery_durable.model.tags import parsed
 from celery_durable.render import TIMES
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -113,6 +115,7 @@ def record_json(execution: Execution) -> dict[str, Any]:
         "cursor": cursor_json(data["cursor"]),
         "status": str(record.status),
         "graph_version": record.cursor.graph_version,
+        "tags": execution.tags,
     }
 
 
@@ -124,6 +127,23 @@ status_option = click.option(
     multiple=True,
     type=click.Choice([str(s) for s in Status]),
     help="Only runs in this status (repeatable).",
+)
+
+
+def _tags(_ctx: click.Context, _param: click.Parameter, given: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parsed(given)
+    except InvalidTags as exc:
+        raise click.BadParameter(f"{exc.problem}.") from None
+
+
+tag_option = click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_tags,
+    help="Only runs started with this tag, like customer=c-42 (repeatable: all of them).",
 )
 
 

@@ -19,7 +19,9 @@ from celery_durable.cli.common import (
     parse_age,
     record_json,
     status_option,
+    tag_option,
 )
+from celery_durable.model.tags import spelled
 
 
 @click.command("ls")
@@ -28,6 +30,7 @@ from celery_durable.cli.common import (
 @click.option("--since", default=None, help="Started within this age: 15m, 2h, 7d.")
 @click.option("--stuck", is_flag=True, help="Only runs with no progress past stuck_after.")
 @click.option("--parent", default=None, help="Only the child runs of this execution.")
+@tag_option
 @click.option("--limit", default=50, show_default=True)
 @json_option
 @click.pass_obj
@@ -38,20 +41,28 @@ def ls(
     since: str | None,
     stuck: bool,
     parent: str | None,
+    tags: dict[str, str],
     limit: int,
     as_json: bool,
 ) -> None:
     """List executions, newest first."""
     durable = obj.durable
     if stuck:
-        runs = durable.stuck()[:limit]
+        runs = durable.stuck()
+        runs = [r for r in runs if tags.items() <= r.tags.items()][:limit] if tags else runs[:limit]
     else:
         after = datetime.now(UTC) - parse_age(since) if since else None
         runs = durable.list(
-            status=list(status) or None, graph=graph, since=after, parent=parent, limit=limit
+            status=list(status) or None,
+            graph=graph,
+            since=after,
+            parent=parent,
+            limit=limit,
+            tags=tags,
         )
     records = [run.record for run in runs]
-    emit([record_json(r) for r in runs], as_json, lambda: render.executions(records))
+    tagged = {run.id: run.tags for run in runs}
+    emit([record_json(r) for r in runs], as_json, lambda: render.executions(records, tagged))
 
 
 @click.command("show")
@@ -80,6 +91,7 @@ def show(obj: Obj, execution_id: str, as_json: bool) -> None:
             f"{record.id}  graph={record.graph}  version={version}  status={record.status}  "
             f"checkpoint={record.version}",
             f"state: {json.dumps(record.state, sort_keys=True)}",
+            *([f"tags: {' '.join(spelled(execution.tags))}"] if execution.tags else []),
         ]
         if record.error:
             message = words.for_cli(str(record.error.get("message")), record.id)

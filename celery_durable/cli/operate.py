@@ -27,6 +27,7 @@ def _op(name: str, doc: str, call: Callable[..., None]) -> click.Command:
         status: tuple[str, ...],
         graph: str | None,
         since: str | None,
+        tags: dict[str, str],
         dry_run: bool,
         by: str | None,
         reason: str | None,
@@ -35,7 +36,7 @@ def _op(name: str, doc: str, call: Callable[..., None]) -> click.Command:
         obj: Obj = ctx.obj
         options = {"by": by, "reason": reason, "as_json": as_json}
         selections.if_selected(
-            ctx, name, execution_id, Selection(status, graph, since), dry_run, **options
+            ctx, name, execution_id, Selection(status, graph, since, tags), dry_run, **options
         )
         execution = obj.durable.get(str(execution_id))
         with unsent_revokes() as unsent:
@@ -144,12 +145,13 @@ def resume(
     status: tuple[str, ...],
     graph: str | None,
     since: str | None,
+    tags: dict[str, str],
     dry_run: bool,
     by: str | None,
     reason: str | None,
     as_json: bool,
 ) -> None:
-    selection = Selection(status, graph, since)
+    selection = Selection(status, graph, since, tags)
     if update is not None and (selection.given or dry_run):
         raise click.UsageError(
             "--update applies to one run: give its EXECUTION_ID (a selection resumes each run "

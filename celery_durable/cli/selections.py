@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
 from celery_durable.cli.broker import not_told, unsent_revokes
-from celery_durable.cli.common import Obj, emit, parse_age, status_option
+from celery_durable.cli.common import Obj, emit, parse_age, status_option, tag_option
 from celery_durable.engine.bulk import BulkReport
+from celery_durable.model.tags import spelled
 
 F = TypeVar("F", bound=Callable[..., Any])
 SELECTION_HELP = (
-    " Instead of EXECUTION_ID, a selection (--status, --graph, --since) applies it to every "
+    " Instead of EXECUTION_ID, a selection (--status, --graph, --since, --tag) applies it to every "
     "run that matches, each audited; --dry-run says what would be done and refused, changing "
     "nothing. Exit 1 when any run is (or would be) refused."
 )
@@ -40,25 +41,35 @@ class Selection:
     status: tuple[str, ...] = ()
     graph: str | None = None
     since: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def given(self) -> bool:
-        return bool(self.status) or self.graph is not None or self.since is not None
+        return (
+            bool(self.status) or self.graph is not None or self.since is not None or bool(self.tags)
+        )
 
     def __str__(self) -> str:
         words = [f"--status {s}" for s in self.status]
         words += [f"--graph {self.graph}"] if self.graph is not None else []
         words += [f"--since {self.since}"] if self.since is not None else []
+        words += [f"--tag {tag}" for tag in spelled(self.tags)]
         return " ".join(words)
 
     def filters(self) -> dict[str, Any]:
         """What ``Durable.bulk`` selects by."""
         since = datetime.now(UTC) - parse_age(self.since) if self.since else None
-        return {"status": list(self.status) or None, "graph": self.graph, "since": since}
+        return {
+            "status": list(self.status) or None,
+            "graph": self.graph,
+            "since": since,
+            "tags": self.tags or None,
+        }
 
 
 def selection_options(command: F) -> F:
-    """``--status``, ``--graph``, ``--since``, ``--dry-run``: a selection instead of an id."""
+    """``--status``, ``--graph``, ``--since``, ``--tag``, ``--dry-run``: a selection instead
+    of an id."""
     for option in reversed(
         [
             status_option,
@@ -66,6 +77,7 @@ def selection_options(command: F) -> F:
             click.option(
                 "--since", default=None, help="With a selection: started within 15m, 2h, 7d."
             ),
+            tag_option,
             click.option(
                 "--dry-run",
                 is_flag=True,
@@ -95,7 +107,7 @@ def if_selected(
         )
     if execution_id is None and not selection.given:
         raise click.UsageError(
-            "give an EXECUTION_ID, or a selection of runs: --status, --graph, --since "
+            "give an EXECUTION_ID, or a selection of runs: --status, --graph, --since, --tag "
             "(durable ls takes the same filters)"
         )
     if execution_id is not None and not dry_run:

@@ -204,12 +204,13 @@ def upgrade(
     status: tuple[str, ...],
     graph: str | None,
     since: str | None,
+    tags: dict[str, str],
     dry_run: bool,
     by: str | None,
     reason: str | None,
     as_json: bool,
 ) -> None:
-    selection = Selection(status, graph, since)
+    selection = Selection(status, graph, since, tags)
     if version is not None and (selection.given or dry_run):
         raise click.UsageError(
             "--version applies to one run: give its EXECUTION_ID (a selection moves each run "

@@ -8,7 +8,7 @@ allows it) and which it would refuse.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +19,7 @@ from celery_durable.engine.operations import ALLOWED
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.versions import UPGRADABLE
 from celery_durable.errors import DurableError, ExecutionNotFound, InvalidInput
+from celery_durable.model.tags import checked
 from celery_durable.status import FINISHED, Status
 
 # Runs read per page by a selection.
@@ -110,14 +111,17 @@ def selection(
     status: Status | str | Iterable[Status | str] | None = None,
     graph: str | None = None,
     since: datetime | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[Execution | str]:
     """The runs ``ids`` names (an id with no run comes as itself, to be refused), or every
-    run that matches the filters (at least one), newest first, a page at a time (keyset
-    paging: runs started meanwhile neither shift nor repeat a page)."""
-    if ids is None and status is None and graph is None and since is None:
+    run that matches the filters (at least one; ``tags``: every pair), newest first, a page
+    at a time (keyset paging: runs started meanwhile neither shift nor repeat a page)."""
+    if ids is None and status is None and graph is None and since is None and not tags:
         raise InvalidInput(
-            "<bulk>", "select runs with ids, status, graph or since (none would mean every run)"
+            "<bulk>",
+            "select runs with ids, status, graph, since or tags (none would mean every run)",
         )
+    wanted = None if tags is None else checked(tags)
     if ids is not None:
         for execution_id in ids:
             try:
@@ -130,7 +134,7 @@ def selection(
     before: tuple[datetime, str] | None = None
     while True:
         page = runtime.store.list_executions(
-            status=status, graph=graph, since=since, before=before, limit=PAGE
+            status=status, graph=graph, since=since, before=before, limit=PAGE, tags=wanted
         )
         yield from (Execution(runtime, r.id, r) for r in page)
         if len(page) < PAGE:

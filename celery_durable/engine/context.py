@@ -3,7 +3,7 @@ durable waits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -32,9 +32,13 @@ class Memo(Protocol):
         child: str | None = None,
     ) -> dict[str, Any]: ...
 
-    def start_child(self, graph: Any, input: dict[str, Any], key: str | None) -> str: ...
+    def start_child(
+        self, graph: Any, input: dict[str, Any], key: str | None, tags: Mapping[str, str] | None
+    ) -> str: ...
 
-    def map(self, graph: Any, inputs: list[dict[str, Any]]) -> list[ExecutionRecord]: ...
+    def map(
+        self, graph: Any, inputs: list[dict[str, Any]], tags: Mapping[str, str] | None
+    ) -> list[ExecutionRecord]: ...
 
 
 class Publisher(Protocol):
@@ -94,13 +98,19 @@ class Context:
         return woke.get("payload")
 
     def start_child(
-        self, graph: Any, input: dict[str, Any] | BaseModel | None = None, key: str | None = None
+        self,
+        graph: Any,
+        input: dict[str, Any] | BaseModel | None = None,
+        key: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
     ) -> str:
         """Start a run of ``graph`` (a graph or saga) as a child of this run; returns its id.
         The id is derived from this run's id, node, visit and ``key`` (default: the order of
-        the calls), so a node that runs again never starts a child twice."""
+        the calls), so a node that runs again never starts a child twice. The child carries
+        this run's tags, unless given ``tags`` of its own (``{}``: none)."""
         values = input.model_dump(mode="json") if isinstance(input, BaseModel) else input or {}
-        return str(self._recorder("ctx.start_child()").start_child(graph, values, key))
+        return str(self._recorder("ctx.start_child()").start_child(graph, values, key, tags))
 
     def wait_child(self, child_id: str) -> dict[str, Any]:
         """The final state of a child run, waiting for it without holding a worker. Raises
@@ -110,12 +120,19 @@ class Context:
             raise ChildFailed(child_id, woke["status"], woke.get("error"))
         return dict(woke["state"])
 
-    def map(self, graph: Any, inputs: Iterable[dict[str, Any] | BaseModel]) -> list[dict[str, Any]]:
+    def map(
+        self,
+        graph: Any,
+        inputs: Iterable[dict[str, Any] | BaseModel],
+        *,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
         """Run ``graph`` once per input, as child runs in parallel, and return their final
         states in input order (up to 10,000). Raises ChildFailed naming the first child, in
-        input order, that did not succeed."""
+        input order, that did not succeed. The children carry this run's tags, unless given
+        ``tags`` of their own."""
         values = [i.model_dump(mode="json") if isinstance(i, BaseModel) else i for i in inputs]
-        children = self._recorder("ctx.map()").map(graph, values)
+        children = self._recorder("ctx.map()").map(graph, values, tags)
         for child in children:
             if child.status != "succeeded":
                 raise ChildFailed(child.id, child.status, child.error)

@@ -70,10 +70,17 @@ class Progress:
 class Execution:
     """A run of a graph. Every property reads the database: it is always the committed truth."""
 
-    def __init__(self, runtime: Runtime, execution_id: str, record: ExecutionRecord | None = None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        execution_id: str,
+        record: ExecutionRecord | None = None,
+        tags: dict[str, str] | None = None,
+    ):
         self.runtime = runtime
         self.id = execution_id
         self._record = record
+        self._tags = tags
         self._operations = Operations(runtime)
         self._repairs = Repairs(runtime)
 
@@ -111,6 +118,14 @@ class Execution:
     @property
     def error(self) -> ErrorRecord | None:
         return self.refresh().error
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The string pairs the run was started with (or inherited from its parent), to find
+        it by: ``durable.list(tags=...)``. Read once: a run's tags never change."""
+        if self._tags is None:
+            self._tags = self.runtime.store.tags_of([self.id]).get(self.id, {})
+        return dict(self._tags)
 
     def wait(self, timeout: float | None = None) -> BaseModel:
         """Block until the run ends; returns the final state or raises ExecutionFailed.
@@ -289,7 +304,7 @@ class Execution:
         by: str | None = None,
         reason: str | None = None,
     ) -> Execution:
-        """A new execution that starts from a checkpoint of this one."""
+        """A new execution that starts from a checkpoint of this one, with its tags."""
         new_id = self._repairs.fork(
             self.id, _seq(checkpoint), new_id=execution_id, by=by, reason=reason
         )

@@ -10,7 +10,7 @@ flight) and ends the attempt: the message is acked and no worker holds it. What 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery_durable import tracing
@@ -80,17 +80,29 @@ class VisitMemo:
             Wait(kind, self.run.name, self.run.visit, self._slot(), until, event, child)
         )
 
-    def start_child(self, graph: GraphShape, input: dict[str, Any], key: str | None) -> str:
+    def start_child(
+        self,
+        graph: GraphShape,
+        input: dict[str, Any],
+        key: str | None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
         """Start a run of ``graph`` whose id says whose child it is: the parent's id, node, visit
-        and ``key`` (else its place among this visit's children), so a re-run finds it started."""
+        and ``key`` (else its place among this visit's children), so a re-run finds it started.
+        ``tags`` None: the parent's, copied by the store."""
         if key is None:
             key = f"c{self._children}"
             self._children += 1
         child = f"{self.run.execution_id}.{self.run.name}.{self.run.visit}.{key}"
-        self._start(graph, input, child)
+        self._start(graph, input, child, tags)
         return child
 
-    def map(self, graph: GraphShape, inputs: list[dict[str, Any]]) -> list[ExecutionRecord]:
+    def map(
+        self,
+        graph: GraphShape,
+        inputs: list[dict[str, Any]],
+        tags: Mapping[str, str] | None = None,
+    ) -> list[ExecutionRecord]:
         """One child per input, started once, waited for together; their runs in input order."""
         run = self.run
         slot = self._slot()
@@ -98,7 +110,7 @@ class VisitMemo:
         wait = Wait("children", run.name, run.visit, slot, child=prefix, count=len(inputs))
         if not any((k, wait.checkpoint_node) in self.recorded for k in (Kind.WAIT, Kind.WAKE)):
             for i, values in enumerate(inputs):
-                self._start(graph, values, f"{prefix}{i:06d}")
+                self._start(graph, values, f"{prefix}{i:06d}", tags)
         self._wait(wait)
         return run.runtime.store.children(run.execution_id, prefix)
 
@@ -108,9 +120,13 @@ class VisitMemo:
         self._slots += 1
         return str(self._slots - 1)
 
-    def _start(self, graph: GraphShape, input: dict[str, Any], child: str) -> None:
+    def _start(
+        self, graph: GraphShape, input: dict[str, Any], child: str, tags: Mapping[str, str] | None
+    ) -> None:
         run = self.run
-        options = StartOptions(child, queue=run.base.cursor.queue, parent=run.execution_id)
+        options = StartOptions(
+            child, queue=run.base.cursor.queue, parent=run.execution_id, tags=tags
+        )
         start_run(run.runtime, run.runtime.graph(graph.name), input, options)
 
     def _wait(self, wait: Wait) -> dict[str, Any]:

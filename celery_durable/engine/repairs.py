@@ -58,7 +58,7 @@ class Repairs(Audited):
         by: str | None = None,
         reason: str | None = None,
     ) -> str:
-        """A new execution that starts from checkpoint ``seq`` of this one."""
+        """A new execution that starts from checkpoint ``seq`` of this one, with its tags."""
         record = self.runtime.store.get_execution(execution_id)
         checkpoint, state = self.runtime.store.state_at(execution_id, seq)
         graph = self._graph(record)
@@ -80,6 +80,7 @@ class Repairs(Audited):
             cursor=cursor,
             status=cursor.settled(),
             meta=meta,
+            tags=self.runtime.store.tags_of([execution_id]).get(execution_id, {}),
         )
         if made:
             base = Base(0, created.state, cursor)

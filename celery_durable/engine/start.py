@@ -5,6 +5,7 @@ parent node that runs again never starts its child twice."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -20,6 +21,7 @@ from celery_durable.errors import (
 )
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import ExecutionRecord
+from celery_durable.model.tags import checked
 from celery_durable.model.wait import Visit
 from celery_durable.saga.coordinator import interrupt
 from celery_durable.saga.shape import GraphShape
@@ -36,6 +38,7 @@ class StartKeywords(TypedDict, total=False):
     countdown: float | None
     queue: str | None
     priority: int | None
+    tags: Mapping[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,8 @@ class StartOptions:
     ``execution_id``: the run's id (the same id twice is the same run); ``countdown``: seconds
     before its entry node runs; ``queue``: the queue of every node without one of its own;
     ``priority``: the message priority (0-9) of every node; ``parent``: the run that started
-    this one (told when it ends).
+    this one (told when it ends); ``tags``: string pairs to find the run by (model/tags.py),
+    None for none, or for a child its parent's.
     """
 
     execution_id: str | None = None
@@ -53,8 +57,11 @@ class StartOptions:
     queue: str | None = None
     priority: int | None = None
     parent: str | None = None
+    tags: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
+        if self.tags is not None:
+            object.__setattr__(self, "tags", checked(self.tags))
         execution_id, priority = self.execution_id, self.priority
         if execution_id is not None and not (
             isinstance(execution_id, str) and 0 < len(execution_id) <= MAX_ID_LENGTH
@@ -105,6 +112,7 @@ def _start(
         status=entry.base.status,
         state_json=entry.state_json,
         parent_id=options.parent,
+        tags=options.tags,
     )
     # A countdown's messages are not built ahead: they go by Celery's own send.
     built = []

@@ -328,9 +328,11 @@ class Graph:
         countdown: float | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Execution:
         """Start a run. The same ``execution_id`` twice gives one execution. ``priority``
-        (0-9, higher first) goes with every node message of the run."""
+        (0-9, higher first) goes with every node message of the run. ``tags``: string pairs
+        to find the run by (``durable.list(tags=...)``), like ``{"customer": "c-42"}``."""
         return self.owner.start(
             self,
             kwargs or {},
@@ -338,6 +340,7 @@ class Graph:
             countdown=countdown,
             queue=queue,
             priority=priority,
+            tags=tags,
         )
 
     def __repr__(self) -> str:

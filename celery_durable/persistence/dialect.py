@@ -9,6 +9,8 @@ before its answer is read, the upsert, the migration lock, waking a waiting call
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypedDict
 
@@ -76,6 +78,8 @@ class Start(CheckpointRow):
     fingerprint: str
     status: str
     parent_id: str | None
+    # The run's own tags as a JSON object's text; None: its parent's (none without a parent).
+    tags: str | None
 
 
 class Waiter(Protocol):
@@ -115,8 +119,9 @@ class Dialect(ABC):
 
     @abstractmethod
     def send_start(self, engines: Engines, start: Start) -> Answer[bool]:
-        """Insert the execution and its start checkpoint; ``result()`` is False when the id
-        already exists. Collected as for ``send``."""
+        """Insert the execution, its start checkpoint and its tags (tag_rows.source); ``result()``
+        is False when the id already exists (then nothing is written). Collected as for
+        ``send``."""
 
     @abstractmethod
     def insert(self, table: Table) -> Upsert:
@@ -129,6 +134,12 @@ class Dialect(ABC):
     @abstractmethod
     def lock_name(self, conn: Connection, name: str) -> None:
         """Hold, until ``conn``'s transaction ends, a lock on ``name`` (a concurrency key)."""
+
+    @contextmanager
+    def planned_for_values(self, conn: Connection) -> Iterator[None]:
+        """Meanwhile, plan each statement ``conn`` runs for its own values, never a plan made
+        once for any: where the best plan depends on them (which of several tags is rare)."""
+        yield
 
     @abstractmethod
     def follow_ids(self, conn: Connection, column: Column[Any], top: int) -> None:

@@ -139,8 +139,10 @@ def start_row(
     cursor: Cursor,
     meta: dict[str, Any] | None,
     now: datetime,
+    tags: Mapping[str, str] | None = None,
 ) -> Start:
-    """A new execution and its start checkpoint, as stored."""
+    """A new execution and its start checkpoint, as stored; ``tags``: its own (None: its
+    parent's)."""
     meta_text = codec.dumps(meta) if meta is not None else None
     cursor_text = codec.dumps(cursor.to_json())
     kind = str(Kind.START)
@@ -165,6 +167,7 @@ def start_row(
             codec.row_parts(execution_id, 0, str(status), state_text, cursor_text, None)
         ),
         "now": now,
+        "tags": None if tags is None else codec.dumps(dict(tags)),
     }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import StaticPool
 
+from celery_durable.persistence import tag_rows
 from celery_durable.persistence.answer import Answer, Deferred
 from celery_durable.persistence.dialect import Advance, CheckpointRow, Dialect, Engines, Start
 from celery_durable.persistence.schema import checkpoints, executions, node_visits
@@ -197,6 +198,8 @@ def _start(engines: Engines, start: Start) -> bool:
             )
         )
         conn.execute(insert(checkpoints).values(_checkpoint(start, 0, 0, None)))
+        if (tagged := tag_rows.written(start)) is not None:
+            conn.execute(tagged)
     return True
 
 

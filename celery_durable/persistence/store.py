@@ -10,12 +10,12 @@ its checksum.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, tuple_, update
 
 from celery_durable.model.cursor import Cursor
 from celery_durable.model.records import (
@@ -25,12 +25,12 @@ from celery_durable.model.records import (
     ExecutionRecord,
     utcnow,
 )
-from celery_durable.persistence import (  # the last two declare their tables on the metadata
+from celery_durable.persistence import (  # schedule_rows declares its table on the metadata
     codec,
     gauges,
     run_rows,
     schedule_rows,  # noqa: F401
-    tag_rows,  # noqa: F401
+    tag_rows,
 )
 from celery_durable.persistence.dialect import Waiter
 from celery_durable.persistence.gauges import ACTIVE_NAMES, ExecutionGauges
@@ -59,6 +59,20 @@ class NewExecution(TypedDict):
     meta: NotRequired[dict[str, Any] | None]
     state_json: NotRequired[str | None]
     parent_id: NotRequired[str | None]
+    tags: NotRequired[Mapping[str, str] | None]
+
+
+class ListFilters(TypedDict, total=False):
+    """What ``list_executions`` selects by."""
+
+    status: Status | str | Iterable[Status | str] | None
+    graph: str | None
+    since: datetime | None
+    parent: str | None
+    id_prefix: str | None
+    before: tuple[datetime, str] | None
+    limit: int
+    tags: Mapping[str, str] | None
 
 
 class CheckpointStore(RunHistory):
@@ -83,10 +97,12 @@ class CheckpointStore(RunHistory):
         meta: dict[str, Any] | None = None,
         state_json: str | None = None,
         parent_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> PendingStart:
         """``create_execution``, sent: returns before the database answers (PostgreSQL), so
         the caller works meanwhile. Collect ``result()`` before this thread uses the store
-        again (pending.py)."""
+        again (pending.py). ``tags``: the run's own, checked (model/tags.py); None: its
+        parent's, copied."""
         now = utcnow()
         start = start_row(
             self.sealer,
@@ -99,6 +115,7 @@ class CheckpointStore(RunHistory):
             cursor=cursor,
             meta=meta,
             now=now,
+            tags=tags,
         )
         sent = self.db.dialect.send_start(self.db.engines, start)
         record = ExecutionRecord(
@@ -117,37 +134,39 @@ class CheckpointStore(RunHistory):
         )
         return PendingStart(self, record, sent)
 
-    def list_executions(
-        self,
-        *,
-        status: Status | str | Iterable[Status | str] | None = None,
-        graph: str | None = None,
-        since: datetime | None = None,
-        parent: str | None = None,
-        id_prefix: str | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 100,
-    ) -> builtins.list[ExecutionRecord]:
-        """Newest first; ``before``: the (created_at, id) a page ends at (keyset paging)."""
-        c = executions.c
-        query = select(executions).order_by(c.created_at.desc(), c.id.desc()).limit(limit)
-        if before is not None:
-            at, last = before
-            query = query.where(or_(c.created_at < at, and_(c.created_at == at, c.id < last)))
-        if id_prefix:
-            query = query.where(c.id.startswith(id_prefix, autoescape=True))
-        if parent is not None:
-            query = query.where(executions.c.parent_id == parent)
-        if isinstance(status, str):
-            query = query.where(executions.c.status == str(status))
-        elif status is not None:
-            query = query.where(executions.c.status.in_([str(s) for s in status]))
-        if graph is not None:
-            query = query.where(executions.c.graph == graph)
-        if since is not None:
-            query = query.where(executions.c.created_at >= since)
+    def list_executions(self, **filters: Unpack[ListFilters]) -> builtins.list[ExecutionRecord]:
+        """Newest first, up to ``limit`` (100). ``before``: the (created_at, id) a page ends
+        at (keyset paging); ``status``: one, or any of several; ``since``: started then or
+        later; ``id_prefix``: ids that start with it; ``tags``: runs that carry every one of
+        these pairs; ``graph``, ``parent``: that one."""
+        return [record for record, _ in self._listed(filters, with_tags=False)]
+
+    def list_with_tags(
+        self, **filters: Unpack[ListFilters]
+    ) -> builtins.list[tuple[ExecutionRecord, dict[str, str]]]:
+        """``list_executions``, each run with its tags, read by the same query."""
+        return self._listed(filters, with_tags=True)
+
+    def _listed(
+        self, filters: ListFilters, *, with_tags: bool
+    ) -> builtins.list[tuple[ExecutionRecord, dict[str, str]]]:
+        query = _listing(filters)
+        if with_tags:
+            query = query.add_columns(tag_rows.of_each_run(self.db.embedded).label("tags"))
         with self.db.read() as conn:
-            return [execution_record(row, self.sealer) for row in conn.execute(query)]
+            # A lookup by tags is planned for its values (Dialect.planned_for_values).
+            planned = self.db.dialect.planned_for_values(conn) if filters.get("tags") else None
+            with planned or nullcontext():
+                rows = conn.execute(query).all()
+        return [
+            (execution_record(row, self.sealer), tag_rows.loaded(row.tags) if with_tags else {})
+            for row in rows
+        ]
+
+    def tags_of(self, execution_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The tags of each run named, in one read; a run without tags is left out."""
+        with self.db.read() as conn:
+            return tag_rows.read(conn, execution_ids)
 
     def count_by_status(self) -> dict[str, int]:
         """Executions by status, over all graphs: what dashboards read."""
@@ -275,3 +294,32 @@ class CheckpointStore(RunHistory):
             yield waiter
         finally:
             waiter.close()
+
+
+def _listing(filters: ListFilters) -> Select[Any]:
+    """The query of ``list_executions``: newest first, by (created_at, id) or, given tags, by
+    the first pair's copy of them (tag_rows.matching)."""
+    c = executions.c
+    query = select(executions)
+    at: ColumnElement[Any] = c.created_at
+    key: ColumnElement[Any] = c.id
+    if tags := filters.get("tags"):
+        query, at, key = tag_rows.matching(query, tags)
+    query = query.order_by(at.desc(), key.desc()).limit(filters.get("limit", 100))
+    if (before := filters.get("before")) is not None:
+        # A row comparison, which an index range serves (an OR of the two would not).
+        query = query.where(tuple_(at, key) < tuple_(*before))
+    if id_prefix := filters.get("id_prefix"):
+        query = query.where(c.id.startswith(id_prefix, autoescape=True))
+    if (parent := filters.get("parent")) is not None:
+        query = query.where(c.parent_id == parent)
+    status = filters.get("status")
+    if isinstance(status, str):
+        query = query.where(c.status == str(status))
+    elif status is not None:
+        query = query.where(c.status.in_([str(s) for s in status]))
+    if (graph := filters.get("graph")) is not None:
+        query = query.where(c.graph == graph)
+    if (since := filters.get("since")) is not None:
+        query = query.where(at >= since)
+    return query

@@ -156,6 +156,7 @@ class RunsPage(Handler):
             "runs.html",
             page=page,
             args={n: vs[-1] for n, vs in self.query().items()},
+            tags=self.get_query_arguments("tag"),
             kept=kept,
             filtered=bool(kept),
             bulk_operations=BULK,
@@ -267,7 +268,8 @@ class BulkPage(Handler):
 
 class ApiBulk(Handler):
     """``{"operation": "retry", "ids": [...]}`` or ``{"operation": ..., "filters":
-    {"status": "failed", "since": "2h"}}``, with ``reason`` and ``dry_run``: the report."""
+    {"status": "failed", "since": "2h", "tag": ["customer=c-42"]}}`` (the list's filters, a
+    repeated one as a list), with ``reason`` and ``dry_run``: the report."""
 
     def post(self) -> None:
         if self.web.read_only:
@@ -280,7 +282,9 @@ class ApiBulk(Handler):
             )
         fields: dict[str, list[str]] = {"id": [str(i) for i in body.get("ids") or []]}
         if filters:
-            fields |= {"all": ["yes"], **{str(k): [str(v)] for k, v in filters.items()}}
+            # A filter that repeats (status, tag) may come as a list.
+            given = {k: v if isinstance(v, list) else [v] for k, v in filters.items()}
+            fields |= {"all": ["yes"], **{str(k): [str(v) for v in vs] for k, vs in given.items()}}
         try:
             report = apply_bulk(
                 self.web.durable,

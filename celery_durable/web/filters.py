@@ -1,4 +1,5 @@
-"""The run list's filters, spelled as the CLI spells them (``status=failed``, ``since=2h``):
+"""The run list's filters, spelled as the CLI spells them (``status=failed``, ``since=2h``,
+``tag=customer=c-42``, repeatable as ``--tag`` is):
 an operator who knows ``durable ls`` knows the query string. A value that does not parse, or
 a filter that does not exist, is refused with what to write instead, never ignored (a typo
 that silently lists nothing reads as "no such runs")."""
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from celery_durable import Status
+from celery_durable.errors import InvalidTags
+from celery_durable.model.tags import parsed
 
 # The units `durable ls --since` takes.
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-NAMES = ("status", "graph", "since", "prefix", "parent", "before")
+NAMES = ("status", "graph", "since", "prefix", "parent", "tag", "before")
 
 
 class BadFilter(ValueError):
@@ -22,14 +25,16 @@ class BadFilter(ValueError):
 
 @dataclass(frozen=True)
 class Filters:
-    """``status``: one status or several (any of them); ``before``: the key of the last run
-    of the page before, (created_at, id); see Durable.list."""
+    """``status``: one status or several (any of them); ``tags``: (key, value) pairs, every
+    one of them; ``before``: the key of the last run of the page before, (created_at, id);
+    see Durable.list."""
 
     status: str | tuple[str, ...] | None = None
     graph: str | None = None
     since: datetime | None = None
     prefix: str | None = None
     parent: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
     before: tuple[datetime, str] | None = None
 
     @classmethod
@@ -48,6 +53,7 @@ class Filters:
             since=since_time(since, now or datetime.now(UTC)) if since else None,
             prefix=_last(values, "prefix"),
             parent=_last(values, "parent"),
+            tags=_tags(values.get("tag", [])),
             before=_before(before) if before else None,
         )
 
@@ -83,6 +89,13 @@ def _status(text: str) -> str:
     except ValueError:
         names = ", ".join(str(s) for s in Status)
         raise BadFilter(f"no status {text!r}: use one of {names}") from None
+
+
+def _tags(spelled: list[str]) -> tuple[tuple[str, str], ...]:
+    try:
+        return tuple(parsed(spelled).items())
+    except InvalidTags as exc:
+        raise BadFilter(f"tag: {exc.problem}") from None
 
 
 def _before(text: str) -> tuple[datetime, str]:

@@ -40,8 +40,8 @@ class Selection:
         given = tuple((n, v) for n in KEPT for v in fields.get(n, ()) if v)
         if not given:
             raise BadSelection(
-                "'all matching the filter' needs a filter (status, graph, since, prefix or "
-                "parent): without one it would be every run"
+                "'all matching the filter' needs a filter (status, graph, since, prefix, parent "
+                "or tag): without one it would be every run"
             )
         Filters.parse(_grouped(given))  # refused now, not after the dry run
         return cls(filters=given)
@@ -106,6 +106,7 @@ def _matching(durable: Durable, filters: Filters, page: int = 500) -> Iterator[s
             parent=filters.parent,
             id_prefix=filters.prefix,
             before=before,
+            tags=dict(filters.tags) or None,
         )
         yield from (run.id for run in runs)
         if len(runs) < page:

@@ -34,7 +34,7 @@ class RunRow:
     its graph it is pinned to (None: started before runs were pinned, it runs on the newest).
     ``at``: the node(s) it is at, or what it waits for; ``error``: its error's type, message
     and node (the run page adds the traceback); ``duration``: seconds from its start to its
-    end (to now while it goes on)."""
+    end (to now while it goes on); ``tags``: what it was started with, to find it by."""
 
     id: str
     graph: str
@@ -45,6 +45,7 @@ class RunRow:
     updated_at: str
     finished_at: str | None
     parent: str | None
+    tags: dict[str, str]
     stuck: bool
     at: str | None
     error: Mapping[str, Any] | None
@@ -64,6 +65,7 @@ class RunRow:
             updated_at=record.updated_at.isoformat(),
             finished_at=end.isoformat() if end else None,
             parent=record.parent_id,
+            tags=execution.tags,
             stuck=record.status in ACTIVE and record.updated_at < stuck_before,
             at=_at(execution),
             error=_brief(record.error),
@@ -231,6 +233,7 @@ def runs_page(durable: Durable, filters: Filters, limit: int = PAGE) -> RunsPage
         parent=filters.parent,
         id_prefix=filters.prefix,
         before=filters.before,
+        tags=dict(filters.tags) or None,
     )
     stuck_before = _stuck_before(durable)
     last = runs[limit - 1].record if len(runs) > limit else None
