@@ -5,7 +5,7 @@ Durable, kept apart so that the composition root stays about composing."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol, TextIO
 
@@ -80,9 +80,11 @@ class Lifecycle:
         status: Status | str | Iterable[Status | str] | None = None,
         graph: str | None = None,
         since: datetime | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> BulkReport:
         """Write runs as JSON lines to ``to`` (a file or a path): the ``ids`` given, or
-        those that match ``status``, ``graph`` and ``since``, each with its child runs.
+        those that match ``status``, ``graph``, ``since`` and ``tags``, each with its child
+        runs.
         ``refused`` in the report: runs not found, or that fail their checksums."""
         roots = backup.selected(
             self.runtime,
@@ -90,6 +92,7 @@ class Lifecycle:
             status=status,
             graph=graph,
             since=since,
+            tags=tags,
         )
         if not isinstance(to, str | os.PathLike):
             return backup.export_runs(self.runtime, roots, to.write)

@@ -22,6 +22,7 @@ from celery_durable.cli.common import (
     parse_age,
     reason_option,
     status_option,
+    tag_option,
 )
 from celery_durable.cli.selections import Selection, selection_options
 from celery_durable.engine.bulk import BulkReport
@@ -50,6 +51,7 @@ def delete(
     status: tuple[str, ...],
     graph: str | None,
     since: str | None,
+    tags: dict[str, str],
     dry_run: bool,
     force: bool,
     yes: bool,
@@ -60,11 +62,11 @@ def delete(
     """Delete runs now, each with the child runs it started and every row of each: an
     erasure request. Refused for a run that has not finished unless --force. Logged at
     WARNING with --by and --reason (the rows are gone). Instead of ids, a selection
-    (--status, --graph, --since) deletes the finished runs that match, after asking
+    (--status, --graph, --since, --tag) deletes the finished runs that match, after asking
     (--yes: without); --dry-run says what would be deleted and refused. Exit 1 when any
     run is (or would be) refused."""
     obj: Obj = ctx.obj
-    selection = Selection(status, graph, since)
+    selection = Selection(status, graph, since, tags)
     if execution_ids and selection.given:
         raise click.UsageError(f"give either ids or a selection ({selection}), not both")
     if not selection.given:
@@ -143,6 +145,7 @@ def _deleted(report: _Deleted) -> str:
 @status_option
 @click.option("--graph", default=None, help="Only runs of this graph.")
 @click.option("--since", default=None, help="Only runs started within 15m, 2h, 7d.")
+@tag_option
 @click.option("--all", "every", is_flag=True, help="Every run (a full backup).")
 @click.option(
     "-o",
@@ -159,21 +162,23 @@ def export(
     status: tuple[str, ...],
     graph: str | None,
     since: str | None,
+    tags: dict[str, str],
     every: bool,
     output: str,
     as_json: bool,
 ) -> None:
     """Write runs as JSON lines, one per run with its rows and checksums, for `durable
-    import`: the ids given, or the runs that match --status, --graph, --since (or --all),
+    import`: the ids given, or the runs that match --status, --graph, --since, --tag (or
+    --all),
     each with its child runs. A run that fails its checksums is refused, not written; exit
     1 when any is."""
-    chosen = Selection(tuple(str(s) for s in Status) if every else status, graph, since)
+    chosen = Selection(tuple(str(s) for s in Status) if every else status, graph, since, tags)
     if execution_ids and chosen.given:
         raise click.UsageError(f"give either ids or a selection ({chosen}), not both")
     if not (execution_ids or chosen.given):
         raise click.UsageError("give the ids of the runs to export, a selection, or --all")
     cutoff = datetime.now(UTC) - parse_age(since) if since else None
-    filters = {"status": list(chosen.status) or None, "graph": graph, "since": cutoff}
+    filters = {"status": list(chosen.status) or None, "graph": graph, "since": cutoff, "tags": tags}
     with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
         counted = _Counter("export", out.write)
         report = ctx.obj.durable.export(execution_ids or None, to=counted, **filters)

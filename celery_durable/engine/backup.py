@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -39,12 +39,13 @@ def selected(
     status: Status | str | Iterable[Status | str] | None = None,
     graph: str | None = None,
     since: datetime | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """The ids given, or those of the runs that match the filters (at least one), newest
     first, as ``durable.bulk`` selects them."""
     if ids is not None:
         return iter(ids)
-    runs = bulk.selection(runtime, status=status, graph=graph, since=since)
+    runs = bulk.selection(runtime, status=status, graph=graph, since=since, tags=tags)
     return (run if isinstance(run, str) else run.id for run in runs)
 
 

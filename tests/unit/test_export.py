@@ -324,3 +324,13 @@ def test_encrypted_states_travel_sealed_and_open_with_the_key_where_imported(
     finally:
         for durable in (sealed, without, holding):
             durable.db.dispose()
+
+
+def test_an_export_by_tag_writes_that_customers_runs_only(durable: Durable) -> None:
+    ids = store_runs(durable, "child", 6)
+    for run_id in ids[:2]:
+        tag(durable, run_id, "customer", "c-42")
+    tag(durable, ids[2], "customer", "c-7")
+    written = cli_app.invoke(durable, "export", "--tag", "customer=c-42")
+    assert written.exit_code == 0, written.output
+    assert sorted(json.loads(line)["id"] for line in written.stdout.splitlines()) == ids[:2]
