@@ -59,6 +59,7 @@ class Scheduling:
         name: str | None = None,
         timezone: str | None = None,
         catch_up: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> Schedule:
         """Start a run of ``graph`` (its newest version) with ``kwargs`` on every tick of
         ``cron`` (5 fields, or 6 with seconds first) read in ``timezone`` (default UTC), or
@@ -69,14 +70,15 @@ class Scheduling:
         Each tick starts one run, id ``<name>:<tick in UTC>`` (``nightly:2026-12-08T03:00:00Z``),
         however many beats send the task. Ticks missed while nothing could start them (beat
         or the workers down) are skipped, unless ``catch_up``. ``name`` defaults to the
-        graph's. A bad cron, zone, name or input raises here and registers nothing.
+        graph's. Each run is tagged ``schedule=<name>``, with ``tags`` besides. A bad cron,
+        zone, name, input or tag raises here and registers nothing.
         """
         timetable = _timetable(cron, every, timezone)
         target = self._graph(graph)
         inputs = dict(kwargs or {})
         check_fields(target, inputs)
         dump(target.name, validate(target.name, target.state, inputs))
-        made = Schedule(name or target.name, target.name, timetable, inputs, catch_up)
+        made = Schedule(name or target.name, target.name, timetable, inputs, catch_up, tags or {})
         if made.name in self.defined_schedules:
             raise InvalidSchedule(
                 f"name={made.name!r}", "another schedule has this name: give each its own name="

@@ -21,6 +21,7 @@ from typing import Any
 from celery_durable.engine.runtime import Runtime
 from celery_durable.engine.start import MAX_ID_LENGTH, StartOptions, start_run
 from celery_durable.errors import ExecutionNotFound, InvalidSchedule, StartNotDispatched
+from celery_durable.model.tags import checked
 from celery_durable.persistence.schedule_store import ScheduleRow, ScheduleRows
 from celery_durable.policies.cron import Timetable, ticks
 from celery_durable.policies.ticks import due
@@ -38,7 +39,8 @@ class Schedule:
     """A graph started on each tick of ``timetable`` with ``kwargs`` as its input.
 
     ``catch_up``: ticks missed while nothing could start them are started late, oldest first;
-    without it they are skipped and only the tick due now starts.
+    without it they are skipped and only the tick due now starts. Each run is tagged with
+    ``schedule=<name>`` and ``tags``, so ``ls --tag schedule=<name>`` lists them.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Schedule:
     timetable: Timetable
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     catch_up: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and NAME.fullmatch(self.name)):
@@ -57,6 +60,7 @@ class Schedule:
             raise InvalidSchedule(
                 f"name={self.name[:40]!r}...", f"at most {MAX_ID_LENGTH - TICK_LENGTH} characters"
             )
+        object.__setattr__(self, "tags", checked({**self.tags, "schedule": self.name}))
 
     def run_id(self, tick: datetime) -> str:
         return run_id(self.name, tick)
@@ -146,9 +150,8 @@ def _fire_one(
     for tick in plan.start:
         execution_id = schedule.run_id(tick)
         try:
-            start_run(
-                runtime, definition, dict(schedule.kwargs), StartOptions(execution_id=execution_id)
-            )
+            start = StartOptions(execution_id=execution_id, tags=schedule.tags)
+            start_run(runtime, definition, dict(schedule.kwargs), start)
         except StartNotDispatched as exc:
             # Stored: the recovery sweep sends its first node once the broker is back.
             logger.warning("schedule %s: %s", schedule.name, exc)

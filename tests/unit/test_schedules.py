@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from celery_durable import Durable, Graph, Status
 from celery_durable.constants import SCHEDULES_TASK
 from celery_durable.engine.schedules import run_id
-from celery_durable.errors import InvalidInput, InvalidSchedule, UnknownSchedule
+from celery_durable.errors import InvalidInput, InvalidSchedule, InvalidTags, UnknownSchedule
 from celery_durable.persistence.schedule_store import ScheduleRows
 from celery_durable.policies.cron import Cron, Every, latest_at_or_before, ticks
 from celery_durable.policies.ticks import CATCH_UP_BATCH, LATE_AFTER, due
@@ -299,6 +299,18 @@ def test_two_beats_start_each_tick_once(make_durable: Callable[[], Durable]) -> 
         one.fire_schedules(now=now - timedelta(days=1))  # a tick task replayed late
     assert runs(one) == [f"nightly:2026-12-{day:02}T03:00:00Z" for day in (8, 9, 10)]
     assert one.get("nightly:2026-12-08T03:00:00Z").state == Report(day="d")
+
+
+def test_a_schedules_runs_are_found_by_its_tag(durable: Durable) -> None:
+    graph = report_graph(durable)
+    durable.schedule(graph, every=timedelta(seconds=1), name="often", tags={"team": "ops"})
+    (started,) = durable.fire_schedules(now=at(2026, 12, 8, 3, 0, 0)).started
+    found = durable.list(tags={"schedule": "often"})
+    assert [run.id for run in found] == [started]
+    assert found[0].tags == {"schedule": "often", "team": "ops"}
+    with pytest.raises(InvalidTags):
+        durable.schedule(graph, every=timedelta(seconds=1), name="bad", tags={"": "x"})
+    assert "bad" not in durable.defined_schedules
 
 
 def test_concurrent_tick_tasks_start_each_tick_once(make_durable: Callable[[], Durable]) -> None:
