@@ -1,16 +1,33 @@
-"""How many bytes does a long-looping run leave in the database? A 200-iteration loop, each
-visit one ``ctx.step``, its state a list of 40 order lines (about 4 KB of JSON), stored plain,
-compressed (the default: past ``compress_over``, 4096 bytes) and compressed and encrypted.
+"""How many rows and bytes does a long-looping run leave in the database, and how many with
+``keep_checkpoints``? A loop of ``--iterations`` turns, each visit one ``ctx.step``, its state
+a list of 40 order lines (about 4 KB of JSON), stored plain, compressed (the default: past
+``compress_over``, 4096 bytes) and compressed and encrypted, each keeping every checkpoint;
+then compressed with ``keep_checkpoints=N`` (bounded history: the run keeps its newest N).
 
 How to run, from the repository root (PostgreSQL on loopback)::
 
-    .venv/bin/python bench/growth.py [--iterations 200] [--modes plain,compressed,encrypted]
+    .venv/bin/python bench/growth.py [--iterations 200] [--modes compressed]
+                                     [--keep-checkpoints 100]
 
-Each mode runs one loop in a throwaway PostgreSQL database with an in-process worker, then
-sums the stored length of every column of the run's checkpoints and execution row
-(``octet_length``), the WAL the loop wrote (what replicas and backups carry), and the
-tables' size on disk (``pg_total_relation_size``, TOAST included, which PostgreSQL compresses
-with pglz on its own past 2 KB). Ratios are bytes per run to ``plain``.
+``--modes plain,compressed,encrypted`` compares the three ways of storing a state, keeping
+every checkpoint; ``--modes ''`` leaves the unbounded runs out, ``--keep-checkpoints 0`` the
+bounded one.
+
+Each run is one loop in a throwaway PostgreSQL database with an in-process worker (one node
+after the other in the same task, as a worker runs them), then counts the run's rows in
+every table its history grows (checkpoints, the visit ledger, failed attempts, events,
+emitted values), sums the stored length of every column of its checkpoints and execution
+row (``octet_length``), the WAL the server wrote meanwhile (what replicas and backups
+carry: the loop's own on a server nothing else writes to), and the tables' size on disk
+(``pg_total_relation_size``, TOAST included, which PostgreSQL compresses with pglz on its
+own past 2 KB). ``peak`` is the most checkpoints the run had at once, sampled every 0.2 s.
+Ratios are bytes per run to ``plain`` (or to the first run printed).
+
+Space a compaction frees is reused once the table is vacuumed, never given back to the file
+system. A server whose autovacuum is off (``SHOW autovacuum``) would never reclaim it, and
+scans would wade through ever more dead rows: there the bench vacuums the run's tables
+every ``--vacuum-every`` seconds (default 10, about what autovacuum does for tables this
+busy), and says so.
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ import argparse
 import base64
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +56,9 @@ from celery_durable.testing import (  # noqa: E402
 
 ADMIN_DSN = os.environ.get("CELERY_DURABLE_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
 LINES = 40
+# The tables a run's history grows, besides the checkpoints.
+HISTORY_TABLES = ("durable_node_visits", "durable_attempts", "durable_events", "durable_emits")
+VACUUMED = ("durable_checkpoints", "durable_executions", *HISTORY_TABLES)
 
 
 class Order(BaseModel):
@@ -60,21 +81,75 @@ def order_lines() -> list[dict[str, Any]]:
 
 
 def settings_for(mode: str) -> dict[str, Any]:
+    # Every visit in the task that ran the one before, as far as the time budget allows: the
+    # bench measures storage, not the in-memory broker's polling between messages.
+    inline = {"inline_nodes": 1_000_000} if "inline_nodes" in Settings.model_fields else {}
     if mode == "plain":
         # Before compression existed the setting did not either: plain is what was stored.
-        return {"compress_over": 0} if "compress_over" in Settings.model_fields else {}
+        return {**inline, "compress_over": 0} if "compress_over" in Settings.model_fields else {}
     if mode == "compressed":
-        return {}
+        return inline
     key = base64.b64encode(os.urandom(32)).decode()
-    return {"encryption_keys": {"k1": key}}
+    return {**inline, "encryption_keys": {"k1": key}}
 
 
-def one_loop(url: str, mode: str, iterations: int) -> dict[str, float]:
+class Peak:
+    """The most checkpoints one run had at once, sampled in a thread while it runs; and, every
+    ``vacuum_every`` seconds (None: never), a VACUUM of the tables a run changes."""
+
+    def __init__(self, durable: Durable, vacuum_every: float | None) -> None:
+        self.durable = durable
+        self.vacuum_every = vacuum_every
+        self.execution_id: str | None = None
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        query = text("SELECT count(*) FROM durable_checkpoints WHERE execution_id = :id")
+        vacuumed = time.monotonic()
+        while not self._stop.wait(0.2):
+            if self.execution_id is None:
+                continue
+            with self.durable.db.engine.connect() as conn:
+                count = conn.execute(query, {"id": self.execution_id}).scalar_one()
+            self.most = max(self.most, int(count))
+            if self.vacuum_every is not None and time.monotonic() - vacuumed > self.vacuum_every:
+                vacuum(self.durable)
+                vacuumed = time.monotonic()
+
+
+def vacuum(durable: Durable) -> None:
+    autocommit = durable.db.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit.connect() as conn:
+        conn.execute(text(f"VACUUM {', '.join(VACUUMED)}"))
+
+
+def autovacuum_on(url: str) -> bool:
+    durable = Durable(embedded_app("growth-probe"), url)
+    with durable.db.engine.connect() as conn:
+        on = conn.execute(text("SHOW autovacuum")).scalar_one() == "on"
+    durable.db.dispose()
+    return bool(on)
+
+
+def one_loop(
+    url: str, mode: str, iterations: int, keep: int | None, vacuum_every: float | None
+) -> dict[str, float]:
     durable = Durable(embedded_app(f"growth-{mode}"), url, **settings_for(mode))
     durable.migrate()
-    g = durable.graph("loop", state=Order)
+    options = {} if keep is None else {"keep_checkpoints": keep}
+    g = durable.graph("loop", state=Order, **options)
 
-    @g.node
+    @g.node(max_visits=iterations + 1)
     def work(state: Order, ctx: Context) -> dict[str, Any]:
         price = ctx.step("quote", lambda: {"sku": state.lines[state.i % LINES]["sku"], "ok": 1})
         lines = list(state.lines)
@@ -86,20 +161,34 @@ def one_loop(url: str, mode: str, iterations: int) -> dict[str, float]:
     started = time.perf_counter()
     with durable.db.engine.connect() as conn:
         wal_before = conn.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar_one()
-    with in_process_worker(durable):
+    with Peak(durable, vacuum_every) as peak, in_process_worker(durable):
         run = g.delay(until=iterations, lines=order_lines())
-        final = run.wait(timeout=600)
+        peak.execution_id = run.id
+        final = run.wait(timeout=24 * 3600)
     took = time.perf_counter() - started
     assert final.i == iterations
+    figures = measure(durable, run.id, wal_before)
+    durable.db.dispose()
+    return {**figures, "peak": max(peak.most, figures["checkpoints"]), "seconds": took}
+
+
+def measure(durable: Durable, execution_id: str, wal_before: str) -> dict[str, float]:
     columns = "octet_length(state) + octet_length(cursor) + coalesce(octet_length(output), 0)"
     with durable.db.engine.connect() as conn:
-        checkpoint_bytes = conn.execute(
+        checkpoints = conn.execute(
             text(
                 f"SELECT count(*), sum({columns} + coalesce(octet_length(meta), 0)) "
                 "FROM durable_checkpoints WHERE execution_id = :id"
             ),
-            {"id": run.id},
+            {"id": execution_id},
         ).one()
+        others = sum(
+            conn.execute(
+                text(f"SELECT count(*) FROM {table} WHERE execution_id = :id"),
+                {"id": execution_id},
+            ).scalar_one()
+            for table in HISTORY_TABLES
+        )
         row_bytes = conn.execute(
             text("SELECT octet_length(state) + octet_length(cursor) FROM durable_executions")
         ).scalar_one()
@@ -112,37 +201,44 @@ def one_loop(url: str, mode: str, iterations: int) -> dict[str, float]:
                 "pg_total_relation_size('durable_executions')"
             )
         ).scalar_one()
-    durable.db.dispose()
     return {
-        "checkpoints": checkpoint_bytes[0],
-        "bytes": checkpoint_bytes[1] + row_bytes,
+        "checkpoints": checkpoints[0],
+        "rows": checkpoints[0] + others + 1,
+        "bytes": checkpoints[1] + row_bytes,
         "disk": disk,
         "wal": float(wal),
-        "seconds": took,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--modes", default="plain,compressed,encrypted")
+    parser.add_argument("--modes", default="compressed")
+    parser.add_argument("--keep-checkpoints", type=int, default=100)
+    parser.add_argument("--vacuum-every", type=float, default=10.0)
     args = parser.parse_args()
-    modes = args.modes.split(",")
+    variants: list[tuple[str, int | None]] = [(m, None) for m in args.modes.split(",") if m]
+    if args.keep_checkpoints:
+        variants.append(("compressed", args.keep_checkpoints))
     results = {}
-    for mode in modes:
+    vacuum_every: float | None = None
+    for mode, keep in variants:
         with throwaway_database(ADMIN_DSN) as url:
-            results[mode] = one_loop(url, mode, args.iterations)
-    base = results.get("plain")
+            vacuum_every = None if autovacuum_on(url) else args.vacuum_every
+            results[mode, keep] = one_loop(url, mode, args.iterations, keep, vacuum_every)
+    base = results.get(("plain", None)) or next(iter(results.values()))
     print(f"{args.iterations}-iteration loop, one ctx.step per visit, {LINES} order lines:")
+    if vacuum_every is not None:
+        print(f"(autovacuum is off on this server: the bench vacuums every {vacuum_every:g} s)")
     print(
-        f"{'mode':<12}{'checkpoints':>12}{'bytes/run':>12}{'ratio':>8}{'WAL bytes':>12}"
-        f"{'on disk':>12}{'s':>8}"
+        f"{'mode':<12}{'keep':>7}{'checkpoints':>12}{'peak':>9}{'rows':>9}{'bytes/run':>14}"
+        f"{'ratio':>8}{'WAL bytes':>15}{'on disk':>14}{'s':>8}"
     )
-    for mode, r in results.items():
-        ratio = f"{r['bytes'] / base['bytes']:.2f}" if base else "-"
+    for (mode, keep), r in results.items():
         print(
-            f"{mode:<12}{r['checkpoints']:>12,.0f}{r['bytes']:>12,.0f}{ratio:>8}"
-            f"{r['wal']:>12,.0f}{r['disk']:>12,.0f}{r['seconds']:>8.1f}"
+            f"{mode:<12}{keep or 'all':>7}{r['checkpoints']:>12,.0f}{r['peak']:>9,.0f}"
+            f"{r['rows']:>9,.0f}{r['bytes']:>14,.0f}{r['bytes'] / base['bytes']:>8.3f}"
+            f"{r['wal']:>15,.0f}{r['disk']:>14,.0f}{r['seconds']:>8.1f}"
         )
 
 

@@ -177,16 +177,26 @@ class Durable(Maintenance, Lifecycle, Scheduling):
         on_failure: OnFailure = "fail",
         concurrency: Limit | None = None,
         version: str | None = None,
+        keep_checkpoints: int | None = None,
     ) -> Graph:
         """A new graph; nodes are added with ``@graph.node``. ``concurrency`` bounds its
         running executions per key.
 
         ``version``: what runs started on it are pinned to (default: its structure's
         fingerprint). Versions of one name live side by side, sharing node task names; the
-        one defined last starts new runs, the others finish the runs pinned to them."""
+        one defined last starts new runs, the others finish the runs pinned to them.
+
+        ``keep_checkpoints``: each run keeps its newest this many checkpoints (and its audit
+        trail), deleting older ones as it goes: for runs that loop (engine/compaction.py)."""
         return self._add(
             Graph(
-                self, name, state, on_failure=on_failure, concurrency=concurrency, version=version
+                self,
+                name,
+                state,
+                on_failure=on_failure,
+                concurrency=concurrency,
+                version=version,
+                keep_checkpoints=keep_checkpoints,
             )
         )
 
@@ -197,10 +207,11 @@ class Durable(Maintenance, Lifecycle, Scheduling):
         *,
         concurrency: Limit | None = None,
         version: str | None = None,
+        keep_checkpoints: int | None = None,
     ) -> Saga:
-        """A new saga; steps are added in order with ``@saga.step``. ``version`` as for
-        ``graph``."""
-        return self._add(Saga(self, name, state, concurrency, version))
+        """A new saga; steps are added in order with ``@saga.step``. ``version`` and
+        ``keep_checkpoints`` as for ``graph``."""
+        return self._add(Saga(self, name, state, concurrency, version, keep_checkpoints))
 
     def _add(self, graph: G) -> G:
         versions = self.versions.setdefault(graph.name, [])

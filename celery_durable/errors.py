@@ -26,6 +26,7 @@
     ├── ExecutionIdInUse
     ├── InvalidExecutionId
     ├── CheckpointNotFound
+    │   └── CheckpointCompacted
     ├── StoreError
     │   ├── DuplicateCheckpoint
     │   ├── VersionConflict
@@ -357,6 +358,27 @@ class CheckpointNotFound(DurableError):
         super().__init__(
             f"Execution {execution_id!r} has no checkpoint {seq}; Execution.history() lists "
             "the ones it has."
+        )
+
+
+class CheckpointCompacted(CheckpointNotFound):
+    """Time travel to a checkpoint that a graph's ``keep_checkpoints`` compacted away."""
+
+    def __init__(self, execution_id: str, seq: int, *, state_from: bool = False) -> None:
+        self.execution_id = execution_id
+        self.seq = seq
+        what = (
+            f"The state at checkpoint {seq} of execution {execution_id!r} was recorded by an "
+            "earlier checkpoint, which was compacted"
+            if state_from
+            else f"Checkpoint {seq} of execution {execution_id!r} was compacted"
+        )
+        DurableError.__init__(
+            self,
+            f"{what}: the run's graph keeps its newest checkpoints (keep_checkpoints), its "
+            "start, its failures, every operation's checkpoint and the visits of nodes that "
+            "have a compensation. Time travel reaches those: Execution.history() (durable "
+            "history ID) lists them.",
         )
 
 

@@ -100,6 +100,9 @@ class GraphDefinition:
     reducers: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     upgrader: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     declared_version: str | None = None
+    # Runs keep their newest this many checkpoints (engine/compaction.py); None: all. Not
+    # part of the shape: it changes what is stored, never where a run goes.
+    keep_checkpoints: int | None = None
     fingerprint: str = field(init=False)
     version: str = field(init=False)
 

@@ -162,8 +162,9 @@ class Execution:
         return fit(self._graph(record), record.state)[0]
 
     def history(self) -> list[Checkpoint]:
-        """Every checkpoint, oldest first: the start, node visits, steps, failures. One whose
-        row no longer matches its checksum is marked ``corrupted`` and the rest still show."""
+        """Every checkpoint, oldest first: the start, node visits, steps, failures (of a graph
+        with ``keep_checkpoints``, those it keeps). One whose row no longer matches its
+        checksum is marked ``corrupted`` and the rest still show."""
         return self.runtime.store.list(self.id, contain=True)
 
     def stream(
@@ -197,6 +198,10 @@ class Execution:
         done_names = {cp.node for cp in nodes if cp.kind == Kind.NODE}
         graph = self.runtime.graphs.at(record.graph, record.cursor.graph_version)
         current = [name for name, _ in record.cursor.frontier]
+        if graph is not None and graph.keep_checkpoints is not None:
+            # Compacted visits count too: a node made ready more often than it is due now.
+            visits = record.cursor.visits
+            done_names |= {name for name in visits if visits[name] > current.count(name)}
         if record.status == Status.SUCCEEDED or graph is None:
             total = len(done_names) + len(set(current) - done_names)
         else:

@@ -46,9 +46,9 @@ class VisitMemo:
             self._recorded = {
                 (cp.kind, cp.node): cp
                 for cp in run.runtime.store.list(
-                    run.execution_id, kinds=[Kind.STEP, Kind.WAIT, Kind.WAKE]
+                    run.execution_id, kinds=[Kind.STEP, Kind.WAIT, Kind.WAKE], visit=run.visit
                 )
-                if cp.visit == run.visit and cp.node.startswith(prefixes)
+                if cp.node.startswith(prefixes)
             }
         return self._recorded
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery_durable import faults
 from celery_durable.coroutines import settled
-from celery_durable.engine import wakeups
+from celery_durable.engine import compaction, wakeups
 from celery_durable.engine.admission import Admitted, Gate, Hold
 from celery_durable.engine.attempt import Attempt, Outcome, Superseded, Suspend
 from celery_durable.engine.base import Base
@@ -79,8 +79,12 @@ class NodeRun(Attempt):
     since: float = field(default_factory=time.monotonic)
     # The node to run next in the same task, set by a commit that decided to run it inline.
     successor: NodeRun | None = field(default=None, init=False)
-    # The version of the state the function ran on: commits since then may clash with it.
+    # The version of the state the function ran on, and that state: commits since then may
+    # clash with it.
     read_at: int = field(default=-1, init=False)
+    read_state: dict[str, Any] = field(default_factory=dict, init=False)
+    # The version the message carried: what this task commits after it stays until its ack.
+    unacked: int = -1
 
     @property
     def node(self) -> NodeDefinition:
@@ -111,11 +115,13 @@ class NodeRun(Attempt):
         """Know the state to run on: the message's, unless this copy may have run before (a
         redelivery) or was sent while paused or compensating (the row has what the message
         does not carry: the run's error, and whether this visit is still due)."""
+        if self.unacked < 0:
+            self.unacked = self.base.version
         if self.redelivered and (outcome := self.before_rerun()) is not None:
             return outcome
         if self.base.status != Status.RUNNING and (outcome := self.refresh()) is not None:
             return outcome
-        self.read_at = self.base.version
+        self.read_at, self.read_state = self.base.version, self.base.state
         return None
 
     def is_due(self, base: Base) -> bool:
@@ -235,7 +241,7 @@ class NodeRun(Attempt):
         )
         if isinstance(made, Failure):
             return made
-        self.read_at = self.base.version
+        self.read_at, self.read_state = self.base.version, self.base.state
         started = time.perf_counter()
         pending = self.runtime.store.send(made.commit)
         messages = self._prepare(made)
@@ -249,6 +255,10 @@ class NodeRun(Attempt):
         mine = set(update) - set(self.graph.reducers)
         if self.base.version == self.read_at or not mine:
             return set()
+        if self.graph.keep_checkpoints is not None:
+            # The checkpoints in between may be compacted: compare the states instead.
+            now, then = self.base.state, self.read_state
+            return {name for name in mine if now.get(name) != then.get(name)}
         written: set[str] = set()
         history = self.runtime.store.list(self.execution_id, kinds=[Kind.NODE], after=self.read_at)
         for cp in history:
@@ -267,11 +277,15 @@ class NodeRun(Attempt):
 
     def _may_inline(self, ready: list[Visit]) -> bool:
         """Run the one node that follows in this task rather than publish it, where the
-        dispatcher allows it, within ``inline_nodes`` and INLINE_SECONDS."""
+        dispatcher allows it, within ``inline_nodes`` and INLINE_SECONDS, and for a graph
+        that keeps N checkpoints within N // 2 commits: what a message commits stays until
+        its ack (engine/compaction.py), so handing on by message lets it go."""
+        keep = self.graph.keep_checkpoints
         return (
             len(ready) == 1
             and self.depth < self.runtime.settings.inline_nodes
             and time.monotonic() - self.since < INLINE_SECONDS
+            and (keep is None or self.base.version - self.unacked < keep // 2)
             and self.runtime.dispatcher.may_inline(
                 self.graph, self.name, ready[0][0], self.base.cursor.queue
             )
@@ -291,6 +305,7 @@ class NodeRun(Attempt):
                 *(runtime, self.graph, name, self.execution_id, visit, after),
                 depth=self.depth + 1,
                 since=self.since,
+                unacked=self.unacked,
             )
         elif commit.status == Status.RUNNING:
             for message in landed.messages:
@@ -300,6 +315,12 @@ class NodeRun(Attempt):
         elif commit.status.finished:
             parent = after.cursor.parent
             wakeups.finished(runtime, self.execution_id, self.graph.name, commit.status, parent)
+        if compaction.due(self.graph, self.visit, commit.status):
+            # A run that ended has no message left to replay: all but the newest may go.
+            unacked = commit.seq if commit.status.finished else self.unacked
+            compaction.compact(
+                runtime, self.graph, self.execution_id, commit.cursor, commit.seq, unacked
+            )
 
     # -- giving up --------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from celery_durable.graphs.options import (
     arity,
     check_graph,
     check_options,
+    check_undo_loops,
     node_definition,
 )
 from celery_durable.policies.limits import Limit
@@ -133,14 +134,17 @@ class Graph:
         on_failure: OnFailure = "fail",
         concurrency: Limit | None = None,
         version: str | None = None,
+        keep_checkpoints: int | None = None,
     ) -> None:
-        check_graph(name, state, on_failure, concurrency, version)
+        check_graph(name, state, on_failure, concurrency, version, keep_checkpoints)
         self.owner = owner
         self.name = name
         self.state = state
         # The version runs started on this definition are pinned to; None: the fingerprint's.
         self.declared_version = version
         self.on_failure: OnFailure = on_failure
+        # Runs keep their newest this many checkpoints (engine/compaction.py); None: all.
+        self.keep_checkpoints = keep_checkpoints
         # Running executions per key (engine/admission.py): taken at the entry node, held to
         # the end.
         self.concurrency = concurrency
@@ -275,6 +279,8 @@ class Graph:
         unreachable = sorted(set(self.nodes) - self._reachable(self.entry_node))
         if unreachable:
             raise UnreachableNode(self.name, unreachable)
+        looping = [n for n, node in self.nodes.items() if node.compensator and self._loops(n)]
+        check_undo_loops(self.name, self.keep_checkpoints, looping)
         return GraphDefinition(
             name=self.name,
             state=self.state,
@@ -288,6 +294,7 @@ class Graph:
             reducers=self.reducers,
             upgrader=self.upgrader,
             declared_version=self.declared_version,
+            keep_checkpoints=self.keep_checkpoints,
         )
 
     def _reachable(self, start: str) -> set[str]:
@@ -297,11 +304,17 @@ class Graph:
             if name in seen:
                 continue
             seen.add(name)
-            todo.extend(self.edges.get(name, ()))
-            if name in self.branches:
-                paths = self.branches[name][1]
-                todo.extend(self.nodes if paths is None else paths)
+            todo.extend(self._next(name))
         return seen
+
+    def _next(self, name: str) -> list[str]:
+        """The nodes that may follow ``name``."""
+        paths = self.branches[name][1] if name in self.branches else ()
+        return [*self.edges.get(name, ()), *(self.nodes if paths is None else paths)]
+
+    def _loops(self, name: str) -> bool:
+        """Whether ``name`` can run again in one run: it lies on a cycle."""
+        return any(name in self._reachable(after) for after in self._next(name))
 
     def _known(self, node: str | Node[..., Any]) -> str:
         name = node.name if isinstance(node, Node) else node
@@ -360,9 +373,16 @@ class Saga(Graph):
         state: type[BaseModel],
         concurrency: Limit | None = None,
         version: str | None = None,
+        keep_checkpoints: int | None = None,
     ) -> None:
         super().__init__(
-            owner, name, state, on_failure="compensate", concurrency=concurrency, version=version
+            owner,
+            name,
+            state,
+            on_failure="compensate",
+            concurrency=concurrency,
+            version=version,
+            keep_checkpoints=keep_checkpoints,
         )
         self._last: str | None = None
 

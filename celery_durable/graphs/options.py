@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
+from celery_durable.engine.compaction import MIN_KEEP_CHECKPOINTS
 from celery_durable.engine.definition import (
     DEFAULT_MAX_VISITS,
     NodeDefinition,
@@ -59,9 +60,15 @@ VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def check_graph(
-    name: str, state: object, on_failure: object, concurrency: object, version: object = None
+    name: str,
+    state: object,
+    on_failure: object,
+    concurrency: object,
+    version: object = None,
+    keep_checkpoints: object = None,
 ) -> None:
     """A graph's own options, refused where ``durable.graph(...)`` is called."""
+    _check_history(name, keep_checkpoints)
     if version is not None and not (
         isinstance(version, str) and VERSION_PATTERN.fullmatch(version)
     ):
@@ -80,6 +87,31 @@ def check_graph(
         )
     if concurrency is not None and not isinstance(concurrency, Limit):
         raise GraphDefinitionError(f"Graph {name!r}: concurrency= takes a Limit(key=..., max=...).")
+
+
+def _check_history(name: str, keep: object) -> None:
+    """``keep_checkpoints``: None, or at least MIN_KEEP_CHECKPOINTS (engine/compaction.py
+    says why)."""
+    if keep is not None and (
+        isinstance(keep, bool) or not isinstance(keep, int) or keep < MIN_KEEP_CHECKPOINTS
+    ):
+        raise GraphDefinitionError(
+            f"Graph {name!r}: keep_checkpoints= takes the number of newest checkpoints each "
+            f"run keeps, an int of at least {MIN_KEEP_CHECKPOINTS}, or None to keep them all; "
+            f"got {keep!r}."
+        )
+
+
+def check_undo_loops(name: str, keep: int | None, looping: list[str]) -> None:
+    """A graph that bounds its history may not loop through a node that has a compensation:
+    every visit of such a node is kept for its undo, so the history would not be bounded."""
+    if keep is not None and looping:
+        raise GraphDefinitionError(
+            f"Graph {name!r}: keep_checkpoints={keep} cannot bound the history of "
+            f"{', '.join(map(repr, looping))}: a node with a compensation keeps the checkpoint "
+            "of every visit, for its undo, and this one can run again in a loop. Loop through "
+            "nodes without a compensation (or in a child run), or drop keep_checkpoints."
+        )
 
 
 def check_options(graph: str, options: Mapping[str, object]) -> None:

@@ -9,9 +9,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, exists, select, tuple_
+from sqlalchemy import Row, exists, func, select, tuple_
 
 from celery_durable.errors import (
+    CheckpointCompacted,
     CheckpointCorrupted,
     CheckpointNotFound,
     DuplicateCheckpoint,
@@ -94,8 +95,16 @@ class RunHistory:
         with self.db.read() as conn:
             row = conn.execute(query).first()
         if row is None:
-            raise CheckpointNotFound(execution_id, seq)
+            raise self._missing(execution_id, seq)
         return checkpoint_record(row, self.sealer)
+
+    def _missing(self, execution_id: str, seq: int) -> CheckpointNotFound:
+        """Why checkpoint ``seq`` is not there: every seq up to the run's version was
+        committed, so one of those was compacted (a graph's keep_checkpoints)."""
+        record = self.get_execution(execution_id, verify=False)
+        if 0 <= seq <= record.version:
+            return CheckpointCompacted(execution_id, seq)
+        return CheckpointNotFound(execution_id, seq)
 
     def state_at(self, execution_id: str, seq: int) -> tuple[Checkpoint, dict[str, Any]]:
         """Checkpoint ``seq`` and the state in effect there: a step, a wait or a wake records
@@ -119,9 +128,23 @@ class RunHistory:
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()
-        state = None if row is None else checkpoint_record(row, self.sealer).state
-        if state is None:  # a start checkpoint always records one: pruned?
-            raise CheckpointNotFound(execution_id, seq)
+            # Every checkpoint between that one and ``seq`` must still be there: one that was
+            # compacted may have recorded the state in effect.
+            between = (
+                None
+                if row is None
+                else conn.execute(
+                    select(func.count()).where(
+                        checkpoints.c.execution_id == execution_id,
+                        checkpoints.c.seq > row.seq,
+                        checkpoints.c.seq < seq,
+                    )
+                ).scalar_one()
+            )
+        if row is None or between != seq - row.seq - 1:
+            raise CheckpointCompacted(execution_id, seq, state_from=True)
+        state = checkpoint_record(row, self.sealer).state
+        assert state is not None
         return state
 
     def latest(self, execution_id: str) -> Checkpoint | None:
@@ -141,10 +164,12 @@ class RunHistory:
         *,
         kinds: Iterable[str] | None = None,
         after: int | None = None,
+        visit: int | None = None,
         contain: bool = False,
     ) -> builtins.list[Checkpoint]:
         """The execution's checkpoints, oldest first; ``after`` skips seq up to and including it;
-        ``contain``: corrupted ones marked instead of raising (for display)."""
+        ``visit``: those of visits numbered so only (what a visit's memo reads, however long
+        the run); ``contain``: corrupted ones marked instead of raising (for display)."""
         query = (
             select(checkpoints)
             .where(checkpoints.c.execution_id == execution_id)
@@ -154,6 +179,8 @@ class RunHistory:
             query = query.where(checkpoints.c.kind.in_(builtins.list(kinds)))
         if after is not None:
             query = query.where(checkpoints.c.seq > after)
+        if visit is not None:
+            query = query.where(checkpoints.c.visit == visit)
         with self.db.read() as conn:
             return [checkpoint_record(row, self.sealer, contain) for row in conn.execute(query)]
 
