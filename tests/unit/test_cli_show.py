@@ -80,7 +80,8 @@ def test_history_and_show_say_each_failed_attempt_and_that_retry_exists(
     shown = cli_app.invoke(durable, "show", run.id).stdout
     assert "last error: call: attempt 3 of 3 failed: ConnectionError: refused 3" in shown
     assert f"fix the cause, then durable retry {run.id} runs call again" in shown
-    assert f"operations: cancel, retry, upgrade, delete, skip (durable <operation> {run.id})" in shown
+    operations = "operations: cancel, retry, upgrade, delete, skip"
+    assert f"{operations} (durable <operation> {run.id})" in shown
     data = json_of(durable, "show", run.id)
     assert [a["attempt"] for a in data["last_failures"]] == [3]
     assert "retry" in data["operations"]
