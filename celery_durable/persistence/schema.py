@@ -1,9 +1,10 @@
 """The tables. Queries live in the modules that run them; dialect differences in postgres.py
 and sqlite.py.
 
-Checkpoints are append-only. A checkpoint's ``seq`` is the execution version its commit
-produced, so (execution_id, seq) is both the ordering and the primary key, and "latest
-checkpoint of an execution" is one backward step on that index at any table size. The unique
+Checkpoints are append-only (a graph's keep_checkpoints compacts its old ones: compactor.py).
+A checkpoint's ``seq`` is the execution version its commit produced, so (execution_id, seq)
+is both the ordering and the primary key, and "latest checkpoint of an execution" is one
+backward step on that index at any table size. The unique
 key on (execution_id, kind, node, visit) is what makes "a node visit commits once" true.
 """
 
