@@ -11,7 +11,10 @@ How to run, from the repository root (PostgreSQL on loopback)::
 
 ``--modes plain,compressed,encrypted`` compares the three ways of storing a state, keeping
 every checkpoint; ``--modes ''`` leaves the unbounded runs out, ``--keep-checkpoints 0`` the
-bounded one.
+bounded one. An unbounded loop slows as its history grows (10,000 turns took 104 s here,
+100,000 would take hours), so unbounded runs stop at ``--unbounded-max`` turns (10,000) and
+their figures at ``--iterations`` are also printed projected: each turn adds the same two
+checkpoints and the same bytes, so rows and bytes grow linearly with the turns.
 
 Each run is one loop in a throwaway PostgreSQL database with an in-process worker (one node
 after the other in the same task, as a worker runs them), then counts the run's rows in
@@ -216,6 +219,7 @@ def main() -> None:
     parser.add_argument("--modes", default="compressed")
     parser.add_argument("--keep-checkpoints", type=int, default=100)
     parser.add_argument("--vacuum-every", type=float, default=10.0)
+    parser.add_argument("--unbounded-max", type=int, default=10_000)
     args = parser.parse_args()
     variants: list[tuple[str, int | None]] = [(m, None) for m in args.modes.split(",") if m]
     if args.keep_checkpoints:
@@ -225,21 +229,40 @@ def main() -> None:
     for mode, keep in variants:
         with throwaway_database(ADMIN_DSN) as url:
             vacuum_every = None if autovacuum_on(url) else args.vacuum_every
-            results[mode, keep] = one_loop(url, mode, args.iterations, keep, vacuum_every)
+            turns = args.iterations if keep else min(args.iterations, args.unbounded_max)
+            results[mode, keep] = one_loop(url, mode, turns, keep, vacuum_every)
+            results[mode, keep]["turns"] = turns
     base = results.get(("plain", None)) or next(iter(results.values()))
     print(f"{args.iterations}-iteration loop, one ctx.step per visit, {LINES} order lines:")
     if vacuum_every is not None:
         print(f"(autovacuum is off on this server: the bench vacuums every {vacuum_every:g} s)")
     print(
-        f"{'mode':<12}{'keep':>7}{'checkpoints':>12}{'peak':>9}{'rows':>9}{'bytes/run':>14}"
+        f"{'mode':<12}{'keep':>7}{'turns':>9}{'checkpoints':>12}{'peak':>9}{'rows':>9}{'bytes/run':>14}"
         f"{'ratio':>8}{'WAL bytes':>15}{'on disk':>14}{'s':>8}"
     )
-    for (mode, keep), r in results.items():
+    for (mode, keep), r in projected(results, args.iterations):
+        took = "-" if mode.startswith("~") else f"{r['seconds']:.1f}"
+        peak = "-" if mode.startswith("~") else f"{r['peak']:,.0f}"
         print(
-            f"{mode:<12}{keep or 'all':>7}{r['checkpoints']:>12,.0f}{r['peak']:>9,.0f}"
+            f"{mode:<12}{keep or 'all':>7}{r['turns']:>9,.0f}{r['checkpoints']:>12,.0f}{peak:>9}"
             f"{r['rows']:>9,.0f}{r['bytes']:>14,.0f}{r['bytes'] / base['bytes']:>8.3f}"
-            f"{r['wal']:>15,.0f}{r['disk']:>14,.0f}{r['seconds']:>8.1f}"
+            f"{r['wal']:>15,.0f}{r['disk']:>14,.0f}{took:>8}"
         )
+
+
+def projected(
+    results: dict[tuple[str, int | None], dict[str, float]], iterations: int
+) -> list[tuple[tuple[str, int | None], dict[str, float]]]:
+    """Each result, and after an unbounded one cut short, its figures at ``iterations``
+    turns (mode marked ``~``): rows and bytes scaled by the turns; peak and time not shown."""
+    lines = []
+    for (mode, keep), r in results.items():
+        lines.append(((mode, keep), r))
+        if r["turns"] < iterations:
+            scale = iterations / r["turns"]
+            grown = {k: r[k] * scale for k in ("checkpoints", "rows", "bytes", "wal", "disk")}
+            lines.append(((f"~{mode}", keep), {**r, **grown, "turns": iterations}))
+    return lines
 
 
 if __name__ == "__main__":
