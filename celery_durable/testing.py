@@ -51,7 +51,10 @@ from celery_durable.status import Status
 
 POLLING_INTERVAL = 0.01
 # What an app runs on in the tests: kombu's in-memory transport, polled every 10 ms (it polls
-# once a second by default, which a stopping worker waits out, twice).
+# once a second by default, which a stopping worker waits out, twice). The worker's timer,
+# which holds countdown messages (short retries), looks at its schedule as often: at its
+# default of once a second, a retry due in 0.1 s that arrives while the timer sleeps towards
+# a later entry runs up to a second late.
 MEMORY_BROKER: Mapping[str, Any] = {
     "broker_url": "memory://localhost/",
     "broker_read_url": None,
@@ -59,6 +62,7 @@ MEMORY_BROKER: Mapping[str, Any] = {
     "broker_transport_options": {"polling_interval": POLLING_INTERVAL},
     "broker_heartbeat": 0,
     "worker_hijack_root_logger": False,
+    "worker_timer_precision": POLLING_INTERVAL,
 }
 # Celery reads these before any configuration: set, they would win over MEMORY_BROKER.
 BROKER_ENVIRONMENT = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")

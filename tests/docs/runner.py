@@ -24,11 +24,11 @@ What a page's fenced code blocks mean to the runner:
   refused: write ``console`` (run) or ``text`` (not run), so nothing looks tested that is not.
 
 Every page runs in a fresh empty temporary directory, with the checkout under test on
-``PYTHONPATH`` after it, and with ``CELERY_DURABLE_DATABASE_URL`` and
-``CELERY_BROKER_URL`` unset: examples use the SQLite file of that directory and the in-memory
-broker (``celery_durable.testing``), and ``CELERY_DURABLE_TEST_PG`` unset too (so the pytest
-plugin's fixtures use SQLite). A page that needs the real services says so in its front
-matter::
+``PYTHONPATH`` after it, the test interpreter's scripts directory first on ``PATH``, and
+with ``CELERY_DURABLE_DATABASE_URL`` and ``CELERY_BROKER_URL`` unset: examples use the
+SQLite file of that directory and the in-memory broker (``celery_durable.testing``), and
+``CELERY_DURABLE_TEST_PG`` unset too (so the pytest plugin's fixtures use SQLite). A page
+that needs the real services says so in its front matter::
 
     ---
     services: true
@@ -359,6 +359,10 @@ def run_page(path: Path) -> None:
         # The page's directory, then the checkout under test (its celery_durable, examples/).
         path = [str(cwd), str(REPO), env.get("PYTHONPATH")]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+        # The interpreter running the tests first on PATH: its python, celery and
+        # celery-durable are the ones a reader who installed the package has, activated or not.
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join(filter(None, [bin_dir, env.get("PATH")]))
         with _databases(page, env):
             _run_blocks(page, cwd, env, scratch)
 
