@@ -443,7 +443,9 @@ def test_step_retry_delays_fall_within_the_policy_bounds(durable: Durable, worke
     for (attempt, earlier), (_, later) in pairwise(seen):
         low, high = policy.bounds(attempt)
         gap = later - earlier
-        assert low - 0.02 <= gap <= high + 0.25, (attempt, gap, (low, high))
+        # Never before the policy's lower bound; the upper one with room for a loaded machine
+        # (a second or so of scheduling), which a delay outside the policy would still exceed.
+        assert low - 0.02 <= gap <= high + 1.5, (attempt, gap, (low, high))
 
 
 def test_a_step_without_compensation_that_commits_while_its_saga_compensates_is_not_undone(
