@@ -112,10 +112,10 @@ def make_state(step: int) -> dict[str, Any]:
 
 
 @contextmanager
-def scratch_database(admin_url: str) -> Iterator[tuple[str, str]]:
-    """Create bench_store_<random>; yield (SQLAlchemy URL, libpq DSN); always drop it."""
+def scratch_database(admin_url: str, prefix: str = "bench_store") -> Iterator[tuple[str, str]]:
+    """Create <prefix>_<random>; yield (SQLAlchemy URL, libpq DSN); always drop it."""
     admin = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"bench_store_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     base = admin.rpartition("/")[0]
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -36,7 +36,6 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -49,6 +48,7 @@ from sqlalchemy import Engine, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from bench.store import scratch_database
 from celery_durable import Durable
 
 CUSTOMERS = 100_000
@@ -79,23 +79,6 @@ SELECT 'run-' || lpad(i::text, 8, '0'), t.key,
   FROM generate_series(%(lo)s::int, %(hi)s::int) AS i
  CROSS JOIN (VALUES ('customer'), ('env')) AS t(key)
 """
-
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[tuple[str, str]]:
-    """Create bench_tags_<random>; yield (SQLAlchemy URL, libpq DSN); always drop it."""
-    admin = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"bench_tags_{uuid.uuid4().hex[:10]}"
-    base = admin.rpartition("/")[0]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        dsn = f"{base}/{name}"
-        yield dsn.replace("postgresql://", "postgresql+psycopg://", 1), dsn
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        print(f"dropped database {name}")
 
 
 def fill(dsn: str, runs: int) -> None:
@@ -211,7 +194,7 @@ def main() -> None:
         f"tags bench: {args.runs:,} runs, customer tag with {CUSTOMERS:,} values, env tag with "
         f"{len(ENVS)}; Durable.list first page (100 runs, with their tags) x {args.lookups}"
     )
-    with scratch_database(args.database_url) as (url, dsn):
+    with scratch_database(args.database_url, "bench_tags") as (url, dsn):
         durable = Durable(Celery("bench-tags", broker="memory://"), url)
         try:
             durable.migrate()
